@@ -1,0 +1,37 @@
+/* stl_torch._C: a CPython extension (limited API, abi3) whose import resolves libtorch's stable
+ * C ABI and registers the torch.ops.stl_torch.* kernels. No pybind11, no ATen C++. */
+#define Py_LIMITED_API 0x03090000
+#include <Python.h>
+
+#include "torch_abi.h"
+
+const char *stl_register_ops(void);
+
+static PyObject *abi_info(PyObject *self, PyObject *unused) {
+  (void)self;
+  (void)unused;
+  return Py_BuildValue("{s:O,s:O,s:O}", "torch_parallel_for", stl_abi.parallel_for ? Py_True : Py_False,
+                       "cuda_stream", stl_abi.get_current_cuda_stream ? Py_True : Py_False,
+                       "cuda_kernels", Py_False);
+}
+
+static PyMethodDef methods[] = {
+    {"abi_info", abi_info, METH_NOARGS, "Which optional parts of torch's C ABI this process resolved."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "stl_torch._C",
+                                    "STL operator kernels registered as torch.ops.stl_torch.*", -1, methods};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject *torch = PyImport_ImportModule("torch"); /* loads libtorch_cpu.so */
+  if (!torch) return NULL;
+  Py_DECREF(torch);
+  const char *err = stl_abi_load();
+  if (!err) err = stl_register_ops();
+  if (err) {
+    PyErr_SetString(PyExc_ImportError, err);
+    return NULL;
+  }
+  return PyModule_Create(&moddef);
+}

@@ -1,0 +1,349 @@
+/* torch.ops.stl_torch.*: schemas, argument checks and device dispatch, talking to torch only
+ * through its stable C ABI (torch_abi.h). Kernels are boxed: inputs arrive on the stack as
+ * owning handles, outputs leave as owning handles. A boxed C kernel reports bad input by
+ * freeing every handle it owns and then calling stl_throw (error.cpp). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "stl.h"
+#include "torch_abi.h"
+
+void stl_throw(const char *msg) __attribute__((noreturn));
+
+#define MAX_HANDLES 24
+
+/* Every handle a kernel owns, so an error can free them all before raising. */
+typedef struct {
+  const char *op;
+  AtenTensorHandle h[MAX_HANDLES];
+  int n;
+} Owned;
+
+static AtenTensorHandle own(Owned *o, AtenTensorHandle h) {
+  if (h && o->n < MAX_HANDLES) o->h[o->n++] = h;
+  return h;
+}
+
+static void release(Owned *o, AtenTensorHandle h) {
+  for (int i = 0; i < o->n; i++)
+    if (o->h[i] == h) {
+      o->h[i] = o->h[--o->n];
+      return;
+    }
+}
+
+static void free_all(Owned *o) {
+  for (int i = 0; i < o->n; i++) stl_abi.delete_tensor_object(o->h[i]);
+  o->n = 0;
+}
+
+static void fail(Owned *o, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+static void fail(Owned *o, const char *fmt, ...) {
+  char msg[512];
+  int k = snprintf(msg, sizeof msg, "%s: ", o->op);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg + k, sizeof msg - (size_t)k, fmt, ap);
+  va_end(ap);
+  free_all(o);
+  stl_throw(msg);
+}
+
+static void check(Owned *o, AOTITorchError err, const char *what) {
+  if (err) fail(o, "torch C ABI call failed: %s", what);
+}
+
+typedef struct {
+  AtenTensorHandle h;
+  const char *name;
+  int32_t dtype, dev_type, dev_index;
+  int64_t dim, *sizes, *strides, numel;
+  void *data;
+} Arg;
+
+static Arg arg(Owned *o, StableIValue v, const char *name) {
+  Arg a = {0};
+  a.h = own(o, (AtenTensorHandle)(uintptr_t)v);
+  a.name = name;
+  check(o, stl_abi.get_dtype(a.h, &a.dtype), "get_dtype");
+  check(o, stl_abi.get_device_type(a.h, &a.dev_type), "get_device_type");
+  check(o, stl_abi.get_device_index(a.h, &a.dev_index), "get_device_index");
+  check(o, stl_abi.get_dim(a.h, &a.dim), "get_dim");
+  check(o, stl_abi.get_sizes(a.h, &a.sizes), "get_sizes");
+  check(o, stl_abi.get_strides(a.h, &a.strides), "get_strides");
+  check(o, stl_abi.get_data_ptr(a.h, &a.data), "get_data_ptr");
+  a.numel = 1;
+  for (int64_t i = 0; i < a.dim; i++) a.numel *= a.sizes[i];
+  return a;
+}
+
+static const char *dtype_name(int32_t d) {
+  if (d == stl_abi.dtype_float32()) return "float32";
+  if (d == stl_abi.dtype_float64()) return "float64";
+  if (d == stl_abi.dtype_bfloat16()) return "bfloat16";
+  if (d == stl_abi.dtype_float16()) return "float16";
+  return "a non-floating or unsupported dtype";
+}
+
+static StlDtype stl_dtype(Owned *o, const Arg *a) {
+  if (a->dtype == stl_abi.dtype_float32()) return STL_F32;
+  if (a->dtype == stl_abi.dtype_float64()) return STL_F64;
+  if (a->dtype == stl_abi.dtype_bfloat16()) return STL_BF16;
+  fail(o, "argument '%s' has dtype %s; expected float32, float64 or bfloat16 on the CPU", a->name,
+       dtype_name(a->dtype));
+}
+
+static void fmt_shape(const Arg *a, char *buf, size_t n) {
+  size_t k = (size_t)snprintf(buf, n, "(");
+  for (int64_t i = 0; i < a->dim && k < n; i++)
+    k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)a->sizes[i]);
+  if (k < n) snprintf(buf + k, n - k, ")");
+}
+
+/* Expect `a` to have exactly the given sizes (ndim entries, -1 = any). */
+static void expect_shape(Owned *o, const Arg *a, int ndim, const int64_t *want, const char *meaning) {
+  int ok = a->dim == ndim;
+  for (int i = 0; ok && i < ndim; i++) ok = want[i] < 0 || a->sizes[i] == want[i];
+  if (!ok) {
+    char got[128];
+    fmt_shape(a, got, sizeof got);
+    fail(o, "argument '%s' has shape %s; expected %s", a->name, got, meaning);
+  }
+}
+
+static void expect_contiguous(Owned *o, const Arg *a) {
+  int64_t s = 1;
+  for (int64_t i = a->dim - 1; i >= 0; i--) {
+    if (a->sizes[i] != 1 && a->strides[i] != s)
+      fail(o, "argument '%s' must be contiguous (call .contiguous() first)", a->name);
+    s *= a->sizes[i];
+  }
+}
+
+static void expect_like(Owned *o, const Arg *a, const Arg *ref) {
+  if (a->dtype != ref->dtype)
+    fail(o, "argument '%s' has dtype %s but '%s' has dtype %s; all tensors must share one dtype",
+         a->name, dtype_name(a->dtype), ref->name, dtype_name(ref->dtype));
+  if (a->dev_type != ref->dev_type || a->dev_index != ref->dev_index)
+    fail(o, "argument '%s' is on a different device than '%s'", a->name, ref->name);
+  expect_contiguous(o, a);
+}
+
+static AtenTensorHandle new_tensor(Owned *o, const Arg *like, int ndim, const int64_t *sizes) {
+  int64_t strides[4];
+  int64_t s = 1;
+  for (int i = ndim - 1; i >= 0; i--) {
+    strides[i] = s;
+    s *= sizes[i] > 0 ? sizes[i] : 1;
+  }
+  AtenTensorHandle h = NULL;
+  check(o, stl_abi.empty_strided(ndim, sizes, strides, like->dtype, like->dev_type, like->dev_index, &h),
+        "empty_strided");
+  return own(o, h);
+}
+
+static void *data_of(Owned *o, AtenTensorHandle h) {
+  void *p = NULL;
+  check(o, stl_abi.get_data_ptr(h, &p), "get_data_ptr");
+  return p;
+}
+
+/* A strided view (used to hand transposed operands to the batched GEMM without copies). */
+static AtenTensorHandle view3(Owned *o, AtenTensorHandle h, int64_t s0, int64_t s1, int64_t s2,
+                              int64_t t0, int64_t t1, int64_t t2) {
+  const int64_t sizes[3] = {s0, s1, s2}, strides[3] = {t0, t1, t2};
+  AtenTensorHandle v = NULL;
+  check(o, stl_abi.reinterpret_tensor(h, 3, sizes, strides, 0, &v), "_reinterpret_tensor");
+  return own(o, v);
+}
+
+static void bmm(Owned *o, AtenTensorHandle out, AtenTensorHandle a, AtenTensorHandle b) {
+  check(o, stl_abi.cpu_bmm_out(out, a, b), "bmm_out");
+}
+
+/* Shapes shared by forward and backward, checked once. */
+typedef struct {
+  int64_t M, N, P, Mt, Nt, Pt;
+  int t, r;
+  StlDtype dt;
+} Dims;
+
+static Dims check_operands(Owned *o, const Arg *x, const Arg *E, const Arg *Wt, const Arg *D,
+                           int64_t tile) {
+  Dims d = {0};
+  if (tile < 1 || tile > 16) fail(o, "argument 'tile' is %lld; expected 1 <= tile <= 16", (long long)tile);
+  d.t = (int)tile;
+  if (x->dev_type != stl_abi.device_type_cpu())
+    fail(o, "argument '%s' is not a CPU tensor and this build has no kernel for its device", x->name);
+  d.dt = stl_dtype(o, x);
+  if (x->dim != 2) {
+    char got[128];
+    fmt_shape(x, got, sizeof got);
+    fail(o, "argument '%s' has shape %s; expected a 2-D (M, N) tensor", x->name, got);
+  }
+  expect_like(o, x, x);
+  d.M = x->sizes[0];
+  d.N = x->sizes[1];
+  if (d.N <= 0 || d.N % d.t)
+    fail(o, "argument '%s' has N=%lld columns; expected a positive multiple of tile=%d", x->name,
+         (long long)d.N, d.t);
+  if (E->dim != 2 || E->sizes[1] != (int64_t)d.t * d.t) {
+    char got[128];
+    fmt_shape(E, got, sizeof got);
+    fail(o, "argument 'E' has shape %s; expected (rank, tile*tile) = (r, %d)", got, d.t * d.t);
+  }
+  d.r = (int)E->sizes[0];
+  if (d.r < 1) fail(o, "argument 'E' has rank 0; expected at least one product");
+  expect_like(o, E, x);
+  const int64_t wd[3] = {d.r, d.N / d.t, -1};
+  char m[160];
+  snprintf(m, sizeof m, "(rank, N/tile, P/tile) = (%d, %lld, P/%d)", d.r, (long long)(d.N / d.t), d.t);
+  expect_shape(o, Wt, 3, wd, m);
+  expect_like(o, Wt, x);
+  d.Pt = Wt->sizes[2];
+  if (d.Pt <= 0) fail(o, "argument 'Wt' has P/tile=0 output tiles; expected at least one");
+  d.P = d.Pt * d.t;
+  d.Nt = d.N / d.t;
+  d.Mt = (d.M + d.t - 1) / d.t;
+  const int64_t dd[2] = {(int64_t)d.t * d.t, d.r};
+  snprintf(m, sizeof m, "(tile*tile, rank) = (%d, %d)", d.t * d.t, d.r);
+  expect_shape(o, D, 2, dd, m);
+  expect_like(o, D, x);
+  return d;
+}
+
+static void check_z_like(Owned *o, const Arg *z, const Arg *x, const Dims *d, const char *meaning) {
+  if (z->numel == 0) return; /* "absent" */
+  const int64_t zd[3] = {d->r, d->Mt, d->Pt};
+  char m[160];
+  snprintf(m, sizeof m, "(rank, ceil(M/tile), P/tile) = (%d, %lld, %lld) %s", d->r, (long long)d->Mt,
+           (long long)d->Pt, meaning);
+  expect_shape(o, z, 3, zd, m);
+  expect_like(o, z, x);
+}
+
+/* stl_forward(x, E, Wt, D, bias, tile, need_z) -> (y, z) */
+static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
+  Owned o = {"stl_forward", {0}, 0};
+  if (n_in != 7 || n_out != 2) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
+                                    (unsigned long long)n_out);
+  Arg x = arg(&o, stack[0], "x"), E = arg(&o, stack[1], "E"), Wt = arg(&o, stack[2], "Wt"),
+      D = arg(&o, stack[3], "D"), b = arg(&o, stack[4], "bias");
+  int64_t tile;
+  memcpy(&tile, &stack[5], sizeof tile);
+  const bool need_z = (stack[6] & 0xff) != 0;
+  Dims d = check_operands(&o, &x, &E, &Wt, &D, tile);
+  if (b.numel != 0) {
+    const int64_t bd[1] = {d.P};
+    char m[96];
+    snprintf(m, sizeof m, "(P,) = (%lld,), or an empty tensor for no bias", (long long)d.P);
+    expect_shape(&o, &b, 1, bd, m);
+    expect_like(&o, &b, &x);
+  }
+  const int64_t xe_s[3] = {d.r, d.Mt, d.Nt}, z_s[3] = {d.r, d.Mt, d.Pt}, y_s[2] = {d.M, d.P};
+  const int64_t empty_s[1] = {0};
+  AtenTensorHandle y = new_tensor(&o, &x, 2, y_s);
+  AtenTensorHandle z = NULL;
+  if (d.M > 0) {
+    AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);
+    z = new_tensor(&o, &x, 3, z_s);
+    StlSmallMat enc = {E.data, d.t * d.t, 1};
+    stl_cpu_encode(d.dt, x.data, d.M, d.N, d.t, d.r, enc, data_of(&o, xe));
+    bmm(&o, z, xe, Wt.h);
+    StlSmallMat dec = {D.data, d.r, 1};
+    stl_cpu_decode(d.dt, data_of(&o, z), d.M, d.P, d.t, d.r, dec, b.numel ? b.data : NULL,
+                   data_of(&o, y));
+  } else {
+    z = new_tensor(&o, &x, 3, z_s);
+  }
+  if (!need_z) z = new_tensor(&o, &x, 1, empty_s);
+  release(&o, y);
+  release(&o, z);
+  free_all(&o); /* inputs and temporaries (including an unneeded z) */
+  stack[0] = (StableIValue)(uintptr_t)y;
+  stack[1] = (StableIValue)(uintptr_t)z;
+}
+
+/* stl_backward(grad_y, grad_z, x, E, Wt, D, z, has_bias, tile) -> (dx, dE, dWt, dD, db) */
+static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
+  Owned o = {"stl_backward", {0}, 0};
+  if (n_in != 9 || n_out != 5) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
+                                    (unsigned long long)n_out);
+  Arg g = arg(&o, stack[0], "grad_y"), gz = arg(&o, stack[1], "grad_z"), x = arg(&o, stack[2], "x"),
+      E = arg(&o, stack[3], "E"), Wt = arg(&o, stack[4], "Wt"), D = arg(&o, stack[5], "D"),
+      zs = arg(&o, stack[6], "z");
+  const bool has_bias = (stack[7] & 0xff) != 0;
+  int64_t tile;
+  memcpy(&tile, &stack[8], sizeof tile);
+  Dims d = check_operands(&o, &x, &E, &Wt, &D, tile);
+  const int64_t gd[2] = {d.M, d.P};
+  char m[96];
+  snprintf(m, sizeof m, "(M, P) = (%lld, %lld), the shape of y", (long long)d.M, (long long)d.P);
+  expect_shape(&o, &g, 2, gd, m);
+  expect_like(&o, &g, &x);
+  check_z_like(&o, &gz, &x, &d, "or an empty tensor");
+  check_z_like(&o, &zs, &x, &d, "or an empty tensor to recompute it");
+
+  const int t2 = d.t * d.t;
+  const int64_t xe_s[3] = {d.r, d.Mt, d.Nt}, z_s[3] = {d.r, d.Mt, d.Pt}, x_s[2] = {d.M, d.N};
+  const int64_t e_s[2] = {d.r, t2}, d_s[2] = {t2, d.r}, w_s[3] = {d.r, d.Nt, d.Pt};
+  const int64_t b_s[1] = {has_bias ? d.P : 0};
+  AtenTensorHandle dx = new_tensor(&o, &x, 2, x_s), dE = new_tensor(&o, &x, 2, e_s),
+                   dWt = new_tensor(&o, &x, 3, w_s), dD = new_tensor(&o, &x, 2, d_s),
+                   db = new_tensor(&o, &x, 1, b_s);
+  if (d.M == 0) {
+    check(&o, stl_abi.zero_(dE), "zero_");
+    check(&o, stl_abi.zero_(dWt), "zero_");
+    check(&o, stl_abi.zero_(dD), "zero_");
+    if (has_bias) check(&o, stl_abi.zero_(db), "zero_");
+  } else {
+    /* Xe = encode(x, E) is recomputed: it is memory-bound and cheaper than keeping it. */
+    AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);
+    StlSmallMat enc = {E.data, t2, 1};
+    stl_cpu_encode(d.dt, x.data, d.M, d.N, d.t, d.r, enc, data_of(&o, xe));
+    AtenTensorHandle z = zs.h;
+    if (zs.numel == 0) {
+      z = new_tensor(&o, &x, 3, z_s);
+      bmm(&o, z, xe, Wt.h);
+    }
+    /* Gz = encode(G, D^T) (+ grad_z);  dD[j,l] = sum_{I,J} Z[l,I,J] G[tile j] */
+    AtenTensorHandle gzt = new_tensor(&o, &x, 3, z_s);
+    StlSmallMat dT = {D.data, 1, d.r};
+    stl_cpu_encode_add(d.dt, g.data, d.M, d.P, d.t, d.r, dT, gz.numel ? gz.data : NULL, data_of(&o, gzt));
+    stl_cpu_correlate(d.dt, data_of(&o, z), g.data, d.M, d.P, d.t, d.r, data_of(&o, dD), 1, d.r);
+    /* dXe = Gz @ Wt^T ; dWt = Xe^T @ Gz (transposed operands as strided views) */
+    AtenTensorHandle dxe = new_tensor(&o, &x, 3, xe_s);
+    bmm(&o, dxe, gzt, view3(&o, Wt.h, d.r, d.Pt, d.Nt, d.Nt * d.Pt, 1, d.Pt));
+    bmm(&o, dWt, view3(&o, xe, d.r, d.Nt, d.Mt, d.Mt * d.Nt, 1, d.Nt), gzt);
+    /* dX = decode(dXe, E^T) ; dE[l,j] = sum_{I,K} dXe[l,I,K] X[tile j] */
+    StlSmallMat eT = {E.data, 1, t2};
+    stl_cpu_decode(d.dt, data_of(&o, dxe), d.M, d.N, d.t, d.r, eT, NULL, data_of(&o, dx));
+    stl_cpu_correlate(d.dt, data_of(&o, dxe), x.data, d.M, d.N, d.t, d.r, data_of(&o, dE), t2, 1);
+    if (has_bias) stl_cpu_colsum(d.dt, g.data, d.M, d.P, data_of(&o, db));
+  }
+  AtenTensorHandle outs[5] = {dx, dE, dWt, dD, db};
+  for (int i = 0; i < 5; i++) release(&o, outs[i]);
+  free_all(&o);
+  for (int i = 0; i < 5; i++) stack[i] = (StableIValue)(uintptr_t)outs[i];
+}
+
+static TorchLibraryHandle lib_def, lib_cpu;
+
+const char *stl_register_ops(void) {
+  if (stl_abi.library_init_def("stl_torch", __FILE__, __LINE__, &lib_def))
+    return "stl_torch: could not create the op library (is another copy of stl_torch loaded?)";
+  if (stl_abi.library_def(lib_def,
+                          "stl_forward(Tensor x, Tensor E, Tensor Wt, Tensor D, Tensor bias, int tile, "
+                          "bool need_z) -> (Tensor, Tensor)") ||
+      stl_abi.library_def(lib_def,
+                          "stl_backward(Tensor grad_y, Tensor grad_z, Tensor x, Tensor E, Tensor Wt, "
+                          "Tensor D, Tensor z, bool has_bias, int tile) -> (Tensor, Tensor, Tensor, "
+                          "Tensor, Tensor)"))
+    return "stl_torch: could not define the op schemas";
+  if (stl_abi.library_init_impl("stl_torch", "CPU", __FILE__, __LINE__, &lib_cpu) ||
+      stl_abi.library_impl(lib_cpu, "stl_forward", k_forward) ||
+      stl_abi.library_impl(lib_cpu, "stl_backward", k_backward))
+    return "stl_torch: could not register the CPU kernels";
+  return NULL;
+}

@@ -1,0 +1,40 @@
+/* stl-torch kernel API in plain C. One STL layer is encode -> r batched GEMMs -> decode
+ * (see shared/STL.md); the backward pass reuses the same three tile primitives:
+ *   encode    : out[l,I,K]   = sum_j enc[l,j] * in[t*I+a, t*K+c]            (j = a*t+c)
+ *   decode    : out[t*I+a, t*J+b] = sum_l dec[j,l] * in[l,I,J] (+ bias)     (j = a*t+b)
+ *   correlate : acc[l,j]     = sum_{I,K} a[l,I,K] * x[t*I+p, t*K+q]         (j = p*t+q)
+ * Tensors are row-major and contiguous. Rows >= M of a partial last tile read as zero and are
+ * never written. Storage dtype is given per call (STL_F32/F64/BF16); compute is float64 for
+ * F64 and float32 otherwise (bf16 accumulates in float32). */
+#ifndef STL_H
+#define STL_H
+
+#include <stdint.h>
+
+typedef enum { STL_F32 = 0, STL_F64 = 1, STL_BF16 = 2 } StlDtype;
+
+/* A small matrix M[i,j] = base[i*s0 + j*s1] in storage dtype (lets callers pass E, D or their
+ * transposes without copies). */
+typedef struct {
+  const void *base;
+  int64_t s0, s1;
+} StlSmallMat;
+
+void stl_cpu_encode(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r,
+                    StlSmallMat enc, void *out);
+/* extra (optional, may be NULL): an (r, ceil(M/t), P/t) tensor added to the result (grad of Z). */
+void stl_cpu_encode_add(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r,
+                        StlSmallMat enc, const void *extra, void *out);
+void stl_cpu_decode(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r,
+                    StlSmallMat dec, const void *bias, void *out);
+/* out_lj[l*out_s0 + j*out_s1] = correlate(...) stored in dtype dt. */
+void stl_cpu_correlate(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t,
+                       int r, void *out, int64_t out_s0, int64_t out_s1);
+/* out[p] = sum over M rows of g[:, p] */
+void stl_cpu_colsum(StlDtype dt, const void *g, int64_t M, int64_t P, void *out);
+
+/* Parallel loop over [0, n) on torch's intra-op pool when this torch exports it, else pthreads. */
+typedef void (*StlRangeFn)(int64_t begin, int64_t end, void *ctx);
+void stl_parallel_for(int64_t n, int64_t grain, StlRangeFn fn, void *ctx);
+
+#endif
