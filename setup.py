@@ -10,6 +10,10 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+# The kernels are built for the machine that builds them (pip builds from source). For a wheel
+# meant for other machines set e.g. STL_TORCH_MARCH=x86-64-v3, or STL_TORCH_MARCH= for none.
+MARCH = os.environ.get("STL_TORCH_MARCH", "native")
+
 SOURCES = [
     "csrc/module.c",
     "csrc/ops.c",
@@ -28,11 +32,14 @@ class BuildExt(build_ext):
         orig = cc._compile
 
         def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
-            common = ["-O3", "-fexceptions", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+            common = ["-O2", "-fexceptions", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+            if MARCH:
+                common.append(f"-march={MARCH}")
             if src.endswith(".cpp"):
                 flags = common + ["-std=c++17"]
             else:
-                flags = common + ["-std=c11", "-D_GNU_SOURCE"]
+                # GNU C11: vector types for the micro-kernels, FMA contraction allowed
+                flags = common + ["-std=gnu11", "-D_GNU_SOURCE"]
             return orig(obj, src, ext, cc_args, flags, pp_opts)
 
         cc._compile = _compile

@@ -9,11 +9,8 @@
 
 #define STL_KB 64 /* tiles streamed per inner block: buffers stay in L1 */
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define STL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define STL_CLONES
-#endif
+/* Vector width comes from the build's -march (setup.py: native by default, STL_TORCH_MARCH
+ * to override): measured 2x faster here than target_clones of the same loops. */
 
 typedef struct {
   StlDtype dt;
