@@ -86,12 +86,13 @@ static const char *dtype_name(int32_t d) {
   return "a non-floating or unsupported dtype";
 }
 
-static StlDtype stl_dtype(Owned *o, const Arg *a) {
+static StlDtype stl_dtype(Owned *o, const Arg *a, bool cuda) {
   if (a->dtype == stl_abi.dtype_float32()) return STL_F32;
   if (a->dtype == stl_abi.dtype_float64()) return STL_F64;
   if (a->dtype == stl_abi.dtype_bfloat16()) return STL_BF16;
-  fail(o, "argument '%s' has dtype %s; expected float32, float64 or bfloat16 on the CPU", a->name,
-       dtype_name(a->dtype));
+  if (cuda && a->dtype == stl_abi.dtype_float16()) return STL_F16;
+  fail(o, "argument '%s' has dtype %s; expected float32, float64 or bfloat16%s", a->name,
+       dtype_name(a->dtype), cuda ? " or float16" : " on the CPU");
 }
 
 static void fmt_shape(const Arg *a, char *buf, size_t n) {
@@ -113,6 +114,7 @@ static void expect_shape(Owned *o, const Arg *a, int ndim, const int64_t *want, 
 }
 
 static void expect_contiguous(Owned *o, const Arg *a) {
+  if (a->numel == 0) return; /* torch calls every empty tensor contiguous, whatever its strides */
   int64_t s = 1;
   for (int64_t i = a->dim - 1; i >= 0; i--) {
     if (a->sizes[i] != 1 && a->strides[i] != s)
@@ -158,25 +160,53 @@ static AtenTensorHandle view3(Owned *o, AtenTensorHandle h, int64_t s0, int64_t 
   return own(o, v);
 }
 
-static void bmm(Owned *o, AtenTensorHandle out, AtenTensorHandle a, AtenTensorHandle b) {
-  check(o, stl_abi.cpu_bmm_out(out, a, b), "bmm_out");
-}
-
-/* Shapes shared by forward and backward, checked once. */
+/* Shapes shared by forward and backward, checked once, and the device they run on. */
 typedef struct {
   int64_t M, N, P, Mt, Nt, Pt;
   int t, r;
   StlDtype dt;
+  const StlKernels *k;
+  AOTITorchError (*bmm_out)(AtenTensorHandle, AtenTensorHandle, AtenTensorHandle);
+  void *stream;
 } Dims;
+
+/* The r batched GEMMs run through torch's own bmm (its BLAS / cuBLAS, on torch's stream). */
+static void bmm(Owned *o, const Dims *d, AtenTensorHandle out, AtenTensorHandle a, AtenTensorHandle b) {
+  check(o, d->bmm_out(out, a, b), "bmm_out");
+}
+
+static void pick_backend(Owned *o, const Arg *x, Dims *d) {
+  if (x->dev_type == stl_abi.device_type_cpu()) {
+    d->k = &stl_cpu_kernels;
+    d->bmm_out = stl_abi.cpu_bmm_out;
+    d->dt = stl_dtype(o, x, false);
+    return;
+  }
+#ifdef STL_WITH_CUDA
+  if (x->dev_type == stl_abi.device_type_cuda() && stl_abi.cuda_bmm_out && stl_abi.get_current_cuda_stream) {
+    d->k = &stl_cuda_kernels;
+    d->bmm_out = stl_abi.cuda_bmm_out;
+    check(o, stl_abi.get_current_cuda_stream(x->dev_index, &d->stream), "get_current_cuda_stream");
+    d->dt = stl_dtype(o, x, true);
+    return;
+  }
+#endif
+  fail(o, "argument '%s' is on a device this build of stl_torch has no kernels for (built with CPU%s)",
+       x->name,
+#ifdef STL_WITH_CUDA
+       " and CUDA"
+#else
+       " only"
+#endif
+  );
+}
 
 static Dims check_operands(Owned *o, const Arg *x, const Arg *E, const Arg *Wt, const Arg *D,
                            int64_t tile) {
   Dims d = {0};
   if (tile < 1 || tile > 16) fail(o, "argument 'tile' is %lld; expected 1 <= tile <= 16", (long long)tile);
   d.t = (int)tile;
-  if (x->dev_type != stl_abi.device_type_cpu())
-    fail(o, "argument '%s' is not a CPU tensor and this build has no kernel for its device", x->name);
-  d.dt = stl_dtype(o, x);
+  pick_backend(o, x, &d);
   if (x->dim != 2) {
     char got[128];
     fmt_shape(x, got, sizeof got);
@@ -249,11 +279,11 @@ static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);
     z = new_tensor(&o, &x, 3, z_s);
     StlSmallMat enc = {E.data, d.t * d.t, 1};
-    stl_cpu_encode(d.dt, x.data, d.M, d.N, d.t, d.r, enc, data_of(&o, xe));
-    bmm(&o, z, xe, Wt.h);
+    d.k->encode_add(d.dt, x.data, d.M, d.N, d.t, d.r, enc, NULL, data_of(&o, xe), d.stream);
+    bmm(&o, &d, z, xe, Wt.h);
     StlSmallMat dec = {D.data, d.r, 1};
-    stl_cpu_decode(d.dt, data_of(&o, z), d.M, d.P, d.t, d.r, dec, b.numel ? b.data : NULL,
-                   data_of(&o, y));
+    d.k->decode(d.dt, data_of(&o, z), d.M, d.P, d.t, d.r, dec, b.numel ? b.data : NULL, data_of(&o, y),
+                d.stream);
   } else {
     z = new_tensor(&o, &x, 3, z_s);
   }
@@ -301,26 +331,27 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     /* Xe = encode(x, E) is recomputed: it is memory-bound and cheaper than keeping it. */
     AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);
     StlSmallMat enc = {E.data, t2, 1};
-    stl_cpu_encode(d.dt, x.data, d.M, d.N, d.t, d.r, enc, data_of(&o, xe));
+    d.k->encode_add(d.dt, x.data, d.M, d.N, d.t, d.r, enc, NULL, data_of(&o, xe), d.stream);
     AtenTensorHandle z = zs.h;
     if (zs.numel == 0) {
       z = new_tensor(&o, &x, 3, z_s);
-      bmm(&o, z, xe, Wt.h);
+      bmm(&o, &d, z, xe, Wt.h);
     }
     /* Gz = encode(G, D^T) (+ grad_z);  dD[j,l] = sum_{I,J} Z[l,I,J] G[tile j] */
     AtenTensorHandle gzt = new_tensor(&o, &x, 3, z_s);
     StlSmallMat dT = {D.data, 1, d.r};
-    stl_cpu_encode_add(d.dt, g.data, d.M, d.P, d.t, d.r, dT, gz.numel ? gz.data : NULL, data_of(&o, gzt));
-    stl_cpu_correlate(d.dt, data_of(&o, z), g.data, d.M, d.P, d.t, d.r, data_of(&o, dD), 1, d.r);
+    d.k->encode_add(d.dt, g.data, d.M, d.P, d.t, d.r, dT, gz.numel ? gz.data : NULL, data_of(&o, gzt),
+                    d.stream);
+    d.k->correlate(d.dt, data_of(&o, z), g.data, d.M, d.P, d.t, d.r, data_of(&o, dD), 1, d.r, d.stream);
     /* dXe = Gz @ Wt^T ; dWt = Xe^T @ Gz (transposed operands as strided views) */
     AtenTensorHandle dxe = new_tensor(&o, &x, 3, xe_s);
-    bmm(&o, dxe, gzt, view3(&o, Wt.h, d.r, d.Pt, d.Nt, d.Nt * d.Pt, 1, d.Pt));
-    bmm(&o, dWt, view3(&o, xe, d.r, d.Nt, d.Mt, d.Mt * d.Nt, 1, d.Nt), gzt);
+    bmm(&o, &d, dxe, gzt, view3(&o, Wt.h, d.r, d.Pt, d.Nt, d.Nt * d.Pt, 1, d.Pt));
+    bmm(&o, &d, dWt, view3(&o, xe, d.r, d.Nt, d.Mt, d.Mt * d.Nt, 1, d.Nt), gzt);
     /* dX = decode(dXe, E^T) ; dE[l,j] = sum_{I,K} dXe[l,I,K] X[tile j] */
     StlSmallMat eT = {E.data, 1, t2};
-    stl_cpu_decode(d.dt, data_of(&o, dxe), d.M, d.N, d.t, d.r, eT, NULL, data_of(&o, dx));
-    stl_cpu_correlate(d.dt, data_of(&o, dxe), x.data, d.M, d.N, d.t, d.r, data_of(&o, dE), t2, 1);
-    if (has_bias) stl_cpu_colsum(d.dt, g.data, d.M, d.P, data_of(&o, db));
+    d.k->decode(d.dt, data_of(&o, dxe), d.M, d.N, d.t, d.r, eT, NULL, data_of(&o, dx), d.stream);
+    d.k->correlate(d.dt, data_of(&o, dxe), x.data, d.M, d.N, d.t, d.r, data_of(&o, dE), t2, 1, d.stream);
+    if (has_bias) d.k->colsum(d.dt, g.data, d.M, d.P, data_of(&o, db), d.stream);
   }
   AtenTensorHandle outs[5] = {dx, dE, dWt, dD, db};
   for (int i = 0; i < 5; i++) release(&o, outs[i]);
@@ -329,6 +360,9 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
 }
 
 static TorchLibraryHandle lib_def, lib_cpu;
+#ifdef STL_WITH_CUDA
+static TorchLibraryHandle lib_cuda;
+#endif
 
 const char *stl_register_ops(void) {
   if (stl_abi.library_init_def("stl_torch", __FILE__, __LINE__, &lib_def))
@@ -345,5 +379,13 @@ const char *stl_register_ops(void) {
       stl_abi.library_impl(lib_cpu, "stl_forward", k_forward) ||
       stl_abi.library_impl(lib_cpu, "stl_backward", k_backward))
     return "stl_torch: could not register the CPU kernels";
+#ifdef STL_WITH_CUDA
+  /* the same boxed kernels: pick_backend routes CUDA tensors to csrc/cuda */
+  if (stl_abi.cuda_bmm_out && stl_abi.get_current_cuda_stream &&
+      (stl_abi.library_init_impl("stl_torch", "CUDA", __FILE__, __LINE__, &lib_cuda) ||
+       stl_abi.library_impl(lib_cuda, "stl_forward", k_forward) ||
+       stl_abi.library_impl(lib_cuda, "stl_backward", k_backward)))
+    return "stl_torch: could not register the CUDA kernels";
+#endif
   return NULL;
 }

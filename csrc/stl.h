@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-typedef enum { STL_F32 = 0, STL_F64 = 1, STL_BF16 = 2 } StlDtype;
+typedef enum { STL_F32 = 0, STL_F64 = 1, STL_BF16 = 2, STL_F16 = 3 /* CUDA only */ } StlDtype;
 
 /* A small matrix M[i,j] = base[i*s0 + j*s1] in storage dtype (lets callers pass E, D or their
  * transposes without copies). */
@@ -32,6 +32,27 @@ void stl_cpu_correlate(StlDtype dt, const void *a, const void *x, int64_t M, int
                        int r, void *out, int64_t out_s0, int64_t out_s1);
 /* out[p] = sum over M rows of g[:, p] */
 void stl_cpu_colsum(StlDtype dt, const void *g, int64_t M, int64_t P, void *out);
+
+/* One device's implementation of the primitives. ops.c is device-generic: it allocates through
+ * torch, runs the batched GEMM through torch (its cuBLAS on CUDA), and calls these. `stream` is
+ * torch's current CUDA stream (NULL on the CPU); pointers (including StlSmallMat.base) live on
+ * the device. */
+typedef struct {
+  const char *name;
+  void (*encode_add)(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
+                     const void *extra, void *out, void *stream);
+  void (*decode)(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r, StlSmallMat dec,
+                 const void *bias, void *out, void *stream);
+  void (*correlate)(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r,
+                    void *out, int64_t out_s0, int64_t out_s1, void *stream);
+  void (*colsum)(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *stream);
+} StlKernels;
+
+extern const StlKernels stl_cpu_kernels;
+#ifdef STL_WITH_CUDA
+/* csrc/cuda: the same primitives on the GPU (extern "C" launchers). */
+extern const StlKernels stl_cuda_kernels;
+#endif
 
 /* Parallel loop over [0, n) on torch's intra-op pool when this torch exports it, else pthreads. */
 typedef void (*StlRangeFn)(int64_t begin, int64_t end, void *ctx);

@@ -17,8 +17,16 @@ def _empty(like):
     return like.new_empty((0,))
 
 
+def _check_devices(op, **tensors):
+    (xname, x), *rest = tensors.items()
+    for name, t in rest:
+        torch._check(t.device == x.device,
+                     lambda: f"{op}: argument '{name}' is on {t.device} but '{xname}' is on {x.device}")
+
+
 @torch.library.register_fake("stl_torch::stl_forward")
 def _forward_fake(x, E, Wt, D, bias, tile, need_z):
+    _check_devices("stl_forward", x=x, E=E, Wt=Wt, D=D, bias=bias)
     torch._check(x.dim() == 2, lambda: f"stl_forward: argument 'x' must be 2-D, got {x.dim()}-D")
     m, r, pt = x.shape[0], E.shape[0], Wt.shape[2]
     y = x.new_empty((m, pt * tile))
@@ -28,6 +36,7 @@ def _forward_fake(x, E, Wt, D, bias, tile, need_z):
 
 @torch.library.register_fake("stl_torch::stl_backward")
 def _backward_fake(grad_y, grad_z, x, E, Wt, D, z, has_bias, tile):
+    _check_devices("stl_backward", x=x, grad_y=grad_y, grad_z=grad_z, E=E, Wt=Wt, D=D, z=z)
     db = x.new_empty((grad_y.shape[1],)) if has_bias else _empty(x)
     return (torch.empty_like(x), torch.empty_like(E), torch.empty_like(Wt), torch.empty_like(D), db)
 

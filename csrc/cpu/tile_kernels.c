@@ -114,3 +114,25 @@ void stl_cpu_colsum(StlDtype dt, const void *g, int64_t M, int64_t P, void *out)
   }
   free(acc);
 }
+
+/* The CPU backend table (stream unused). */
+static void enc_cpu(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
+                    const void *extra, void *out, void *stream) {
+  (void)stream;
+  stl_cpu_encode_add(dt, in, M, N, t, r, enc, extra, out);
+}
+static void dec_cpu(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r, StlSmallMat dec,
+                    const void *bias, void *out, void *stream) {
+  (void)stream;
+  stl_cpu_decode(dt, in, M, P, t, r, dec, bias, out);
+}
+static void cor_cpu(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r, void *out,
+                    int64_t s0, int64_t s1, void *stream) {
+  (void)stream;
+  stl_cpu_correlate(dt, a, x, M, N, t, r, out, s0, s1);
+}
+static void colsum_cpu(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *stream) {
+  (void)stream;
+  stl_cpu_colsum(dt, g, M, P, out);
+}
+const StlKernels stl_cpu_kernels = {"cpu", enc_cpu, dec_cpu, cor_cpu, colsum_cpu};

@@ -1,0 +1,177 @@
+"""STL (t=4, r=24) vs dense F.linear vs plain-PyTorch STL (einsum+bmm+einsum) [vs 2:4 on CUDA].
+
+Every row of one run is measured side by side in the same process: medians after warm-up
+(CPU: perf_counter; CUDA: CUDA events). Writes a Markdown table, JSON and a PNG bar chart.
+
+  python benchmarks/bench_linear.py                     # CPU, float32, M=N=P in {512,1024,2048}
+  python benchmarks/bench_linear.py --device cuda       # bf16, the LLM and ViT shapes
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import stl_torch
+
+CPU_SHAPES = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048)]
+CUDA_SHAPES = [(8192, 8192, 8192), (16384, 2048, 5632), (16384, 5632, 2048), (16384, 2048, 2048),
+               (25216, 256, 512)]
+
+
+def timer(device, reps, warmup):
+    def run(fn):
+        for _ in range(warmup):
+            fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            ts = []
+            for _ in range(reps):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                torch.cuda.synchronize()
+                ts.append(a.elapsed_time(b))
+        else:
+            ts = []
+            for _ in range(reps):
+                s = time.perf_counter()
+                fn()
+                ts.append((time.perf_counter() - s) * 1e3)
+        return statistics.median(ts)
+    return run
+
+
+def plain_stl(x, E, Wt, D, t):
+    """The paper's plain-PyTorch formulation: einsum encode, bmm, einsum decode."""
+    M, N = x.shape
+    r, P = E.shape[0], Wt.shape[2] * t
+    xe = torch.einsum("lac,iakc->lik", E.view(r, t, t), x.view(M // t, t, N // t, t))
+    z = torch.bmm(xe, Wt)
+    return torch.einsum("abl,lij->iajb", D.view(t, t, r), z).reshape(M, P)
+
+
+def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    x, W = mk(M, N), mk(P, N) / N ** 0.5
+    E, Wt, D = mk(r, t * t) / t, mk(r, N // t, P // t) / (N / t) ** 0.5, mk(t * t, r) / r ** 0.5
+    params = [W, E, Wt, D]
+    gy = mk(M, P)
+
+    def fwd_bwd(f, *ins):
+        def step():
+            for v in ins:
+                v.grad = None
+            f().backward(gy)
+        return step
+
+    rows = {}
+    with torch.no_grad():
+        rows["dense F.linear"] = {"fwd": run(lambda: F.linear(x, W))}
+        rows["STL (stl_torch)"] = {"fwd": run(lambda: stl_torch.stl_linear(x, E, Wt, D, None, t))}
+        rows["plain-PyTorch STL"] = {"fwd": run(lambda: plain_stl(x, E, Wt, D, t))}
+        xe = mk(r, M // t, N // t)
+        rows["r batched GEMMs alone"] = {"fwd": run(lambda: torch.bmm(xe, Wt))}
+        if do_compile:
+            cp = torch.compile(plain_stl)
+            rows["plain-PyTorch STL, compiled"] = {"fwd": run(lambda: cp(x, E, Wt, D, t))}
+        if do_sparse:
+            from torch.sparse import to_sparse_semi_structured
+            mask = torch.tensor([1, 1, 0, 0], device=device, dtype=torch.bool).tile(P, N // 4)
+            Ws = to_sparse_semi_structured(W * mask)
+            rows["2:4 sparse F.linear"] = {"fwd": run(lambda: F.linear(x, Ws))}
+    xg = x.clone().requires_grad_()
+    for v in params:
+        v.requires_grad_()
+    rows["dense F.linear"]["fwd+bwd"] = run(fwd_bwd(lambda: F.linear(xg, W), xg, W))
+    rows["STL (stl_torch)"]["fwd+bwd"] = run(fwd_bwd(lambda: stl_torch.stl_linear(xg, E, Wt, D, None, t),
+                                                     xg, E, Wt, D))
+    rows["plain-PyTorch STL"]["fwd+bwd"] = run(fwd_bwd(lambda: plain_stl(xg, E, Wt, D, t), xg, E, Wt, D))
+    dense_macs = M * N * P
+    stl_macs = r * M * N // t ** 2 + r * M * N * P // t ** 3 + r * M * P // t ** 2
+    for name, row in rows.items():
+        macs = dense_macs if "dense" in name or "2:4" in name else stl_macs
+        row["fwd_tflops"] = 2 * macs / (row["fwd"] * 1e-3) / 1e12
+        row["fwd_speedup_vs_dense"] = rows["dense F.linear"]["fwd"] / row["fwd"]
+        if "fwd+bwd" in row:
+            row["fwd+bwd_speedup_vs_dense"] = rows["dense F.linear"]["fwd+bwd"] / row["fwd+bwd"]
+    return rows
+
+
+def markdown(results, meta):
+    out = [f"{meta['device_name']}, {meta['dtype']}, torch {meta['torch']}, t={meta['tile']}, r={meta['rank']}, "
+           f"{meta['threads']} threads, {meta['date']}", "",
+           "| shape M×N→P | implementation | fwd ms | fwd × vs dense | fwd+bwd ms | fwd+bwd × vs dense |",
+           "|---|---|---:|---:|---:|---:|"]
+    for shape, rows in results.items():
+        for name, r in rows.items():
+            fb = r.get("fwd+bwd")
+            out.append(f"| {shape} | {name} | {r['fwd']:.2f} | {r['fwd_speedup_vs_dense']:.2f} | "
+                       + (f"{fb:.2f} | {r['fwd+bwd_speedup_vs_dense']:.2f} |" if fb else "– | – |"))
+    return "\n".join(out)
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shapes = list(results)
+    names = list(next(iter(results.values())))
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(shapes)), 4))
+    w = 0.8 / len(names)
+    for i, n in enumerate(names):
+        ax.bar([j + i * w for j in range(len(shapes))],
+               [results[s][n]["fwd_speedup_vs_dense"] for s in shapes], w, label=n)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(shapes))], shapes)
+    ax.set_ylabel("forward speed-up vs dense F.linear (×)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    ap.add_argument("--tile", type=int, default=4)
+    ap.add_argument("--rank", type=int, default=24)
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--shapes", default=None, help="e.g. 512x512x512,1024x1024x1024")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    a = ap.parse_args()
+    cuda = a.device == "cuda"
+    dtype = getattr(torch, a.dtype or ("bfloat16" if cuda else "float32"))
+    shapes = ([tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes
+              else CUDA_SHAPES if cuda else CPU_SHAPES)
+    run = timer(a.device, a.reps or (20 if cuda else 7), 5 if cuda else 2)
+    meta = {"device": a.device, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
+            "tile": a.tile, "rank": a.rank, "threads": torch.get_num_threads(),
+            "device_name": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()) + " CPU",
+            "date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0]}
+    results = {}
+    for M, N, P in shapes:
+        key = f"{M}×{N}→{P}"
+        print(f"[bench] {key} ...", flush=True)
+        results[key] = bench_shape(M, N, P, a.tile, a.rank, dtype, a.device, run, do_compile=cuda, do_sparse=cuda)
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, f"bench_linear_{a.device}")
+    with open(stem + ".json", "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+    md = markdown(results, meta)
+    with open(stem + ".md", "w") as f:
+        f.write(md + "\n")
+    plot(results, stem + ".png")
+    print(md)
+    print(f"\nwrote {stem}.json/.md/.png")
+
+
+if __name__ == "__main__":
+    main()

