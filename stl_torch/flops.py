@@ -1,0 +1,144 @@
+"""Multiply-add accounting for nn.Linear and STLinear layers (STL.md section 2).
+
+For one call on M rows (M = all leading dims of the input flattened):
+  dense  nn.Linear(N -> P):  M*N*P
+  STL (tile t, rank r):      r*M*N/t^2 (encode) + r*M*N*P/t^3 (r batched GEMMs) + r*M*P/t^2 (decode)
+with M the *padded* row count the operator really processes (STLinear pads the token dim of
+each sequence to a multiple of t; a 2-D input is padded as one sequence). Biases and the
+padding copies are not counted. A layer called several times (weight sharing, a loop) is
+counted once per call.
+"""
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from .nn import STLinear
+
+__all__ = ["flops", "FlopReport", "LayerFlops", "linear_macs", "stl_macs", "stl_rows"]
+
+
+def linear_macs(rows, in_features, out_features):
+    """Dense multiply-adds of ``rows`` rows through an (in -> out) linear map."""
+    return rows * in_features * out_features
+
+
+def stl_macs(rows, in_features, out_features, tile, rank):
+    """STL multiply-adds for ``rows`` rows (already padded to a multiple of ``tile``)."""
+    t, r = tile, rank
+    return (r * rows * in_features) // (t * t) + (r * rows * in_features * out_features) // t ** 3 \
+        + (r * rows * out_features) // (t * t)
+
+
+def stl_rows(shape, tile):
+    """Rows STLinear processes for an input of ``shape`` (..., in_features): the token dim
+    (second to last, for >= 3-D inputs) is padded per sequence; 1-D/2-D inputs are one sequence."""
+    shape = tuple(shape)
+    if len(shape) >= 3:
+        seqs = 1
+        for s in shape[:-2]:
+            seqs *= s
+        return seqs * (-(-shape[-2] // tile) * tile)
+    m = shape[0] if len(shape) == 2 else 1
+    return -(-m // tile) * tile
+
+
+@dataclass
+class LayerFlops:
+    """One layer's forward cost, summed over its calls."""
+    name: str
+    kind: str                 # "Linear" or "STLinear"
+    in_features: int
+    out_features: int
+    calls: int = 0
+    rows: int = 0             # rows of input seen (unpadded)
+    macs: int = 0             # what the layer really does
+    dense_macs: int = 0       # the same calls through a dense nn.Linear
+    tile: Optional[int] = None
+    rank: Optional[int] = None
+
+    @property
+    def ratio(self):
+        """dense / actual (> 1: fewer multiply-adds than dense)."""
+        return self.dense_macs / self.macs if self.macs else float("nan")
+
+
+@dataclass
+class FlopReport:
+    layers: List[LayerFlops] = field(default_factory=list)
+
+    @property
+    def total_macs(self):
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def dense_macs(self):
+        return sum(layer.dense_macs for layer in self.layers)
+
+    @property
+    def ratio(self):
+        return self.dense_macs / self.total_macs if self.total_macs else float("nan")
+
+    def to_dict(self):
+        return {"layers": [dict(asdict(layer), ratio=layer.ratio) for layer in self.layers],
+                "total_macs": self.total_macs, "dense_macs": self.dense_macs, "ratio": self.ratio}
+
+    def __str__(self):
+        head = f"| layer | kind | in -> out | calls | rows | MACs | dense MACs | dense/actual |"
+        lines = [head, "|---|---|---|---:|---:|---:|---:|---:|"]
+        for x in self.layers:
+            kind = x.kind if x.tile is None else f"{x.kind} t={x.tile} r={x.rank}"
+            lines.append(f"| {x.name or '(model)'} | {kind} | {x.in_features} -> {x.out_features} | "
+                         f"{x.calls} | {x.rows} | {x.macs:,} | {x.dense_macs:,} | {x.ratio:.2f}x |")
+        lines.append(f"| **total** | | | | | {self.total_macs:,} | {self.dense_macs:,} | "
+                     f"{self.ratio:.2f}x |")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def flops(model: nn.Module, example_input, **kwargs) -> FlopReport:
+    """Runs ``model(example_input)`` (a tuple is unpacked as positional args, a dict as keyword
+    args; ``kwargs`` are passed through) once under no_grad with forward hooks on every
+    nn.Linear and STLinear, and returns their per-layer and total multiply-adds, actual vs dense.
+    Layers that are never called are listed with zero calls."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"flops: argument 'model' must be an nn.Module, got {type(model).__name__}")
+    report = FlopReport()
+    handles = []
+
+    def hook(entry, mod):
+        def fn(_mod, args, _out):
+            shape = tuple(args[0].shape)
+            rows = 1
+            for s in shape[:-1]:
+                rows *= s
+            entry.calls += 1
+            entry.rows += rows
+            entry.dense_macs += linear_macs(rows, mod.in_features, mod.out_features)
+            if isinstance(mod, STLinear):
+                entry.macs += stl_macs(stl_rows(shape, mod.tile), mod.in_features,
+                                       mod.out_features, mod.tile, mod.rank)
+            else:
+                entry.macs += linear_macs(rows, mod.in_features, mod.out_features)
+        return fn
+
+    try:
+        for name, mod in model.named_modules():
+            if isinstance(mod, (nn.Linear, STLinear)):
+                stl = isinstance(mod, STLinear)
+                entry = LayerFlops(name, type(mod).__name__ if stl else "Linear", mod.in_features,
+                                   mod.out_features, tile=mod.tile if stl else None,
+                                   rank=mod.rank if stl else None)
+                report.layers.append(entry)
+                handles.append(mod.register_forward_hook(hook(entry, mod)))
+        if isinstance(example_input, dict):
+            model(**example_input, **kwargs)
+        elif isinstance(example_input, (tuple, list)):
+            model(*example_input, **kwargs)
+        else:
+            model(example_input, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return report

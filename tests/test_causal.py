@@ -1,0 +1,133 @@
+"""Causal mode: with causal=True no output position ever depends on a later token (STL.md section 5)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stl_torch import STLConfig, STLinear, convert
+from stl_torch.init import make_init
+from stl_torch.reference import dense_equivalent_error
+
+
+class CausalBlock(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(B, T, 3, self.heads, C // self.heads).permute(
+            2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(C // self.heads)
+        att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + self.proj(y)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, vocab=32, d=16, depth=2, heads=2, max_len=16):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.blocks = nn.Sequential(*[CausalBlock(d, heads) for _ in range(depth)])
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+        return self.head(self.blocks(x))
+
+
+def gpt(causal, tile=4, rank=24, init="fitted"):
+    torch.manual_seed(0)
+    model = TinyGPT().double().eval()
+    report = convert(model, STLConfig(tile=tile, rank=rank, init=init, causal=causal))
+    assert len(report.converted) == 9
+    return model
+
+
+def future_changes(model, ids, vocab):
+    """For each position i: max |change| of outputs at positions <= i when every later token changes."""
+    with torch.no_grad():
+        base = model(ids)
+        out = []
+        for i in range(ids.shape[1] - 1):
+            ids2 = ids.clone()
+            ids2[:, i + 1:] = (ids2[:, i + 1:] + 1 + torch.arange(ids.shape[1] - i - 1)) % vocab
+            out.append((model(ids2)[:, :i + 1] - base[:, :i + 1]).abs().max().item())
+    return out
+
+
+@pytest.mark.parametrize("init,seq", [("fitted", 8), ("fitted", 7), ("fitted", 5), ("fitted", 1),
+                                      ("strassen", 7), ("polynomial", 6), ("random", 7)])
+def test_causal_stl_never_sees_the_future(init, seq):
+    model = gpt(causal=True, init=init)
+    ids = torch.randint(0, 32, (3, seq), generator=torch.Generator().manual_seed(seq))
+    assert all(c == 0.0 for c in future_changes(model, ids, 32))  # exactly, in float64
+    # and a prefix alone gives the same outputs as the whole sequence
+    with torch.no_grad():
+        full = model(ids)
+        for i in range(1, seq + 1):
+            torch.testing.assert_close(model(ids[:, :i]), full[:, :i], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seq", [8, 7])
+def test_non_causal_stl_leaks_inside_a_tile(seq):
+    model = gpt(causal=False)
+    ids = torch.randint(0, 32, (3, seq), generator=torch.Generator().manual_seed(seq))
+    changes = future_changes(model, ids, 32)
+    for i, c in enumerate(changes):
+        if i % 4 != 3:      # a later token shares position i's tile: leak
+            assert c > 1e-6, (i, changes)
+
+
+def test_exact_t2_conversion_is_dense_hence_causal():
+    """With an exact decomposition the converted model *is* the dense one (causal by itself);
+    causal=False leaks only through the approximation error of lower ranks."""
+    model = gpt(causal=False, tile=2, rank=7, init="strassen")
+    ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(0))
+    assert max(future_changes(model, ids, 32)) < 1e-12
+
+
+def test_causal_stlinear_masks_persist_through_training():
+    m = STLinear(16, 8, rank=12, causal=True, init="random", dtype=torch.float64)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        m(torch.randn(2, 8, 16, dtype=torch.float64)).square().sum().backward()
+        opt.step()
+    x = torch.randn(1, 8, 16, dtype=torch.float64)
+    y = m(x)
+    for i in range(7):
+        x2 = x.clone()
+        x2[:, i + 1:] += 1
+        assert torch.equal(m(x2)[:, :i + 1], y[:, :i + 1])
+
+
+def test_causal_cost_in_tensor_error():
+    """Causality costs expressiveness: at t=4, r=24 the best causal error is sqrt(1 - 24/64)."""
+    free = dense_equivalent_error(*make_init("fitted", 4, 24), 4)
+    causal = dense_equivalent_error(*make_init("fitted", 4, 24, causal=True), 4)
+    assert abs(causal - math.sqrt(1 - 24 / 64)) < 1e-6
+    assert free < causal - 0.05
+
+
+def test_llama_causal_conversion():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).double().eval()
+    convert(model, STLConfig(tile=4, rank=24, init="fitted", causal=True))
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+
+    class Logits(nn.Module):
+        def forward(self, ids):
+            return model(ids).logits
+
+    assert all(c == 0.0 for c in future_changes(Logits(), ids, 64))

@@ -1,0 +1,215 @@
+"""stl_torch.convert: in-place swap of nn.Linear layers, report, filters, calibration."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stl_torch import ConversionReport, STLConfig, STLinear, convert
+
+from conftest import rel_err
+
+
+class Attention(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(d, heads)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """timm-style ViT: linear patch embedding, class token, pre-norm blocks, 10-class head."""
+
+    def __init__(self, patch_dim=12, d=16, depth=2, heads=2, classes=10):
+        super().__init__()
+        self.patch_embed = nn.Linear(patch_dim, d)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.blocks = nn.Sequential(*[Block(d, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, patches):  # (B, tokens, patch_dim)
+        x = self.patch_embed(patches)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def vit(seed=0):
+    torch.manual_seed(seed)
+    return TinyViT().double().eval()
+
+
+def test_vit_exact_strassen_conversion():
+    model = vit()
+    x = torch.randn(3, 6, 12, dtype=torch.float64)  # 7 tokens with the class token: padded tiles
+    ref = model(x)
+    report = convert(model, STLConfig(tile=2, rank=7, init="strassen"))
+    assert isinstance(report, ConversionReport)
+    assert len(report.converted) == 10 and not report.skipped  # 1 + 2*(2+2) + head
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert rel_err(model(x), ref) < 1e-10
+
+
+def test_report_counts_and_skips():
+    model = vit()
+    dense_params = sum(p.numel() for p in model.parameters())
+    report = convert(model, STLConfig(tile=4, rank=24))
+    head = next(x for x in report.layers if x.name == "head")
+    assert not head.converted and head.reason == "out_features=10 not divisible by tile=4"
+    assert isinstance(model.head, nn.Linear) and isinstance(model.blocks[0].mlp[0], STLinear)
+    fc1 = next(x for x in report.layers if x.name == "blocks.0.mlp.0")
+    # hand-computed: N=16, P=64, t=4, r=24
+    assert fc1.params_before == 16 * 64 + 64
+    assert fc1.params_after == 24 * 4 * 16 + 2 * 24 * 16 + 64
+    assert fc1.macs_before == 1024
+    assert fc1.macs_after == 24 * 16 / 16 + 24 * 16 * 64 / 64 + 24 * 64 / 16  # 24 + 384 + 96
+    assert report.params_before == dense_params
+    assert report.params_after == sum(p.numel() for p in model.parameters())
+    assert report.params_after - report.params_before == sum(
+        x.params_after - x.params_before for x in report.layers)
+    assert report.macs_before == sum(x.macs_before for x in report.layers)
+    text = str(report)
+    assert "9 of 10 nn.Linear layers converted" in text
+    assert "skipped: out_features=10 not divisible by tile=4" in text
+    assert set(report.to_dict()) >= {"config", "layers", "params_before", "params_after"}
+
+
+def test_filters():
+    m1 = vit()
+    r1 = convert(m1, STLConfig(tile=4, rank=8, init="random"), filter=["blocks.*.mlp.*"])
+    assert sorted(x.name for x in r1.converted) == ["blocks.0.mlp.0", "blocks.0.mlp.2",
+                                                    "blocks.1.mlp.0", "blocks.1.mlp.2"]
+    assert all(x.reason == "excluded by filter" for x in r1.skipped)
+    m2 = vit()
+    r2 = convert(m2, STLConfig(tile=4, rank=8, init="random"),
+                 filter=lambda mod, fqn: mod.out_features == 48)
+    assert sorted(x.name for x in r2.converted) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    with pytest.raises(ValueError, match="'filter'"):
+        convert(vit(), filter=3)
+    with pytest.raises(ValueError, match="'model'"):
+        convert(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="unknown init 'nope'"):
+        STLConfig(init="nope")
+    with pytest.raises(ValueError, match="'rank'"):
+        STLConfig(rank=0)
+
+
+def test_tied_shared_and_multihead_attention_layers():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(16, 8)
+            self.out = nn.Linear(8, 16, bias=False)
+            self.out.weight = self.emb.weight  # tied
+            self.shared = nn.Linear(8, 8)
+            self.again = self.shared           # same module under two names
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, ids):
+            x = self.again(self.shared(self.emb(ids)))
+            x = self.mha(x, x, x, need_weights=False)[0]
+            return self.out(x)
+
+    torch.manual_seed(0)
+    net = Net().double()
+    ids = torch.randint(0, 16, (2, 5))
+    ref = net(ids)
+    report = convert(net, STLConfig(tile=2, rank=7, init="strassen"))
+    reasons = {x.name: x.reason for x in report.skipped}
+    assert reasons == {"out": "weight tied to emb.weight",
+                       "mha.out_proj": "inside nn.MultiheadAttention (weight read directly)"}
+    assert isinstance(net.shared, STLinear) and net.again is net.shared
+    assert rel_err(net(ids), ref) < 1e-10
+
+
+def test_calibration_beats_data_free():
+    """Least-squares Wt on correlated activations: lower error on its data and on held-out data.
+
+    (The gain is small here: with E, D fixed, each (K, J) tile map is confined to the span of the
+    r maps D_l E_l^T, so only the data's tile subspace can be exploited; see README numbers.)
+    """
+    def data(seed, n=8):
+        g = torch.Generator().manual_seed(seed)
+        basis = torch.randn(4, 32, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+        return [torch.randn(4, 16, 4, generator=g, dtype=torch.float64) @ basis for _ in range(n)]
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 16)).double()
+
+    def one_layer():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(32, 32)).double()
+
+    cfg = STLConfig(tile=4, rank=24, init="fitted")
+    held_out = torch.cat(data(1))
+    ref = model()(held_out)
+    free, cal = model(), model()
+    convert(free, cfg)
+    report = convert(cal, cfg, calibration_data=data(0), damp=1e-4)
+    assert len(report.converted) == 2
+    for x in report.converted:
+        assert x.err_calibrated < x.err_data_free, x
+    assert "calibration error" in str(report)
+    # end to end on held-out rows (one layer: the layers are fitted on the *dense* model's
+    # activations, so with several layers the per-layer gains need not add up)
+    ref, free, cal = one_layer()(held_out), one_layer(), one_layer()
+    convert(free, cfg)
+    convert(cal, cfg, calibration_data=data(0), damp=1e-4)
+    assert rel_err(cal(held_out), ref) < rel_err(free(held_out), ref)
+
+
+def test_calibration_keeps_an_exact_conversion_exact():
+    model = vit()
+    x = torch.randn(2, 6, 12, dtype=torch.float64)
+    ref = model(x)
+    report = convert(model, STLConfig(tile=2, rank=7, init="strassen"), calibration_data=[x])
+    assert all(x.err_data_free < 1e-6 for x in report.converted)
+    assert rel_err(model(x), ref) < 1e-10
+
+
+def tiny_llama():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).double().eval()
+
+
+def test_llama_exact_and_fitted_conversion(capsys):
+    ids = torch.randint(0, 64, (2, 7))
+    model = tiny_llama()
+    with torch.no_grad():
+        ref = model(ids).logits
+        report = convert(model, STLConfig(tile=2, rank=7, init="strassen"))
+        assert len(report.converted) == 15 and not report.skipped
+        assert rel_err(model(ids).logits, ref) < 1e-10
+        errs = {}
+        for init in ("fitted", "random"):
+            m = tiny_llama()
+            convert(m, STLConfig(tile=4, rank=24, init=init), filter=["model.layers.*"])
+            errs[init] = rel_err(m(ids).logits, ref)
+    with capsys.disabled():
+        print(f"\ntiny Llama, t=4 r=24, logits relative error: fitted {errs['fitted']:.3f}, "
+              f"random {errs['random']:.3f}")
+    assert errs["fitted"] > 1e-3  # an approximation at r=24 ...
+    assert errs["fitted"] < 0.8 * errs["random"]  # ... much closer than an unstructured one

@@ -1,0 +1,79 @@
+"""stl_torch.flops: multiply-add counts of nn.Linear and STLinear against hand-computed numbers."""
+import pytest
+import torch
+from torch import nn
+
+from stl_torch import STLConfig, STLinear, convert, flops
+from stl_torch.flops import stl_rows
+
+
+def test_dense_linear_counts():
+    model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+    rep = flops(model, torch.randn(2, 5, 8))
+    # M = 2*5 = 10 rows: 10*8*12 + 10*12*4
+    assert [x.macs for x in rep.layers] == [960, 480]
+    assert rep.total_macs == rep.dense_macs == 1440 and rep.ratio == 1.0
+    assert [x.calls for x in rep.layers] == [1, 1] and [x.rows for x in rep.layers] == [10, 10]
+
+
+def test_stl_counts_with_padding():
+    m = STLinear(16, 32, tile=4, rank=24, init="random")
+    rep = flops(m, torch.randn(3, 7, 16))  # 7 tokens -> 8 per sequence: M = 24 padded rows
+    (x,) = rep.layers
+    enc, gemm, dec = 24 * 24 * 16 // 16, 24 * 24 * 16 * 32 // 64, 24 * 24 * 32 // 16
+    assert (enc, gemm, dec) == (576, 4608, 1152)
+    assert x.macs == enc + gemm + dec == 6336
+    assert x.dense_macs == 21 * 16 * 32 == 10752  # the dense layer on the 21 real rows
+    assert x.kind == "STLinear" and x.tile == 4 and x.rank == 24
+    assert rep.ratio == pytest.approx(10752 / 6336)
+    # 2-D input: rows padded as one sequence (10 -> 12); 1-D: one row -> one tile
+    assert flops(m, torch.randn(10, 16)).total_macs == 12 * (24 * 16 // 16 + 24 * 16 * 32 // 64
+                                                            + 24 * 32 // 16)
+    assert flops(m, torch.randn(16)).total_macs == 4 * (24 + 192 + 48)
+
+
+def test_large_shape_matches_stl_md_ratio():
+    """GEMM stage alone is t^3/r cheaper; encode/decode add r/t^2 (N + P) per row."""
+    M, N, P, t, r = 4096, 1024, 1024, 4, 24
+    m = STLinear(N, P, tile=t, rank=r, init="random", device="meta")
+    rep = flops(m, torch.empty(M, N, device="meta"))
+    gemm = r * M * N * P // t ** 3
+    assert rep.total_macs == gemm + r * M * (N + P) // t ** 2
+    assert rep.dense_macs == M * N * P
+    assert 2.6 < rep.ratio < 64 / 24
+
+
+def test_converted_model_report_and_repeated_calls():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            for _ in range(2):          # self.a called twice
+                x = torch.relu(self.a(x))
+            return self.head(self.b(x))
+
+    net = Net()
+    convert(net, STLConfig(tile=2, rank=7, init="strassen"))  # head: 3 not divisible by 2
+    rep = flops(net, (torch.randn(4, 8),))                     # tuple input is unpacked
+    by = {x.name: x for x in rep.layers}
+    assert by["a"].calls == 2 and by["head"].kind == "Linear"
+    per_call = 7 * 4 * 8 // 4 + 7 * 4 * 8 * 8 // 8 + 7 * 4 * 8 // 4  # 56 + 224 + 56
+    assert by["a"].macs == 2 * per_call and by["b"].macs == per_call
+    assert by["a"].dense_macs == 2 * 4 * 64 and by["head"].macs == 4 * 8 * 3
+    assert rep.total_macs == 3 * per_call + 96
+    text = str(rep)
+    assert "STLinear t=2 r=7" in text and "**total**" in text
+    assert rep.to_dict()["total_macs"] == rep.total_macs
+
+
+def test_bad_model_argument():
+    with pytest.raises(ValueError, match="'model'"):
+        flops(lambda x: x, torch.randn(2))
+
+
+def test_stl_rows():
+    assert stl_rows((2, 3, 5, 8), 4) == 2 * 3 * 8
+    assert stl_rows((9, 8), 4) == 12
+    assert stl_rows((8,), 4) == 4
