@@ -1,10 +1,19 @@
 """Build stl_torch._C: C11 kernels + op registration through libtorch's stable C ABI.
 
 The extension does not include or link torch at build time (the ABI is resolved at import),
-so the build needs only a C compiler and one wheel serves torch 2.9+. CUDA kernels are added
-by the GPU work (STL_TORCH_CUDA=1 forces them, =0 disables them).
+so the build needs only a C compiler and one wheel serves torch 2.9+.
+
+CUDA kernels (csrc/cuda/*.cu, compiled by nvcc and linked with the static CUDA runtime, so the
+module needs no libcudart at import) are built when STL_TORCH_CUDA=1, or when STL_TORCH_CUDA is
+unset/"auto" and both nvcc and a CUDA build of torch are found (pip's build isolation hides the
+installed torch: build GPU installs with `pip install --no-build-isolation .`). STL_TORCH_CUDA=0
+disables them. STL_TORCH_CUDA_ARCH lists the targets (default "sm_80,sm_90a"; PTX of the first is
+embedded too, for newer GPUs).
 """
+import glob
 import os
+import shutil
+import subprocess
 import sys
 
 from setuptools import Extension, setup
@@ -22,6 +31,103 @@ SOURCES = [
     "csrc/cpu/tile_kernels.c",
     "csrc/cpu/parallel.c",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA (optional)
+
+CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
+CUDA_HEADERS = sorted(glob.glob("csrc/cuda/*.cuh")) + ["csrc/stl.h"]
+
+
+def _find_nvcc():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return os.path.join(home, "bin", "nvcc")
+    return shutil.which("nvcc") or (
+        "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+
+def _torch_has_cuda():
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001 (build isolation, or no torch at all)
+        return False, f"torch is not importable here ({type(e).__name__})"
+    if not getattr(torch.version, "cuda", None):
+        return False, f"torch {torch.__version__} is a CPU build"
+    return True, f"torch {torch.__version__} (CUDA {torch.version.cuda})"
+
+
+def _cuda_config():
+    """None (no CUDA build) or (nvcc, cudart_static directory)."""
+    mode = os.environ.get("STL_TORCH_CUDA", "auto").strip().lower()
+    if mode in ("0", "off", "false", "no"):
+        return None
+    force = mode in ("1", "on", "true", "yes")
+    nvcc = _find_nvcc()
+    if not nvcc:
+        if force:
+            sys.exit("STL_TORCH_CUDA=1 but nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
+        print("stl_torch: nvcc not found, building without CUDA kernels", file=sys.stderr)
+        return None
+    if not force:
+        ok, why = _torch_has_cuda()
+        if not ok:
+            print(f"stl_torch: {why}, building without CUDA kernels (STL_TORCH_CUDA=1 forces them)",
+                  file=sys.stderr)
+            return None
+    homes = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
+    try:  # nvcc may be a wrapper script: ask it where its toolkit is
+        dry = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True).stderr
+        homes += [ln.split("=", 1)[1].strip() for ln in dry.splitlines() if ln.startswith("#$ TOP=")]
+    except OSError:
+        pass
+    homes.append("/usr/local/cuda")
+    libdirs = []
+    for home in homes:
+        libdirs += [os.path.join(home, "lib64"), os.path.join(home, "lib")] + sorted(
+            glob.glob(os.path.join(home, "targets", "*", "lib")))
+    for d in libdirs:
+        if os.path.exists(os.path.join(d, "libcudart_static.a")):
+            return nvcc, os.path.normpath(d)
+    sys.exit(f"stl_torch: libcudart_static.a not found (looked in {libdirs})")
+
+
+def _gencode_flags(archs):
+    """"sm_80,sm_90a" -> machine code for each, plus PTX of the first (JIT on newer GPUs)."""
+    flags = []
+    names = [a.strip() for a in archs.split(",") if a.strip()]
+    for a in names:
+        num = a.split("_", 1)[1]
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+    if names and not names[0].endswith("a"):
+        num = names[0].split("_", 1)[1]
+        flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    return flags
+
+
+CUDA = _cuda_config()
+CUDA_ARCH = os.environ.get("STL_TORCH_CUDA_ARCH", "sm_80,sm_90a")
+
+
+def _compile_cuda(build_temp):
+    """nvcc each csrc/cuda/*.cu to an object (in parallel); returns the object paths."""
+    nvcc, _ = CUDA
+    os.makedirs(os.path.join(build_temp, "cuda"), exist_ok=True)
+    flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-DSTL_WITH_CUDA",
+             "-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall"] + _gencode_flags(CUDA_ARCH)
+    jobs, objs = [], []
+    for src in CUDA_SOURCES:
+        obj = os.path.join(build_temp, "cuda", os.path.basename(src)[:-3] + ".o")
+        cmd = [nvcc, "-c", src, "-o", obj] + flags
+        print(" ".join(cmd), flush=True)
+        jobs.append((cmd, subprocess.Popen(cmd)))
+        objs.append(obj)
+    failed = [" ".join(c) for c, p in jobs if p.wait() != 0]
+    if failed:
+        sys.exit("nvcc failed:\n  " + "\n  ".join(failed))
+    return objs
 
 
 class BuildExt(build_ext):
@@ -43,6 +149,9 @@ class BuildExt(build_ext):
             return orig(obj, src, ext, cc_args, flags, pp_opts)
 
         cc._compile = _compile
+        if CUDA:
+            for e in self.extensions:
+                e.extra_objects = _compile_cuda(self.build_temp) + list(e.extra_objects or [])
         super().build_extensions()
 
 
@@ -53,6 +162,13 @@ ext = Extension(
     py_limited_api=True,
     define_macros=[("Py_LIMITED_API", "0x03090000")],
 )
+if CUDA:
+    # static CUDA runtime, its symbols kept private to this module (torch's libcudart stays its own)
+    ext.define_macros.append(("STL_WITH_CUDA", "1"))
+    ext.library_dirs = [CUDA[1]]
+    ext.libraries = ["cudart_static", "rt"] + ext.libraries
+    ext.extra_link_args = ["-Wl,--exclude-libs,ALL"]
+    ext.depends = CUDA_SOURCES + CUDA_HEADERS
 
 setup(
     ext_modules=[ext],

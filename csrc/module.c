@@ -10,9 +10,14 @@ const char *stl_register_ops(void);
 static PyObject *abi_info(PyObject *self, PyObject *unused) {
   (void)self;
   (void)unused;
-  return Py_BuildValue("{s:O,s:O,s:O}", "torch_parallel_for", stl_abi.parallel_for ? Py_True : Py_False,
-                       "cuda_stream", stl_abi.get_current_cuda_stream ? Py_True : Py_False,
-                       "cuda_kernels", Py_False);
+#ifdef STL_WITH_CUDA
+  PyObject *cuda = Py_True; /* fused_forward: offered behind STL_TORCH_FUSED=1 */
+#else
+  PyObject *cuda = Py_False;
+#endif
+  return Py_BuildValue("{s:O,s:O,s:O,s:O}", "torch_parallel_for", stl_abi.parallel_for ? Py_True : Py_False,
+                       "cuda_stream", stl_abi.get_current_cuda_stream ? Py_True : Py_False, "cuda_kernels", cuda,
+                       "fused_forward", cuda);
 }
 
 static PyMethodDef methods[] = {

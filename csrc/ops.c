@@ -4,6 +4,7 @@
  * freeing every handle it owns and then calling stl_throw (error.cpp). */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "stl.h"
@@ -38,6 +39,17 @@ static void free_all(Owned *o) {
   o->n = 0;
 }
 
+/* The kernel call in flight on this thread: a device backend that hits an error (a failed CUDA
+ * launch) calls stl_kernel_error, which frees that call's handles before raising. */
+static _Thread_local Owned *in_flight;
+
+void stl_kernel_error(const char *msg) __attribute__((noreturn));
+void stl_kernel_error(const char *msg) {
+  if (in_flight) free_all(in_flight);
+  in_flight = NULL;
+  stl_throw(msg);
+}
+
 static void fail(Owned *o, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 static void fail(Owned *o, const char *fmt, ...) {
   char msg[512];
@@ -47,6 +59,7 @@ static void fail(Owned *o, const char *fmt, ...) {
   vsnprintf(msg + k, sizeof msg - (size_t)k, fmt, ap);
   va_end(ap);
   free_all(o);
+  in_flight = NULL;
   stl_throw(msg);
 }
 
@@ -253,9 +266,28 @@ static void check_z_like(Owned *o, const Arg *z, const Arg *x, const Dims *d, co
   expect_like(o, z, x);
 }
 
+#ifdef STL_WITH_CUDA
+int stl_cuda_fused_forward_supported(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r);
+void stl_cuda_fused_forward(StlDtype dt, const void *xe, const void *wt, StlSmallMat dec, const void *bias,
+                            void *y, void *z_out, int64_t M, int64_t N, int64_t P, int t, int r, void *stream);
+
+/* The fused GEMM+decode forward is experimental (untested on a GPU so far): opt in with
+ * STL_TORCH_FUSED=1 until the GPU check has measured it. */
+static bool use_fused_forward(const Dims *d) {
+  static int enabled = -1;
+  if (enabled < 0) {
+    const char *e = getenv("STL_TORCH_FUSED");
+    enabled = e && e[0] == '1';
+  }
+  return enabled && d->k == &stl_cuda_kernels &&
+         stl_cuda_fused_forward_supported(d->dt, d->M, d->N, d->P, d->t, d->r);
+}
+#endif
+
 /* stl_forward(x, E, Wt, D, bias, tile, need_z) -> (y, z) */
 static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   Owned o = {"stl_forward", {0}, 0};
+  in_flight = &o;
   if (n_in != 7 || n_out != 2) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
                                     (unsigned long long)n_out);
   Arg x = arg(&o, stack[0], "x"), E = arg(&o, stack[1], "E"), Wt = arg(&o, stack[2], "Wt"),
@@ -280,10 +312,18 @@ static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     z = new_tensor(&o, &x, 3, z_s);
     StlSmallMat enc = {E.data, d.t * d.t, 1};
     d.k->encode_add(d.dt, x.data, d.M, d.N, d.t, d.r, enc, NULL, data_of(&o, xe), d.stream);
-    bmm(&o, &d, z, xe, Wt.h);
     StlSmallMat dec = {D.data, d.r, 1};
-    d.k->decode(d.dt, data_of(&o, z), d.M, d.P, d.t, d.r, dec, b.numel ? b.data : NULL, data_of(&o, y),
-                d.stream);
+#ifdef STL_WITH_CUDA
+    if (use_fused_forward(&d)) /* GEMM + decode in one kernel: Z stays on chip unless kept */
+      stl_cuda_fused_forward(d.dt, data_of(&o, xe), Wt.data, dec, b.numel ? b.data : NULL, data_of(&o, y),
+                             need_z ? data_of(&o, z) : NULL, d.M, d.N, d.P, d.t, d.r, d.stream);
+    else
+#endif
+    {
+      bmm(&o, &d, z, xe, Wt.h);
+      d.k->decode(d.dt, data_of(&o, z), d.M, d.P, d.t, d.r, dec, b.numel ? b.data : NULL, data_of(&o, y),
+                  d.stream);
+    }
   } else {
     z = new_tensor(&o, &x, 3, z_s);
   }
@@ -291,6 +331,7 @@ static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   release(&o, y);
   release(&o, z);
   free_all(&o); /* inputs and temporaries (including an unneeded z) */
+  in_flight = NULL;
   stack[0] = (StableIValue)(uintptr_t)y;
   stack[1] = (StableIValue)(uintptr_t)z;
 }
@@ -298,6 +339,7 @@ static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
 /* stl_backward(grad_y, grad_z, x, E, Wt, D, z, has_bias, tile) -> (dx, dE, dWt, dD, db) */
 static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   Owned o = {"stl_backward", {0}, 0};
+  in_flight = &o;
   if (n_in != 9 || n_out != 5) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
                                     (unsigned long long)n_out);
   Arg g = arg(&o, stack[0], "grad_y"), gz = arg(&o, stack[1], "grad_z"), x = arg(&o, stack[2], "x"),
@@ -356,6 +398,7 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   AtenTensorHandle outs[5] = {dx, dE, dWt, dD, db};
   for (int i = 0; i < 5; i++) release(&o, outs[i]);
   free_all(&o);
+  in_flight = NULL;
   for (int i = 0; i < 5; i++) stack[i] = (StableIValue)(uintptr_t)outs[i];
 }
 

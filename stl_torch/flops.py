@@ -2,7 +2,8 @@
 
 For one call on M rows (M = all leading dims of the input flattened):
   dense  nn.Linear(N -> P):  M*N*P
-  STL (tile t, rank r):      r*M*N/t^2 (encode) + r*M*N*P/t^3 (r batched GEMMs) + r*M*P/t^2 (decode)
+  STL (tile t, rank r):      r*M*N (encode) + r*M*N*P/t^3 (r batched GEMMs) + r*M*P (decode)
+(encode: r*(M/t)*(N/t) outputs of t^2 terms each; decode: M*P outputs of r terms each)
 with M the *padded* row count the operator really processes (STLinear pads the token dim of
 each sequence to a multiple of t; a 2-D input is padded as one sequence). Biases and the
 padding copies are not counted. A layer called several times (weight sharing, a loop) is
@@ -27,8 +28,8 @@ def linear_macs(rows, in_features, out_features):
 def stl_macs(rows, in_features, out_features, tile, rank):
     """STL multiply-adds for ``rows`` rows (already padded to a multiple of ``tile``)."""
     t, r = tile, rank
-    return (r * rows * in_features) // (t * t) + (r * rows * in_features * out_features) // t ** 3 \
-        + (r * rows * out_features) // (t * t)
+    return r * rows * in_features + (r * rows * in_features * out_features) // t ** 3 \
+        + r * rows * out_features
 
 
 def stl_rows(shape, tile):

