@@ -72,7 +72,7 @@ def stl_linear(x, E, Wt, D, bias=None, tile=4):
     if bias is None:
         bias = _empty(x)
     dev = x.device.type
-    if torch.is_autocast_enabled(dev):
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
         dt = torch.get_autocast_dtype(dev)
         x, E, Wt, D, bias = (v.to(dt) for v in (x, E, Wt, D, bias))
     need_z = torch.is_grad_enabled() and any(

@@ -1,6 +1,7 @@
 /* CPU tile primitives of the STL operator: public entry points (stl.h) that convert the small
  * encoder/decoder matrices to the compute type once, split the tile-rows over threads and run
  * the bodies in tile_body.inc. */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
