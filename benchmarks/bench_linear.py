@@ -25,26 +25,31 @@ CUDA_SHAPES = [(8192, 8192, 8192), (16384, 2048, 5632), (16384, 5632, 2048), (16
 
 
 def timer(device, reps, warmup):
-    def run(fn):
-        for _ in range(warmup):
+    """run({name: fn}) -> {name: median ms}. The functions are timed in interleaved rounds
+    (A B C A B C ...), so a machine that slows down for a while slows all of them alike."""
+    def once(fn):
+        if device == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
             fn()
+            b.record()
+            torch.cuda.synchronize()
+            return a.elapsed_time(b)
+        s = time.perf_counter()
+        fn()
+        return (time.perf_counter() - s) * 1e3
+
+    def run(fns):
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
         if device == "cuda":
             torch.cuda.synchronize()
-            ts = []
-            for _ in range(reps):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                torch.cuda.synchronize()
-                ts.append(a.elapsed_time(b))
-        else:
-            ts = []
-            for _ in range(reps):
-                s = time.perf_counter()
-                fn()
-                ts.append((time.perf_counter() - s) * 1e3)
-        return statistics.median(ts)
+        ts = {k: [] for k in fns}
+        for _ in range(reps):
+            for k, fn in fns.items():
+                ts[k].append(once(fn))
+        return {k: statistics.median(v) for k, v in ts.items()}
     return run
 
 
@@ -72,28 +77,29 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
             f().backward(gy)
         return step
 
-    rows = {}
+    xe = mk(r, M // t, N // t)
+    fwd = {"dense F.linear": lambda: F.linear(x, W),
+           "STL (stl_torch)": lambda: stl_torch.stl_linear(x, E, Wt, D, None, t),
+           "plain-PyTorch STL": lambda: plain_stl(x, E, Wt, D, t),
+           "r batched GEMMs alone": lambda: torch.bmm(xe, Wt)}
+    if do_compile:
+        cp = torch.compile(plain_stl)
+        fwd["plain-PyTorch STL, compiled"] = lambda: cp(x, E, Wt, D, t)
+    if do_sparse:
+        from torch.sparse import to_sparse_semi_structured
+        mask = torch.tensor([1, 1, 0, 0], device=device, dtype=torch.bool).tile(P, N // 4)
+        Ws = to_sparse_semi_structured(W * mask)
+        fwd["2:4 sparse F.linear"] = lambda: F.linear(x, Ws)
     with torch.no_grad():
-        rows["dense F.linear"] = {"fwd": run(lambda: F.linear(x, W))}
-        rows["STL (stl_torch)"] = {"fwd": run(lambda: stl_torch.stl_linear(x, E, Wt, D, None, t))}
-        rows["plain-PyTorch STL"] = {"fwd": run(lambda: plain_stl(x, E, Wt, D, t))}
-        xe = mk(r, M // t, N // t)
-        rows["r batched GEMMs alone"] = {"fwd": run(lambda: torch.bmm(xe, Wt))}
-        if do_compile:
-            cp = torch.compile(plain_stl)
-            rows["plain-PyTorch STL, compiled"] = {"fwd": run(lambda: cp(x, E, Wt, D, t))}
-        if do_sparse:
-            from torch.sparse import to_sparse_semi_structured
-            mask = torch.tensor([1, 1, 0, 0], device=device, dtype=torch.bool).tile(P, N // 4)
-            Ws = to_sparse_semi_structured(W * mask)
-            rows["2:4 sparse F.linear"] = {"fwd": run(lambda: F.linear(x, Ws))}
+        rows = {k: {"fwd": v} for k, v in run(fwd).items()}
     xg = x.clone().requires_grad_()
     for v in params:
         v.requires_grad_()
-    rows["dense F.linear"]["fwd+bwd"] = run(fwd_bwd(lambda: F.linear(xg, W), xg, W))
-    rows["STL (stl_torch)"]["fwd+bwd"] = run(fwd_bwd(lambda: stl_torch.stl_linear(xg, E, Wt, D, None, t),
-                                                     xg, E, Wt, D))
-    rows["plain-PyTorch STL"]["fwd+bwd"] = run(fwd_bwd(lambda: plain_stl(xg, E, Wt, D, t), xg, E, Wt, D))
+    both = run({"dense F.linear": fwd_bwd(lambda: F.linear(xg, W), xg, W),
+                "STL (stl_torch)": fwd_bwd(lambda: stl_torch.stl_linear(xg, E, Wt, D, None, t), xg, E, Wt, D),
+                "plain-PyTorch STL": fwd_bwd(lambda: plain_stl(xg, E, Wt, D, t), xg, E, Wt, D)})
+    for k, v in both.items():
+        rows[k]["fwd+bwd"] = v
     dense_macs = M * N * P
     stl_macs = r * M * N + r * M * N * P // t ** 3 + r * M * P  # encode + GEMMs + decode
     for name, row in rows.items():
@@ -151,7 +157,7 @@ def main():
     dtype = getattr(torch, a.dtype or ("bfloat16" if cuda else "float32"))
     shapes = ([tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes
               else CUDA_SHAPES if cuda else CPU_SHAPES)
-    run = timer(a.device, a.reps or (20 if cuda else 7), 5 if cuda else 2)
+    run = timer(a.device, a.reps or (20 if cuda else 15), 5 if cuda else 2)
     meta = {"device": a.device, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
             "tile": a.tile, "rank": a.rank, "threads": torch.get_num_threads(),
             "device_name": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()) + " CPU",
