@@ -225,7 +225,7 @@ static Dims check_operands(Owned *o, const Arg *x, const Arg *E, const Arg *Wt, 
     fmt_shape(x, got, sizeof got);
     fail(o, "argument '%s' has shape %s; expected a 2-D (M, N) tensor", x->name, got);
   }
-  expect_like(o, x, x);
+  expect_contiguous(o, x);
   d.M = x->sizes[0];
   d.N = x->sizes[1];
   if (d.N <= 0 || d.N % d.t)

@@ -20,9 +20,7 @@ typedef struct {
   int64_t s0, s1;
 } StlSmallMat;
 
-void stl_cpu_encode(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r,
-                    StlSmallMat enc, void *out);
-/* extra (optional, may be NULL): an (r, ceil(M/t), P/t) tensor added to the result (grad of Z). */
+/* extra (optional, may be NULL): an (r, ceil(M/t), N/t) tensor added to the result (grad of Z). */
 void stl_cpu_encode_add(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r,
                         StlSmallMat enc, const void *extra, void *out);
 void stl_cpu_decode(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r,

@@ -61,11 +61,6 @@ void stl_cpu_encode_add(StlDtype dt, const void *in, int64_t M, int64_t N, int t
   free((void *)a.small);
 }
 
-void stl_cpu_encode(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r,
-                    StlSmallMat enc, void *out) {
-  stl_cpu_encode_add(dt, in, M, N, t, r, enc, NULL, out);
-}
-
 void stl_cpu_decode(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r,
                     StlSmallMat dec, const void *bias, void *out) {
   void *b = NULL;
