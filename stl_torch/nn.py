@@ -19,6 +19,10 @@ class STLinear(nn.Module):
 
     With ``causal=True`` E and D are masked by row (see ``stl_torch.init.causal_masks``) so that
     no output row depends on a later row of its tile.
+
+    ``seed``: the theory-backed inits are deterministic (``None`` = seed 0, fits are cached);
+    ``init="random"`` with ``seed=None`` draws its seed from torch's global RNG, like
+    ``nn.init``, so layers differ and ``torch.manual_seed`` reproduces them.
     """
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
@@ -49,8 +53,10 @@ class STLinear(nn.Module):
         """(Re)initialise from ``init``; ``Wt`` encodes ``weight`` (P x N) or a fresh
         nn.Linear-style random dense weight, so the layer starts as close to that dense
         map as the rank allows."""
-        dec = stl_init.make_init(self.init, self.tile, self.rank, causal=self.causal,
-                                 seed=self._seed)
+        seed = self._seed
+        if seed is None and self.init == "random":
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        dec = stl_init.make_init(self.init, self.tile, self.rank, causal=self.causal, seed=seed)
         if weight is None:
             weight = torch.empty(self.out_features, self.in_features, dtype=torch.float64,
                                  device=self.E.device)

@@ -130,3 +130,15 @@ def test_autocast_bf16_casts_like_linear():
     assert rel_err(y.reshape(-1, 8), ref) < 2.5e-2
     y.float().sum().backward()
     assert x.grad.dtype == torch.float32 and m.E.grad.dtype == torch.float32
+
+
+def test_random_init_differs_per_layer_and_follows_manual_seed():
+    torch.manual_seed(3)
+    a, b = STLinear(16, 8, rank=6, init="random"), STLinear(16, 8, rank=6, init="random")
+    assert not torch.equal(a.E, b.E)
+    torch.manual_seed(3)
+    a2 = STLinear(16, 8, rank=6, init="random")
+    assert torch.equal(a.E, a2.E) and torch.equal(a.D, a2.D) and torch.equal(a.Wt, a2.Wt)
+    # theory-backed inits are one fixed decomposition, whatever the global RNG
+    s1, s2 = STLinear(16, 8, rank=6, init="fitted"), STLinear(16, 8, rank=6, init="fitted")
+    assert torch.equal(s1.E, s2.E) and torch.equal(s1.D, s2.D)
