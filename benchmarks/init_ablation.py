@@ -47,8 +47,9 @@ def main():
             if name == "dense":
                 model = PatchTransformer(nn.Linear)
             else:
+                # "random" draws each layer from torch's RNG (seeded above); the fits take the seed
                 model = PatchTransformer(lambda i, o: stl_torch.STLinear(
-                    i, o, tile=a.tile, rank=a.rank, init=name, seed=seed))
+                    i, o, tile=a.tile, rank=a.rank, init=name, seed=None if name == "random" else seed))
             print(f"[{name} seed {seed}]", flush=True)
             secs = train(model, xtr, ytr, a.steps, a.batch_size, seed)
             runs.append({"init": name, "seed": seed, "top1": accuracy(model, xte, yte), "train_s": secs})
