@@ -5,6 +5,12 @@ block layer STL (t=4, r=24), once per (init, seed), same steps, data order and h
 plus the dense model; reports test top-1 mean and spread per init. Writes JSON and a PNG.
 
   python benchmarks/init_ablation.py --steps 300 --seeds 0 1 2
+
+Variants (``--variants``; STL.md section 4: how E and D are scaled and trained is part of an
+init scheme): ``base`` (one AdamW for everything), ``ed_lr0.1`` (E and D at 0.1x the learning
+rate, no weight decay), ``ed_frozen`` (E and D fixed at the init, only Wt and the rest train),
+``ed_unit`` (each product rescaled so ||E_l|| = ||D_l|| = 1, Wt scaled up to keep the function:
+the same operator at init, a different parameterisation for the optimiser).
 """
 import argparse
 import json
@@ -24,6 +30,34 @@ from demo import PatchTransformer, accuracy, train  # noqa: E402
 from recipe_data import FASHION_MNIST_DIR, load_idx_split  # noqa: E402
 
 
+VARIANTS = ("base", "ed_lr0.1", "ed_frozen", "ed_unit")
+
+
+def param_groups(model, variant):
+    """Optimiser groups for a variant (None: one group). Mutates E/D/Wt for ``ed_unit``."""
+    if variant == "base":
+        return None
+    stl = [m for m in model.modules() if isinstance(m, stl_torch.STLinear)]
+    ed = {id(p) for m in stl for p in (m.E, m.D)}
+    rest = [p for p in model.parameters() if id(p) not in ed]
+    eds = [p for m in stl for p in (m.E, m.D)]
+    if variant == "ed_lr0.1":
+        return [{"params": rest}, {"params": eds, "lr": 3e-4, "weight_decay": 0.0}]
+    if variant == "ed_frozen":
+        for p in eds:
+            p.requires_grad_(False)
+        return [{"params": rest}]
+    if variant == "ed_unit":
+        with torch.no_grad():
+            for m in stl:
+                se, sd = m.E.norm(dim=1), m.D.norm(dim=0)  # per product l
+                m.E.div_(se[:, None])
+                m.D.div_(sd[None, :])
+                m.Wt.mul_((se * sd)[:, None, None])
+        return None
+    raise ValueError(variant)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=FASHION_MNIST_DIR)
@@ -33,6 +67,9 @@ def main():
     ap.add_argument("--inits", nargs="+", default=["strassen", "fitted", "polynomial", "random"])
     ap.add_argument("--tile", type=int, default=4)
     ap.add_argument("--rank", type=int, default=24)
+    ap.add_argument("--variants", nargs="+", default=["base"], choices=VARIANTS)
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
+    ap.add_argument("--tag", default="", help="suffix of the output files")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     a = ap.parse_args()
 
@@ -41,27 +78,33 @@ def main():
     xte, yte = load_idx_split(a.data, "test")
     xtr, xte = norm(xtr), norm(xte)
     runs = []
-    for name in ["dense"] + a.inits:
+    configs = ([] if a.no_dense else [("dense", "base")]) + [(i, v) for i in a.inits for v in a.variants]
+    names = []
+    for init, variant in configs:
+        name = init if variant == "base" else f"{init}/{variant}"
+        names.append(name)
         for seed in a.seeds:
             torch.manual_seed(seed)
-            if name == "dense":
+            if init == "dense":
                 model = PatchTransformer(nn.Linear)
             else:
                 # "random" draws each layer from torch's RNG (seeded above); the fits take the seed
                 model = PatchTransformer(lambda i, o: stl_torch.STLinear(
-                    i, o, tile=a.tile, rank=a.rank, init=name, seed=None if name == "random" else seed))
+                    i, o, tile=a.tile, rank=a.rank, init=init, seed=None if init == "random" else seed))
+            groups = param_groups(model, variant)
             print(f"[{name} seed {seed}]", flush=True)
-            secs = train(model, xtr, ytr, a.steps, a.batch_size, seed)
+            secs = train(model, xtr, ytr, a.steps, a.batch_size, seed, groups)
             runs.append({"init": name, "seed": seed, "top1": accuracy(model, xte, yte), "train_s": secs})
             print(f"  top-1 {runs[-1]['top1']:.4f}", flush=True)
     summary = {}
-    for name in ["dense"] + a.inits:
+    for name in names:
         accs = [r["top1"] for r in runs if r["init"] == name]
         summary[name] = {"mean": statistics.mean(accs), "min": min(accs), "max": max(accs), "n": len(accs)}
     os.makedirs(a.out, exist_ok=True)
     meta = {"steps": a.steps, "batch_size": a.batch_size, "tile": a.tile, "rank": a.rank,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads()}
-    with open(os.path.join(a.out, "init_ablation.json"), "w") as f:
+    meta["variants"] = a.variants
+    with open(os.path.join(a.out, f"init_ablation{a.tag}.json"), "w") as f:
         json.dump({"meta": meta, "runs": runs, "summary": summary}, f, indent=1)
     print(f"\n{a.steps} steps, batch {a.batch_size}, seeds {a.seeds}, t={a.tile} r={a.rank}\n")
     print("| model | test top-1 mean | min | max | runs |\n|---|---:|---:|---:|---:|")
@@ -78,11 +121,11 @@ def main():
         accs = [r["top1"] for r in runs if r["init"] == name]
         ax.scatter([i] * len(accs), accs, color="C0")
         ax.hlines(summary[name]["mean"], i - 0.3, i + 0.3, color="C1")
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("test top-1")
     ax.set_title(f"Fashion-MNIST, {a.steps} steps, STL t={a.tile} r={a.rank}")
     fig.tight_layout()
-    fig.savefig(os.path.join(a.out, "init_ablation.png"), dpi=120)
+    fig.savefig(os.path.join(a.out, f"init_ablation{a.tag}.png"), dpi=120)
 
 
 if __name__ == "__main__":

@@ -59,10 +59,14 @@ def accuracy(model, x, y, bs=1000):
     return hits / len(y)
 
 
-def train(model, xs, ys, steps, bs, seed):
+def train(model, xs, ys, steps, bs, seed, param_groups=None):
+    """AdamW + one-cycle; ``param_groups`` (optional) overrides ``model.parameters()``, e.g. to
+    give STL's E and D their own learning rate (benchmarks/init_ablation.py)."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    groups = list(model.parameters()) if param_groups is None else param_groups
+    opt = torch.optim.AdamW(groups, lr=3e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                total_steps=steps, pct_start=0.1)
     t0 = time.perf_counter()
     for step in range(steps):
         idx = torch.randint(len(ys), (bs,), generator=g)

@@ -49,7 +49,8 @@ DEFAULT_TARGETS = r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$
 
 # settings that change the model, data or step size: a checkpoint only resumes under the same ones
 MODEL_KEYS = ("model", "gguf_file", "tiny", "data", "max_docs", "eval_frac", "seq_len", "method",
-              "targets", "tile", "rank", "init", "causal", "calibrate_seqs", "batch_size", "seed")
+              "targets", "tile", "rank", "init", "causal", "calibrate_seqs", "calibration",
+              "distill_steps", "batch_size", "seed")
 
 
 def default_model_dir():
@@ -94,9 +95,15 @@ def parse_args(argv=None):
                    help="causal-safe STL (--no-causal leaks future tokens within a tile)")
     g.add_argument("--ed-lr-mult", type=float, default=1.0, help="lr multiplier for STL's E, D")
     g.add_argument("--calibrate-seqs", type=int, default=0,
-                   help="stl: fit each layer's Wt to the dense layer's outputs on N training "
-                        "sequences (least squares on real activations) instead of the data-free "
-                        "encoding of the dense weight; 0: data-free")
+                   help="stl: fit each layer to the dense layer's outputs on N training sequences "
+                        "(sequential, in execution order, on the converted model's own "
+                        "activations) instead of the data-free encoding of the dense weight; "
+                        "0: data-free")
+    g.add_argument("--calibration", choices=["lstsq", "distill"], default="lstsq",
+                   help="with --calibrate-seqs: least-squares Wt (E, D at the init), or that "
+                        "followed by layer-wise distillation of E, D and Wt (Adam)")
+    g.add_argument("--distill-steps", type=int, default=200,
+                   help="Adam steps per layer for --calibration distill")
     g = p.add_argument_group("optimisation")
     g.add_argument("--tokens", type=float, default=2e6, help="training token budget")
     g.add_argument("--batch-size", type=int, default=16, help="global sequences per step")
@@ -319,11 +326,14 @@ def main(argv=None):
             calib = [{"input_ids": cs[i:i + micro].to(d.device), "use_cache": False}
                      for i in range(0, len(cs), micro)]
         t_conv = time.time()
+        kw = dict(calibration=a.calibration, distill_steps=a.distill_steps,
+                  max_rows=a.calibrate_seqs * a.seq_len, progress=d.main and not a.no_progress)
         changed, report = C.to_stl(model, tile=a.tile, rank=a.rank, init=a.init, causal=a.causal,
-                                   include=include, calibration_data=calib)
+                                   include=include, calibration_data=calib, **(kw if calib else {}))
         if d.main:
             print(f"converted {len(changed)} layers in {time.time() - t_conv:.1f}s"
-                  + (f" (calibrated on {len(cs)} sequences)" if calib else ""), flush=True)
+                  + (f" ({a.calibration} calibration on {len(cs)} sequences)" if calib else ""),
+                  flush=True)
     elif a.method == "sparse24":
         changed = C.apply_24_sparsity(model, include)
     model.to(d.device)

@@ -106,12 +106,13 @@ def tileable(linear: nn.Linear, tile: int) -> bool:
     return linear.in_features % tile == 0 and linear.out_features % tile == 0
 
 
-def to_stl(model, *, tile, rank, init, causal, include, calibration_data=None):
+def to_stl(model, *, tile, rank, init, causal, include, calibration_data=None, **convert_kw):
     """Replaces every nn.Linear whose qualified name passes ``include(name, module)`` by an STLinear
     initialised from it (``Wt`` encodes the dense weight, bias copied) with ``stl_torch.convert``.
     Returns ``(names, report)``. Layers whose dims are not multiples of ``tile`` are never
     selected. ``calibration_data`` (model inputs) makes convert fit each ``Wt`` to the dense
-    layer's outputs on real activations instead of the data-free encoding.
+    layer's outputs on real activations instead of the data-free encoding; ``convert_kw`` go to
+    ``stl_torch.convert`` (calibration="distill", distill_steps, progress, ...).
     """
     import stl_torch
 
@@ -122,7 +123,7 @@ def to_stl(model, *, tile, rank, init, causal, include, calibration_data=None):
     cfg = stl_torch.STLConfig(tile=tile, rank=rank, init=init, causal=causal)
     wanted = set(names)
     report = stl_torch.convert(model, config=cfg, filter=lambda m, fqn: fqn in wanted,
-                               calibration_data=calibration_data)
+                               calibration_data=calibration_data, **convert_kw)
     got = [n for n, m in model.named_modules() if is_stl(m)]
     if sorted(got) != sorted(names):
         raise RuntimeError(f"stl_torch.convert converted {len(got)} layers, expected {len(names)}")

@@ -18,11 +18,13 @@
 #   build            pip install this repo (CUDA kernels) unless stl_torch already imports
 #   t2t:VARIANT      T2T-ViT-7 on Fashion-MNIST from scratch: dense | stl-<init> (strassen,
 #                    random, fitted, polynomial); seeds from T2T_SEEDS
-#   llm:METHOD       SmolLM2-135M fine-tuning: dense | sparse24 | stl | stl-noncausal
+#   llm:METHOD       SmolLM2-135M fine-tuning: dense | sparse24 | stl (calibrated conversion,
+#                    LLM_CALIB sequences, LLM_CALIBRATION) | stl-datafree | stl-noncausal
 #   table            results table from every runs/gpu/*/metrics.json
 #   all              every step above in order (no 10-minute limit assumed)
 # Knobs (env): T2T_EPOCHS=10 T2T_BATCH=256 T2T_LR=1e-3 T2T_SEEDS="0" LLM_TOKENS=4e6
 #   LLM_BATCH=16 LLM_SEQ=512 LLM_LR (default 1e-4; 3e-4 for stl) TILE=4 RANK=24
+#   LLM_CALIB=32 LLM_CALIBRATION=distill (lstsq: least squares only)
 #   RUN_TIMEOUT=560 (seconds per run in one call; the run resumes on the next call)
 # Metrics (json/csv/png) of every run are copied to $OUT/<run>/ when $OUT is set.
 set -euo pipefail
@@ -124,7 +126,9 @@ step_llm() {
     local method=$1 extra=() lr=${LLM_LR:-1e-4}
     case $method in
         dense|sparse24) extra=(--method "$method") ;;
-        stl) extra=(--method stl --tile "$TILE" --rank "$RANK"); lr=${LLM_LR:-3e-4} ;;
+        stl) extra=(--method stl --tile "$TILE" --rank "$RANK" --calibrate-seqs "${LLM_CALIB:-32}"
+                    --calibration "${LLM_CALIBRATION:-distill}"); lr=${LLM_LR:-3e-4} ;;
+        stl-datafree) extra=(--method stl --tile "$TILE" --rank "$RANK"); lr=${LLM_LR:-3e-4} ;;
         stl-noncausal) extra=(--method stl --no-causal --tile "$TILE" --rank "$RANK"); lr=${LLM_LR:-3e-4} ;;
         *) echo "unknown llm method $method" >&2; exit 2 ;;
     esac

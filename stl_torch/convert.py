@@ -3,7 +3,8 @@
 Each converted layer is ``STLinear.from_linear(linear, ...)``: ``Wt = encode_weight(W, F)`` for
 the init's (E, F, D), bias copied, so the converted model starts as close to the dense one as
 the rank allows (exactly equal with an exact init, e.g. ``init="strassen", tile=2, rank=7``).
-The data-free start can be improved on real activations with :func:`calibrate`.
+The data-free start can be improved on real activations: ``convert(..., calibration_data=...)``
+(least squares for Wt, or layer-wise distillation of E, D and Wt; see ``stl_torch.calibrate``).
 """
 import fnmatch
 from dataclasses import asdict, dataclass, field
@@ -12,12 +13,12 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from . import calibrate as stl_calib
 from . import init as stl_init
-from . import reference as stl_reference
 from .flops import linear_macs, stl_macs
 from .nn import STLinear
 
-__all__ = ["STLConfig", "convert", "ConversionReport", "LayerConversion", "calibrate"]
+__all__ = ["STLConfig", "convert", "ConversionReport", "LayerConversion"]
 
 
 @dataclass
@@ -53,8 +54,12 @@ class LayerConversion:
     params_after: int = 0
     macs_before: float = 0  # multiply-adds per token (row), dense
     macs_after: float = 0   # per token after conversion (STL formula, no padding)
-    err_data_free: Optional[float] = None   # with calibration data: relative output error of
-    err_calibrated: Optional[float] = None  # the data-free / calibrated Wt on that data
+    # with calibration data: relative output error on held-out calibration tiles of the
+    # data-free start, the least-squares Wt, the distilled (E, D, Wt), and of what was kept
+    err_data_free: Optional[float] = None
+    err_lstsq: Optional[float] = None
+    err_distill: Optional[float] = None
+    err_calibrated: Optional[float] = None
 
 
 @dataclass
@@ -110,6 +115,14 @@ def _param_count(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def _swap(model, old, new):
+    """Replace every reference to module ``old`` inside ``model`` by ``new``."""
+    for parent in list(model.modules()):
+        for cname, child in list(parent._modules.items()):  # named_children() dedups
+            if child is old:
+                setattr(parent, cname, new)
+
+
 def _make_filter(filter):
     if filter is None:
         return lambda mod, fqn: True
@@ -126,8 +139,10 @@ def _make_filter(filter):
 
 def convert(model: nn.Module, config: Optional[STLConfig] = None,
             filter: Union[None, Sequence[str], Callable[[nn.Module, str], bool]] = None, *,
-            calibration_data=None, damp: float = 1e-2, max_unknowns: int = 8192
-            ) -> ConversionReport:
+            calibration_data=None, calibration: str = "lstsq", damp: float = 1e-2,
+            max_unknowns: int = 12288, distill_steps: int = 200, distill_lr: float = 3e-3,
+            rows_per_step: int = 2048, max_rows: int = 8192, holdout: int = 10,
+            progress: bool = False) -> ConversionReport:
     """Replace every selected ``nn.Linear`` of ``model`` by an ``STLinear`` (in place).
 
     ``filter``: None (every nn.Linear), a list of fnmatch patterns on the qualified name
@@ -138,9 +153,16 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
     directly). A module reachable under several names is converted once and replaced everywhere.
 
     ``calibration_data`` (optional): an iterable of model inputs (a tensor, a tuple of args or a
-    dict of kwargs), run through the *dense* model first to fit each converted layer's ``Wt`` to
-    real activations (see :func:`_Calibrator`; ``damp`` and ``max_unknowns`` are its ridge and
-    size limit). Without it the conversion is data-free: ``Wt = encode_weight(W, F)``.
+    dict of kwargs; read several times). Layers are then converted sequentially in execution
+    order, each fitted on the inputs it sees in the partly converted model (``stl_torch.calibrate``):
+    ``calibration="lstsq"`` solves ``Wt`` by least squares with E, D at the init (ridge ``damp``
+    x mean diagonal; layers with r N/t > ``max_unknowns`` unknowns per column keep the data-free
+    Wt); ``"distill"`` then runs ``distill_steps`` Adam steps on E, D and Wt (``distill_lr``
+    relative to each tensor's RMS, ``rows_per_step`` rows per step). At most ``max_rows`` rows per
+    layer are used; every ``holdout``-th tile is held out, the reported errors are measured there,
+    and a layer keeps whichever of data-free / lstsq / distilled is best on it. Layers the data
+    never reaches stay data-free. ``progress``: a tqdm bar per layer.
+    Without calibration data the conversion is data-free: ``Wt = encode_weight(W, F)``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"convert: argument 'model' must be an nn.Module, got {type(model).__name__}")
@@ -148,6 +170,8 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
         raise ValueError("convert: argument 'model' is itself an nn.Linear and cannot be replaced "
                          "in place; use STLinear.from_linear(model, ...)")
     config = STLConfig() if config is None else config
+    if calibration_data is not None:
+        stl_calib.check_options(calibration, distill_steps, distill_lr, rows_per_step, max_rows, holdout)
     if not isinstance(config, STLConfig):
         raise ValueError(f"convert: argument 'config' must be an STLConfig, got {type(config).__name__}")
     keep = _make_filter(filter)
@@ -160,7 +184,7 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
             owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
     parents = {id(child): type(parent) for parent in model.modules() for child in parent.children()}
 
-    replace, chosen = {}, []
+    chosen = []
     for fqn, mod in model.named_modules():
         if not isinstance(mod, nn.Linear):
             continue
@@ -185,127 +209,37 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
             entry.converted = True
             entry.params_after = r * (n // t) * (p // t) + 2 * r * t * t + nb
             entry.macs_after = stl_macs(t, n, p, t, r) / t  # one tile of t rows, per row
-    calib = None
-    if calibration_data is not None and chosen:
-        calib = _Calibrator(model, config, [(f, m) for f, m, _ in chosen], damp, max_unknowns)
-        calib.run(calibration_data)
-    for fqn, mod, entry in chosen:
-        new = STLinear.from_linear(mod, tile=t, rank=r, init=config.init, causal=config.causal,
-                                   seed=config.seed)
-        if calib is not None:
-            res = calib.solve(fqn, new)
-            if res is not None:
-                entry.err_data_free, entry.err_calibrated = res
-        replace[id(mod)] = new
-    for parent in list(model.modules()):
-        for cname, child in list(parent._modules.items()):  # named_children() dedups
-            if id(child) in replace:
-                setattr(parent, cname, replace[id(child)])
+
+    def make(mod):
+        return STLinear.from_linear(mod, tile=t, rank=r, init=config.init, causal=config.causal,
+                                    seed=config.seed)
+
+    pending = {fqn: (mod, entry) for fqn, mod, entry in chosen}
+    if calibration_data is not None and pending:
+        batches = list(calibration_data)
+        bar = stl_calib.progress_bar(len(pending), progress)
+        while pending:
+            caps = stl_calib.capture_next_group(model, {f: m for f, (m, _) in pending.items()},
+                                                batches, t, max_rows)
+            if not caps:
+                break  # the rest never runs on this data: data-free below
+            for fqn, X in caps.items():
+                mod, entry = pending.pop(fqn)
+                new = make(mod)
+                res = stl_calib.fit_layer(new, mod, X, method=calibration, damp=damp,
+                                          max_unknowns=max_unknowns, steps=distill_steps,
+                                          lr=distill_lr, rows_per_step=rows_per_step,
+                                          holdout=holdout, seed=config.seed or 0)
+                entry.err_data_free, entry.err_lstsq = res["data_free"], res["lstsq"]
+                entry.err_distill, entry.err_calibrated = res["distill"], res["final"]
+                _swap(model, mod, new)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"{fqn}: {res['data_free']:.3f} -> {res['final']:.3f}")
+        if bar is not None:
+            bar.close()
+    for fqn, (mod, entry) in pending.items():
+        _swap(model, mod, make(mod))
     report.params_after = _param_count(model)
     return report
 
-
-
-
-def _pad_tokens(x, t):
-    """(rows, N) as STLinear tiles them: the token dim of each sequence padded to a multiple of t."""
-    if x.dim() >= 3 and x.shape[-2] % t:
-        x = torch.nn.functional.pad(x, (0, 0, 0, (-x.shape[-2]) % t))
-    x = x.reshape(-1, x.shape[-1])
-    if x.shape[0] % t:
-        x = torch.nn.functional.pad(x, (0, 0, 0, (-x.shape[0]) % t))
-    return x
-
-
-class _Calibrator:
-    """Least-squares fit of each layer's Wt to the dense layer's outputs on real activations.
-
-    Why: ``Wt = encode_weight(W, F)`` is the best data-free choice, i.e. optimal for white
-    Gaussian inputs. Real activations are correlated and close to low-rank, so fitting Wt to
-    reproduce ``X W^T`` on a few hundred real rows per layer (as GPTQ/SparseGPT calibrate) starts
-    closer (STL.md section 4, lever (a)). E and D stay at the init.
-
-    With E, D fixed the layer output is linear in Wt and, per output tile column J, the problem
-    ``min ||decode(Xe @ Wt[:, :, J]) - Y[:, J-tile]||`` has the design A[(I,a,b), (l,K)] =
-    D[a*t+b, l] Xe[l, I, K]. Its normal matrix does not depend on J:
-      H[(l,K), (l',K')] = (D^T D)[l, l'] * sum_I Xe[l,I,K] Xe[l',I,K'],
-    and the right-hand sides are ``Xe[l]^T Gz[l]`` with ``Gz = D^T``-encoded targets (the same
-    map as the backward pass). So one pass over the data accumulates H (r N/t square) and the
-    right-hand side per layer, then one symmetric solve (ridge ``damp`` times the mean diagonal,
-    as GPTQ's percdamp) gives every column of Wt. Targets are the dense outputs without bias
-    (the bias is copied); rows of padding count with target 0. Layers with r N/t >
-    ``max_unknowns`` are left data-free (H would be too large).
-    """
-
-    def __init__(self, model, config, layers, damp, max_unknowns):
-        self.model, self.t, self.damp = model, config.tile, damp
-        dec = stl_init.make_init(config.init, config.tile, config.rank, causal=config.causal,
-                                 seed=config.seed)
-        self.E, self.D = dec.E, dec.D
-        self.layers = {fqn: mod for fqn, mod in layers
-                       if config.rank * mod.in_features // config.tile <= max_unknowns}
-        self.stats = {}
-
-    def _hook(self, fqn, mod):
-        t = self.t
-
-        def fn(_mod, args, _out):
-            x = _pad_tokens(args[0].detach().to(torch.float64), t)
-            W = mod.weight.detach().to(device=x.device, dtype=torch.float64)
-            E, D = self.E.to(x.device), self.D.to(x.device)
-            r = E.shape[0]
-            y = x @ W.t()
-            xe = stl_reference.encode_activations(x, E, t)             # (r, MI, K)
-            mi, pj = x.shape[0] // t, y.shape[1] // t
-            gz = torch.einsum("abl,iajb->lij", D.reshape(t, t, r), y.reshape(mi, t, pj, t))
-            xf = xe.permute(1, 0, 2).reshape(mi, -1)                   # (MI, r K)
-            st = self.stats.get(fqn)
-            if st is None:
-                st = self.stats[fqn] = [0, 0, 0.0]
-            st[0] = st[0] + xf.t() @ xf
-            st[1] = st[1] + torch.einsum("lik,lij->lkj", xe, gz).reshape(xf.shape[1], pj)
-            st[2] += y.square().sum().item()
-        return fn
-
-    @torch.no_grad()
-    def run(self, batches):
-        handles = [m.register_forward_hook(self._hook(f, m)) for f, m in self.layers.items()]
-        try:
-            for b in batches:
-                if isinstance(b, dict):
-                    self.model(**b)
-                elif isinstance(b, (tuple, list)):
-                    self.model(*b)
-                else:
-                    self.model(b)
-        finally:
-            for h in handles:
-                h.remove()
-
-    @torch.no_grad()
-    def solve(self, fqn, layer):
-        """Sets ``layer.Wt``; returns (data-free, calibrated) relative errors on the data."""
-        st = self.stats.get(fqn)
-        if st is None or st[2] == 0:
-            return None
-        C, B, yy = st
-        r, K, J = layer.Wt.shape
-        DtD = (self.D.t() @ self.D).to(C.device)
-        H = C * DtD.repeat_interleave(K, 0).repeat_interleave(K, 1)
-        w0 = layer.Wt.detach().to(device=C.device, dtype=torch.float64).reshape(r * K, J)
-
-        def err(w):
-            return max((w * (H @ w)).sum().item() - 2 * (w * B).sum().item() + yy, 0.0) ** 0.5 \
-                / yy ** 0.5
-
-        ridge = self.damp * H.diagonal().mean().clamp_min(1e-30)
-        Hd = H + ridge * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-        try:
-            L = torch.linalg.cholesky(Hd)
-            w = torch.cholesky_solve(B + ridge * w0, L)
-        except RuntimeError:
-            w = torch.linalg.lstsq(Hd, B + ridge * w0).solution
-        before, after = err(w0), err(w)
-        if after < before:  # never make a layer worse on its own calibration data
-            layer.Wt.copy_(w.reshape(r, K, J).to(layer.Wt))
-        return before, min(before, after)

@@ -213,3 +213,69 @@ def test_llama_exact_and_fitted_conversion(capsys):
               f"random {errs['random']:.3f}")
     assert errs["fitted"] > 1e-3  # an approximation at r=24 ...
     assert errs["fitted"] < 0.8 * errs["random"]  # ... much closer than an unstructured one
+
+
+def test_calibration_groups_follow_execution_order():
+    """Sequential calibration captures, per pass, the next layers that share one input tensor
+    (q/k/v, then o, then gate/up, then down) and stops the forward there."""
+    from stl_torch.calibrate import capture_next_group
+    model = tiny_llama()
+    ids = torch.randint(0, 64, (2, 8))
+    pending = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and "layers" in n}
+    seen = []
+    for _ in range(4):
+        caps = capture_next_group(model, pending, [ids, ids], 4, 10_000)
+        seen.append(sorted(n.split(".")[-1] for n in caps))
+        for n, x in caps.items():
+            assert x.shape == (32, pending[n].in_features)  # both batches, 2 x 8 rows each
+            del pending[n]
+    assert seen == [["k_proj", "q_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+    assert all(n.startswith("model.layers.1.") for n in pending)
+
+
+def test_distill_calibration_fits_encoders_where_lstsq_cannot():
+    """calibration="distill" trains E, D and Wt: better than data-free on held-out tiles, also
+    where least squares is off (max_unknowns=0), and the kept error is the best of the three."""
+    torch.manual_seed(0)
+    basis = torch.randn(6, 32, dtype=torch.float64)
+    data = [torch.randn(4, 16, 6, dtype=torch.float64) @ basis for _ in range(8)]
+    held = torch.randn(4, 16, 6, dtype=torch.float64) @ basis
+
+    def model():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Linear(32, 32)).double()
+
+    ref = model()(held)
+    cfg = STLConfig(tile=4, rank=24, init="fitted", causal=True)
+    for max_unknowns in (0, 10_000):
+        free, cal = model(), model()
+        convert(free, cfg)
+        rep = convert(cal, cfg, calibration_data=data, calibration="distill", distill_steps=150,
+                      max_unknowns=max_unknowns, rows_per_step=128)
+        x = rep.converted[0]
+        assert (x.err_lstsq is None) == (max_unknowns == 0)
+        assert x.err_distill is not None
+        assert x.err_calibrated == min(e for e in (x.err_data_free, x.err_lstsq, x.err_distill)
+                                       if e is not None)
+        assert x.err_distill < 0.9 * x.err_data_free, x
+        assert rel_err(cal(held), ref) < 0.9 * rel_err(free(held), ref)
+        # the distilled E, D stay causal: a later token of a tile never reaches an earlier one
+        x = torch.randn(1, 8, 32, dtype=torch.float64)
+        x2 = x.clone()
+        x2[0, 3] += 1.0
+        with torch.no_grad():
+            d = (cal(x2) - cal(x))[0].abs().amax(-1)
+        assert d[:3].max() == 0 and d[3] > 0
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(calibration="gptq"), "'calibration' must be one of"),
+    (dict(distill_steps=-1), "'distill_steps' must be a non-negative integer"),
+    (dict(max_rows=0), "'max_rows' must be a positive integer"),
+    (dict(distill_lr=0.0), "'distill_lr' must be a positive number"),
+])
+def test_calibration_options_are_checked(kw, msg):
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ValueError, match=msg):
+        convert(model, STLConfig(tile=4, rank=8), calibration_data=[torch.randn(4, 8)], **kw)
+    assert isinstance(model[0], nn.Linear)  # nothing converted

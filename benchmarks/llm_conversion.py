@@ -1,0 +1,117 @@
+"""How close does a converted pretrained LLM start, before any fine-tuning? (STL.md section 4)
+
+Converts the chosen projections of SmolLM2-135M (offline default, see examples/llama_finetune.py)
+to causal STL four ways and measures held-out perplexity on CPython-docs text, next to the dense
+model and to magnitude 2:4 sparsity on the same layers:
+
+* ``data-free``: ``Wt = encode_weight(W, F)`` (the fitted init's F);
+* ``lstsq``: sequential least-squares Wt on calibration activations (lever (a));
+* ``distill``: lstsq, then Adam on E, D and Wt per layer (lever (b), layer-wise distillation).
+
+Calibration rows come from training documents, perplexity from held-out documents. Writes
+JSON (per-layer held-out errors too) and prints a Markdown table.
+
+  python benchmarks/llm_conversion.py --calib-seqs 16 --eval-seqs 16 --seq-len 256
+"""
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "examples"))
+import llama_finetune as L  # noqa: E402
+import recipe_common as C  # noqa: E402
+import recipe_data as DT  # noqa: E402
+
+
+@torch.no_grad()
+def perplexity(model, chunks, micro=4):
+    model.eval()
+    tot = cnt = 0.0
+    for i in range(0, len(chunks), micro):
+        s, c = L.nll_sum(model, chunks[i:i + micro], contextlib.nullcontext)
+        tot, cnt = tot + s.item(), cnt + c
+    return math.exp(min(tot / cnt, 50))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="as llama_finetune --model")
+    ap.add_argument("--data", default=None, help="as llama_finetune --data")
+    ap.add_argument("--targets", default=L.DEFAULT_TARGETS)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--calib-seqs", type=int, default=16)
+    ap.add_argument("--eval-seqs", type=int, default=16)
+    ap.add_argument("--tile", type=int, default=4)
+    ap.add_argument("--rank", type=int, default=24)
+    ap.add_argument("--init", default="fitted")
+    ap.add_argument("--methods", nargs="+", default=["dense", "sparse24", "data-free", "lstsq", "distill"])
+    ap.add_argument("--distill-steps", type=int, default=100)
+    ap.add_argument("--rows-per-step", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "llm_conversion.json"))
+    a = ap.parse_args()
+
+    torch.manual_seed(a.seed)
+    la = L.parse_args(["--seq-len", str(a.seq_len)] + (["--model", a.model] if a.model else [])
+                      + (["--data", a.data] if a.data else []))
+    dense, tok, src = L.load_model(la)
+    dense.eval()
+    docs = DT.read_documents(a.data or DT.default_text_dir(), None)
+    train_docs, eval_docs = DT.split_documents(docs, 0.05, a.seed)
+    train = L.chunk(L.tokenize_docs(tok, train_docs), a.seq_len)
+    held = L.chunk(L.tokenize_docs(tok, eval_docs), a.seq_len)[: a.eval_seqs]
+    g = torch.Generator().manual_seed(a.seed)
+    calib_ids = train[torch.randperm(len(train), generator=g)[: a.calib_seqs], :-1]
+    calib = [{"input_ids": calib_ids[i:i + 4], "use_cache": False} for i in range(0, len(calib_ids), 4)]
+    include = C.name_regex(a.targets)
+    rows = []
+    for method in a.methods:
+        t0 = time.time()
+        model = copy.deepcopy(dense)
+        report = None
+        if method == "sparse24":
+            C.apply_24_sparsity(model, include)
+        elif method != "dense":
+            kw = {} if method == "data-free" else dict(
+                calibration_data=calib, calibration=method, distill_steps=a.distill_steps,
+                rows_per_step=a.rows_per_step, max_rows=a.calib_seqs * a.seq_len, progress=True)
+            _, report = C.to_stl(model, tile=a.tile, rank=a.rank, init=a.init, causal=True,
+                                 include=include, **kw)
+        conv_s = time.time() - t0
+        ppl = perplexity(model, held)
+        row = {"method": method, "held_out_ppl": ppl, "convert_s": conv_s}
+        if report is not None:
+            conv = report.converted
+            row["macs_ratio"] = report.macs_before / report.macs_after
+            errs = [x.err_calibrated for x in conv if x.err_calibrated is not None]
+            if errs:
+                row["mean_layer_err_data_free"] = sum(x.err_data_free for x in conv) / len(conv)
+                row["mean_layer_err"] = sum(errs) / len(errs)
+            row["layers"] = [{"name": x.name, "data_free": x.err_data_free, "lstsq": x.err_lstsq,
+                              "distill": x.err_distill, "kept": x.err_calibrated} for x in conv]
+        rows.append(row)
+        print(f"{method}: held-out ppl {ppl:.2f} ({conv_s:.0f} s)"
+              + (f", mean layer error {row['mean_layer_err']:.3f}" if "mean_layer_err" in row else ""),
+              flush=True)
+    meta = {"model": src, "seq_len": a.seq_len, "calib_seqs": a.calib_seqs, "eval_seqs": a.eval_seqs,
+            "tile": a.tile, "rank": a.rank, "init": a.init, "distill_steps": a.distill_steps,
+            "targets": a.targets, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(f"\n| method | held-out ppl | mean layer error (held-out rows) | convert s |\n|---|---:|---:|---:|")
+    for r in rows:
+        e = f"{r['mean_layer_err_data_free']:.3f} -> {r['mean_layer_err']:.3f}" if "mean_layer_err" in r else ""
+        print(f"| {r['method']} | {r['held_out_ppl']:.2f} | {e} | {r['convert_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
