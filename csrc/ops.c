@@ -164,6 +164,27 @@ static void *data_of(Owned *o, AtenTensorHandle h) {
   return p;
 }
 
+/* Scratch memory for a backend's reductions: a float64 tensor on x's device, so it comes from
+ * torch's (caching) allocator and is ordered on torch's stream like every other temporary, and
+ * is freed with the op's other handles, on errors too. NULL when the backend needs none. */
+typedef struct {
+  void *p;
+  size_t bytes;
+} Scratch;
+
+static Scratch scratch(Owned *o, const Arg *x, size_t bytes) {
+  Scratch s = {NULL, 0};
+  if (bytes == 0) return s;
+  const int64_t n = (int64_t)((bytes + 7) / 8), stride = 1;
+  AtenTensorHandle h = NULL;
+  check(o, stl_abi.empty_strided(1, &n, &stride, stl_abi.dtype_float64(), x->dev_type, x->dev_index, &h),
+        "empty_strided (reduction workspace)");
+  own(o, h);
+  s.p = data_of(o, h);
+  s.bytes = (size_t)n * 8;
+  return s;
+}
+
 /* A strided view (used to hand transposed operands to the batched GEMM without copies). */
 static AtenTensorHandle view3(Owned *o, AtenTensorHandle h, int64_t s0, int64_t s1, int64_t s2,
                               int64_t t0, int64_t t1, int64_t t2) {
@@ -379,12 +400,20 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
       z = new_tensor(&o, &x, 3, z_s);
       bmm(&o, &d, z, xe, Wt.h);
     }
+    /* one workspace serves the three reductions: they run one after another on one stream */
+    size_t ws_need = d.k->correlate_ws_bytes(d.dt, d.M, d.P, d.t, d.r);
+    const size_t ws_dE = d.k->correlate_ws_bytes(d.dt, d.M, d.N, d.t, d.r);
+    const size_t ws_db = has_bias ? d.k->colsum_ws_bytes(d.dt, d.M, d.P) : 0;
+    if (ws_dE > ws_need) ws_need = ws_dE;
+    if (ws_db > ws_need) ws_need = ws_db;
+    const Scratch ws = scratch(&o, &x, ws_need);
     /* Gz = encode(G, D^T) (+ grad_z);  dD[j,l] = sum_{I,J} Z[l,I,J] G[tile j] */
     AtenTensorHandle gzt = new_tensor(&o, &x, 3, z_s);
     StlSmallMat dT = {D.data, 1, d.r};
     d.k->encode_add(d.dt, g.data, d.M, d.P, d.t, d.r, dT, gz.numel ? gz.data : NULL, data_of(&o, gzt),
                     d.stream);
-    d.k->correlate(d.dt, data_of(&o, z), g.data, d.M, d.P, d.t, d.r, data_of(&o, dD), 1, d.r, d.stream);
+    d.k->correlate(d.dt, data_of(&o, z), g.data, d.M, d.P, d.t, d.r, data_of(&o, dD), 1, d.r, ws.p, ws.bytes,
+                   d.stream);
     /* dXe = Gz @ Wt^T ; dWt = Xe^T @ Gz (transposed operands as strided views) */
     AtenTensorHandle dxe = new_tensor(&o, &x, 3, xe_s);
     bmm(&o, &d, dxe, gzt, view3(&o, Wt.h, d.r, d.Pt, d.Nt, d.Nt * d.Pt, 1, d.Pt));
@@ -392,8 +421,9 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     /* dX = decode(dXe, E^T) ; dE[l,j] = sum_{I,K} dXe[l,I,K] X[tile j] */
     StlSmallMat eT = {E.data, 1, t2};
     d.k->decode(d.dt, data_of(&o, dxe), d.M, d.N, d.t, d.r, eT, NULL, data_of(&o, dx), d.stream);
-    d.k->correlate(d.dt, data_of(&o, dxe), x.data, d.M, d.N, d.t, d.r, data_of(&o, dE), t2, 1, d.stream);
-    if (has_bias) d.k->colsum(d.dt, g.data, d.M, d.P, data_of(&o, db), d.stream);
+    d.k->correlate(d.dt, data_of(&o, dxe), x.data, d.M, d.N, d.t, d.r, data_of(&o, dE), t2, 1, ws.p, ws.bytes,
+                   d.stream);
+    if (has_bias) d.k->colsum(d.dt, g.data, d.M, d.P, data_of(&o, db), ws.p, ws.bytes, d.stream);
   }
   AtenTensorHandle outs[5] = {dx, dE, dWt, dD, db};
   for (int i = 0; i < 5; i++) release(&o, outs[i]);

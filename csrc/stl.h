@@ -9,6 +9,7 @@
 #ifndef STL_H
 #define STL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum { STL_F32 = 0, STL_F64 = 1, STL_BF16 = 2, STL_F16 = 3 /* CUDA only */ } StlDtype;
@@ -34,16 +35,22 @@ void stl_cpu_colsum(StlDtype dt, const void *g, int64_t M, int64_t P, void *out)
 /* One device's implementation of the primitives. ops.c is device-generic: it allocates through
  * torch, runs the batched GEMM through torch (its cuBLAS on CUDA), and calls these. `stream` is
  * torch's current CUDA stream (NULL on the CPU); pointers (including StlSmallMat.base) live on
- * the device. */
+ * the device. The reductions (correlate, colsum) may need scratch memory: *_ws_bytes says how
+ * much (0 on the CPU, which ignores ws), and the caller passes that many bytes (8-byte aligned,
+ * on the same device) as ws, ws_bytes, allocated through torch so that it comes from torch's
+ * caching allocator and is stream-ordered like every other tensor of the op. */
 typedef struct {
   const char *name;
   void (*encode_add)(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
                      const void *extra, void *out, void *stream);
   void (*decode)(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r, StlSmallMat dec,
                  const void *bias, void *out, void *stream);
+  size_t (*correlate_ws_bytes)(StlDtype dt, int64_t M, int64_t N, int t, int r);
   void (*correlate)(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r,
-                    void *out, int64_t out_s0, int64_t out_s1, void *stream);
-  void (*colsum)(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *stream);
+                    void *out, int64_t out_s0, int64_t out_s1, void *ws, size_t ws_bytes, void *stream);
+  size_t (*colsum_ws_bytes)(StlDtype dt, int64_t M, int64_t P);
+  void (*colsum)(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *ws, size_t ws_bytes,
+                 void *stream);
 } StlKernels;
 
 extern const StlKernels stl_cpu_kernels;

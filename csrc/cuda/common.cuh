@@ -1,5 +1,5 @@
-/* Shared pieces of the CUDA kernels: storage-dtype traits, segment loads/stores, error checks,
- * the device guard, launch sizing and the reduction workspace. CUDA C: templates only where a
+/* Shared pieces of the CUDA kernels: storage-dtype traits, segment loads/stores, tensor-core
+ * fragments, error checks, the device guard and launch sizing. CUDA C: templates only where a
  * kernel must be generic over the storage dtype; no ATen/c10, no torch headers. */
 #ifndef STL_CUDA_COMMON_CUH
 #define STL_CUDA_COMMON_CUH
@@ -165,7 +165,7 @@ __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const
 #endif
 
 /* ------------------------------------------------------------------------------------------ */
-/* Host side: errors, device guard, sizing, workspace. */
+/* Host side: errors, device guard, sizing (scratch memory comes from the caller, see stl.h). */
 
 /* Raise a launch/config error of `what` as a torch RuntimeError. Never returns. */
 [[noreturn]] void stl_cuda_fail(const char *what, cudaError_t err);
@@ -197,11 +197,5 @@ static inline unsigned stl_grid(int64_t n, int threads, int per_sm) {
   if (want > cap) want = cap;
   return (unsigned)(want > 0 ? want : 1);
 }
-
-/* Stream-ordered scratch for the two-pass reductions: a private memory pool per device (so that
- * freed blocks stay cached across synchronisations without touching the device's default pool),
- * allocated and freed on the caller's stream (capturable in CUDA graphs). */
-void *stl_cuda_ws_alloc(size_t bytes, cudaStream_t stream);
-void stl_cuda_ws_free(void *p, cudaStream_t stream);
 
 #endif
