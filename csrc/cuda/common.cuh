@@ -142,6 +142,13 @@ __device__ __forceinline__ void lds4(const double *p, double v[4]) {
  *   b[0] = B[2q..2q+1][g]   b[1] = B[2q+8..2q+9][g]
  *   c[0..1] = C[g][2q..2q+1]   c[2..3] = C[g+8][2q..2q+1]
  * The emulator (emu.h) implements the same layout on the host. */
+template <typename D> struct IsBF16 { /* which mma flavour a 16-bit storage dtype takes */
+  static const bool value = false;
+};
+template <> struct IsBF16<DBF16> {
+  static const bool value = true;
+};
+
 #ifndef STL_CUDA_EMU
 template <bool BF16>
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
@@ -188,6 +195,9 @@ struct StlDeviceGuard {
 
 /* Multiprocessor count of the current device (cached per device). */
 int stl_cuda_sm_count(void);
+
+/* An attribute of the current device, 0 if it cannot be read (the caller then declines). */
+int stl_cuda_device_attr(cudaDeviceAttr attr);
 
 /* grid for a grid-stride loop over n items with `threads` per block: enough blocks to fill
  * the GPU `per_sm` times over, no more than the work needs */

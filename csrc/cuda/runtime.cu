@@ -60,3 +60,12 @@ int stl_cuda_sm_count(void) {
   if (dev < STL_MAX_DEVICES) cache[dev] = n;
   return n;
 }
+
+int stl_cuda_device_attr(cudaDeviceAttr attr) {
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, attr, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+}

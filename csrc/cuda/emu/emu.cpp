@@ -122,7 +122,8 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *a, const void *) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr attr, int) {
-  *v = attr == cudaDevAttrComputeCapabilityMajor ? 8 : 2; /* "sm_80" with 2 SMs: small grids, grid-stride loops run */
+  /* "sm_80" (163 KB of opt-in shared memory per block) with 2 SMs: small grids, grid-stride loops run */
+  *v = attr == cudaDevAttrComputeCapabilityMajor ? 8 : attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 163 * 1024 : 2;
   return cudaSuccess;
 }
 extern "C" [[noreturn]] void stl_kernel_error(const char *msg) {
