@@ -59,6 +59,18 @@ extern const StlKernels stl_cpu_kernels;
 extern const StlKernels stl_cuda_kernels;
 #endif
 
+/* How stl_forward runs on CUDA (csrc/ops.c; chosen at run time through stl_torch._C.set_forward_path,
+ * initially from STL_TORCH_FUSED): encode -> bmm -> decode, the fused GEMM+decode kernel
+ * (fused_forward.cu), or the fused encode+GEMM+decode kernel (fused_encode_forward.cu). A fused
+ * path that does not support a call's configuration runs it unfused; stl_forward_path_last says
+ * which path the latest call took. The CPU always runs unfused. */
+typedef enum { STL_PATH_UNFUSED = 0, STL_PATH_FUSED = 1, STL_PATH_FUSED_ENCODE = 2 } StlForwardPath;
+int stl_forward_path_count(void);               /* paths this build offers: 0 .. count-1 */
+const char *stl_forward_path_name(int path);    /* "unfused", "fused", "fused_encode"; NULL if unknown */
+int stl_forward_path_get(void);
+void stl_forward_path_set(int path);            /* 0 <= path < stl_forward_path_count() */
+int stl_forward_path_last(void);                /* -1 before any call with rows */
+
 /* Parallel loop over [0, n) on torch's intra-op pool when this torch exports it, else pthreads. */
 typedef void (*StlRangeFn)(int64_t begin, int64_t end, void *ctx);
 void stl_parallel_for(int64_t n, int64_t grain, StlRangeFn fn, void *ctx);
