@@ -1,5 +1,7 @@
 """STL (t=4, r=24) vs dense F.linear vs plain-PyTorch STL (einsum+bmm+einsum) [vs 2:4 on CUDA].
 
+On CUDA, STL is timed on each forward path this build offers (unfused encode -> bmm -> decode,
+fused GEMM+decode, fused encode+GEMM+decode; see stl_torch._C.set_forward_path), one row each.
 Every row of one run is measured side by side in the same process: medians after warm-up
 (CPU: perf_counter; CUDA: CUDA events). Writes a Markdown table, JSON and a PNG bar chart.
 
@@ -62,6 +64,40 @@ def plain_stl(x, E, Wt, D, t):
     return torch.einsum("abl,lij->iajb", D.view(t, t, r), z).reshape(M, P)
 
 
+# stl_forward's paths (stl_torch._C.set_forward_path): the rows they get in the tables
+PATH_ROWS = {"unfused": "STL (stl_torch)", "fused": "STL fused GEMM+decode",
+             "fused_encode": "STL fused encode+GEMM+decode"}
+
+
+def on_path(path, f):
+    """f run on one forward path: the path is process-wide, so every call sets it (one cheap C call),
+    which lets the interleaved rounds alternate between paths."""
+    def g():
+        stl_torch._C.set_forward_path(path)
+        return f()
+    return g
+
+
+def stl_paths(x, E, Wt, D, t):
+    """The forward paths to time for these operands: unfused, plus on CUDA each fused path this build
+    offers that really runs for them (a fused kernel that does not support a configuration falls back
+    to unfused; timing that again would mislabel it)."""
+    paths, errs, prev = ["unfused"], {}, stl_torch._C.get_forward_path()
+    if x.is_cuda:
+        with torch.no_grad():
+            want = on_path("unfused", lambda: stl_torch.stl_linear(x, E, Wt, D, None, t))().double()
+            for p in stl_torch._C.abi_info()["forward_paths"][1:]:
+                y = on_path(p, lambda: stl_torch.stl_linear(x, E, Wt, D, None, t))().double()
+                if stl_torch._C.last_forward_path() != p:
+                    print(f"[bench] forward path {p!r} does not support this shape/dtype: not timed", flush=True)
+                    continue
+                paths.append(p)
+                errs[p] = ((y - want).norm() / want.norm()).item()  # a broken kernel's timing means nothing
+                print(f"[bench] forward path {p!r}: relative difference to unfused {errs[p]:.2e}", flush=True)
+    stl_torch._C.set_forward_path(prev)
+    return paths, errs
+
+
 def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
     g = torch.Generator(device="cpu").manual_seed(0)
     mk = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
@@ -77,9 +113,12 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
             f().backward(gy)
         return step
 
+    prev_path = stl_torch._C.get_forward_path()
+    paths, path_errs = stl_paths(x, E, Wt, D, t)
+    stl_fwd = {PATH_ROWS[p]: on_path(p, lambda: stl_torch.stl_linear(x, E, Wt, D, None, t)) for p in paths}
     xe = mk(r, M // t, N // t)
     fwd = {"dense F.linear": lambda: F.linear(x, W),
-           "STL (stl_torch)": lambda: stl_torch.stl_linear(x, E, Wt, D, None, t),
+           **stl_fwd,
            "plain-PyTorch STL": lambda: plain_stl(x, E, Wt, D, t),
            "r batched GEMMs alone": lambda: torch.bmm(xe, Wt)}
     if do_compile:
@@ -95,15 +134,23 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
     xg = x.clone().requires_grad_()
     for v in params:
         v.requires_grad_()
+    stl_both = {PATH_ROWS[p]: fwd_bwd(on_path(p, lambda: stl_torch.stl_linear(xg, E, Wt, D, None, t)), xg, E, Wt, D)
+                for p in paths}
     both = run({"dense F.linear": fwd_bwd(lambda: F.linear(xg, W), xg, W),
-                "STL (stl_torch)": fwd_bwd(lambda: stl_torch.stl_linear(xg, E, Wt, D, None, t), xg, E, Wt, D),
+                **stl_both,
                 "plain-PyTorch STL": fwd_bwd(lambda: plain_stl(xg, E, Wt, D, t), xg, E, Wt, D)})
+    stl_torch._C.set_forward_path(prev_path)
     for k, v in both.items():
         rows[k]["fwd+bwd"] = v
+    for p in paths:
+        rows[PATH_ROWS[p]]["forward_path"] = p
+        if p in path_errs:
+            rows[PATH_ROWS[p]]["rel_diff_vs_unfused"] = path_errs[p]
     dense_macs = M * N * P
-    stl_macs = r * M * N + r * M * N * P // t ** 3 + r * M * P  # encode + GEMMs + decode
+    gemm_macs = r * M * N * P // t ** 3
+    stl_macs = r * M * N + gemm_macs + r * M * P  # encode + GEMMs + decode
     for name, row in rows.items():
-        macs = dense_macs if "dense" in name or "2:4" in name else stl_macs
+        macs = dense_macs if "dense" in name or "2:4" in name else gemm_macs if "alone" in name else stl_macs
         row["fwd_tflops"] = 2 * macs / (row["fwd"] * 1e-3) / 1e12
         row["fwd_speedup_vs_dense"] = rows["dense F.linear"]["fwd"] / row["fwd"]
         if "fwd+bwd" in row:
@@ -129,12 +176,12 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     shapes = list(results)
-    names = list(next(iter(results.values())))
+    names = list(dict.fromkeys(n for rows in results.values() for n in rows))  # a path may skip a shape
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(shapes)), 4))
     w = 0.8 / len(names)
     for i, n in enumerate(names):
         ax.bar([j + i * w for j in range(len(shapes))],
-               [results[s][n]["fwd_speedup_vs_dense"] for s in shapes], w, label=n)
+               [results[s][n]["fwd_speedup_vs_dense"] if n in results[s] else 0 for s in shapes], w, label=n)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks([j + 0.4 - w / 2 for j in range(len(shapes))], shapes)
     ax.set_ylabel("forward speed-up vs dense F.linear (×)")
@@ -161,7 +208,8 @@ def main():
     meta = {"device": a.device, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
             "tile": a.tile, "rank": a.rank, "threads": torch.get_num_threads(),
             "device_name": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()) + " CPU",
-            "date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0]}
+            "date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0],
+            "forward_paths": list(stl_torch._C.abi_info()["forward_paths"])}
     results = {}
     for M, N, P in shapes:
         key = f"{M}×{N}→{P}"

@@ -3,6 +3,7 @@
  * owning handles, outputs leave as owning handles. A boxed C kernel reports bad input by
  * freeing every handle it owns and then calling stl_throw (error.cpp). */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,6 +165,27 @@ static void *data_of(Owned *o, AtenTensorHandle h) {
   return p;
 }
 
+/* Scratch memory for a backend's reductions: a float64 tensor on x's device, so it comes from
+ * torch's (caching) allocator and is ordered on torch's stream like every other temporary, and
+ * is freed with the op's other handles, on errors too. NULL when the backend needs none. */
+typedef struct {
+  void *p;
+  size_t bytes;
+} Scratch;
+
+static Scratch scratch(Owned *o, const Arg *x, size_t bytes) {
+  Scratch s = {NULL, 0};
+  if (bytes == 0) return s;
+  const int64_t n = (int64_t)((bytes + 7) / 8), stride = 1;
+  AtenTensorHandle h = NULL;
+  check(o, stl_abi.empty_strided(1, &n, &stride, stl_abi.dtype_float64(), x->dev_type, x->dev_index, &h),
+        "empty_strided (reduction workspace)");
+  own(o, h);
+  s.p = data_of(o, h);
+  s.bytes = (size_t)n * 8;
+  return s;
+}
+
 /* A strided view (used to hand transposed operands to the batched GEMM without copies). */
 static AtenTensorHandle view3(Owned *o, AtenTensorHandle h, int64_t s0, int64_t s1, int64_t s2,
                               int64_t t0, int64_t t1, int64_t t2) {
@@ -266,23 +288,58 @@ static void check_z_like(Owned *o, const Arg *z, const Arg *x, const Dims *d, co
   expect_like(o, z, x);
 }
 
+static const char *const path_names[] = {"unfused", "fused", "fused_encode"};
+static atomic_int forward_path = STL_PATH_UNFUSED; /* read by every forward, set from Python */
+static atomic_int last_path = -1;
+
+int stl_forward_path_count(void) {
+#ifdef STL_WITH_CUDA
+  return 3;
+#else
+  return 1;
+#endif
+}
+const char *stl_forward_path_name(int path) { return path >= 0 && path < 3 ? path_names[path] : NULL; }
+int stl_forward_path_get(void) { return atomic_load(&forward_path); }
+void stl_forward_path_set(int path) {
+  if (path >= 0 && path < stl_forward_path_count()) atomic_store(&forward_path, path);
+}
+int stl_forward_path_last(void) { return atomic_load(&last_path); }
+
+/* The initial path: STL_TORCH_FUSED=1|fused, =2|encode|fused_encode; anything else (or a path
+ * this build lacks) is unfused. Unfused stays the default: the fused kernels have not been
+ * measured (or even run) on a GPU yet. */
+static void forward_path_from_env(void) {
+  const char *e = getenv("STL_TORCH_FUSED");
+  int p = STL_PATH_UNFUSED;
+  if (e && (!strcmp(e, "1") || !strcmp(e, "fused"))) p = STL_PATH_FUSED;
+  if (e && (!strcmp(e, "2") || !strcmp(e, "encode") || !strcmp(e, "fused_encode"))) p = STL_PATH_FUSED_ENCODE;
+  stl_forward_path_set(p);
+}
+
 #ifdef STL_WITH_CUDA
 int stl_cuda_fused_forward_supported(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r);
 void stl_cuda_fused_forward(StlDtype dt, const void *xe, const void *wt, StlSmallMat dec, const void *bias,
                             void *y, void *z_out, int64_t M, int64_t N, int64_t P, int t, int r, void *stream);
-
-/* The fused GEMM+decode forward is experimental (untested on a GPU so far): opt in with
- * STL_TORCH_FUSED=1 until the GPU check has measured it. */
-static bool use_fused_forward(const Dims *d) {
-  static int enabled = -1;
-  if (enabled < 0) {
-    const char *e = getenv("STL_TORCH_FUSED");
-    enabled = e && e[0] == '1';
-  }
-  return enabled && d->k == &stl_cuda_kernels &&
-         stl_cuda_fused_forward_supported(d->dt, d->M, d->N, d->P, d->t, d->r);
-}
+int stl_cuda_fused_encode_forward_supported(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r);
+void stl_cuda_fused_encode_forward(StlDtype dt, const void *x, StlSmallMat enc, const void *wt, StlSmallMat dec,
+                                   const void *bias, void *y, void *z_out, int64_t M, int64_t N, int64_t P, int t,
+                                   int r, void *stream);
 #endif
+
+/* The path this call takes: the chosen one where it supports the configuration, else unfused. */
+static int forward_path_for(const Dims *d) {
+#ifdef STL_WITH_CUDA
+  if (d->k != &stl_cuda_kernels) return STL_PATH_UNFUSED;
+  const int p = stl_forward_path_get();
+  if (p == STL_PATH_FUSED && stl_cuda_fused_forward_supported(d->dt, d->M, d->N, d->P, d->t, d->r)) return p;
+  if (p == STL_PATH_FUSED_ENCODE && stl_cuda_fused_encode_forward_supported(d->dt, d->M, d->N, d->P, d->t, d->r))
+    return p;
+#else
+  (void)d;
+#endif
+  return STL_PATH_UNFUSED;
+}
 
 /* stl_forward(x, E, Wt, D, bias, tile, need_z) -> (y, z) */
 static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
@@ -308,21 +365,30 @@ static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   AtenTensorHandle y = new_tensor(&o, &x, 2, y_s);
   AtenTensorHandle z = NULL;
   if (d.M > 0) {
-    AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);
-    z = new_tensor(&o, &x, 3, z_s);
-    StlSmallMat enc = {E.data, d.t * d.t, 1};
-    d.k->encode_add(d.dt, x.data, d.M, d.N, d.t, d.r, enc, NULL, data_of(&o, xe), d.stream);
-    StlSmallMat dec = {D.data, d.r, 1};
+    StlSmallMat enc = {E.data, d.t * d.t, 1}, dec = {D.data, d.r, 1};
+    const void *bias = b.numel ? b.data : NULL;
+    const int path = forward_path_for(&d);
+    atomic_store(&last_path, path);
+    if (need_z || path == STL_PATH_UNFUSED) z = new_tensor(&o, &x, 3, z_s); /* the fused paths need none */
 #ifdef STL_WITH_CUDA
-    if (use_fused_forward(&d)) /* GEMM + decode in one kernel: Z stays on chip unless kept */
-      stl_cuda_fused_forward(d.dt, data_of(&o, xe), Wt.data, dec, b.numel ? b.data : NULL, data_of(&o, y),
-                             need_z ? data_of(&o, z) : NULL, d.M, d.N, d.P, d.t, d.r, d.stream);
-    else
+    if (path == STL_PATH_FUSED_ENCODE) { /* one kernel: neither Xe nor Z leaves the chip unless Z is kept */
+      stl_cuda_fused_encode_forward(d.dt, x.data, enc, Wt.data, dec, bias, data_of(&o, y),
+                                    need_z ? data_of(&o, z) : NULL, d.M, d.N, d.P, d.t, d.r, d.stream);
+    } else
 #endif
     {
-      bmm(&o, &d, z, xe, Wt.h);
-      d.k->decode(d.dt, data_of(&o, z), d.M, d.P, d.t, d.r, dec, b.numel ? b.data : NULL, data_of(&o, y),
-                  d.stream);
+      AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);
+      d.k->encode_add(d.dt, x.data, d.M, d.N, d.t, d.r, enc, NULL, data_of(&o, xe), d.stream);
+#ifdef STL_WITH_CUDA
+      if (path == STL_PATH_FUSED) /* GEMM + decode in one kernel: Z stays on chip unless kept */
+        stl_cuda_fused_forward(d.dt, data_of(&o, xe), Wt.data, dec, bias, data_of(&o, y),
+                               need_z ? data_of(&o, z) : NULL, d.M, d.N, d.P, d.t, d.r, d.stream);
+      else
+#endif
+      {
+        bmm(&o, &d, z, xe, Wt.h);
+        d.k->decode(d.dt, data_of(&o, z), d.M, d.P, d.t, d.r, dec, bias, data_of(&o, y), d.stream);
+      }
     }
   } else {
     z = new_tensor(&o, &x, 3, z_s);
@@ -379,12 +445,20 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
       z = new_tensor(&o, &x, 3, z_s);
       bmm(&o, &d, z, xe, Wt.h);
     }
+    /* one workspace serves the three reductions: they run one after another on one stream */
+    size_t ws_need = d.k->correlate_ws_bytes(d.dt, d.M, d.P, d.t, d.r);
+    const size_t ws_dE = d.k->correlate_ws_bytes(d.dt, d.M, d.N, d.t, d.r);
+    const size_t ws_db = has_bias ? d.k->colsum_ws_bytes(d.dt, d.M, d.P) : 0;
+    if (ws_dE > ws_need) ws_need = ws_dE;
+    if (ws_db > ws_need) ws_need = ws_db;
+    const Scratch ws = scratch(&o, &x, ws_need);
     /* Gz = encode(G, D^T) (+ grad_z);  dD[j,l] = sum_{I,J} Z[l,I,J] G[tile j] */
     AtenTensorHandle gzt = new_tensor(&o, &x, 3, z_s);
     StlSmallMat dT = {D.data, 1, d.r};
     d.k->encode_add(d.dt, g.data, d.M, d.P, d.t, d.r, dT, gz.numel ? gz.data : NULL, data_of(&o, gzt),
                     d.stream);
-    d.k->correlate(d.dt, data_of(&o, z), g.data, d.M, d.P, d.t, d.r, data_of(&o, dD), 1, d.r, d.stream);
+    d.k->correlate(d.dt, data_of(&o, z), g.data, d.M, d.P, d.t, d.r, data_of(&o, dD), 1, d.r, ws.p, ws.bytes,
+                   d.stream);
     /* dXe = Gz @ Wt^T ; dWt = Xe^T @ Gz (transposed operands as strided views) */
     AtenTensorHandle dxe = new_tensor(&o, &x, 3, xe_s);
     bmm(&o, &d, dxe, gzt, view3(&o, Wt.h, d.r, d.Pt, d.Nt, d.Nt * d.Pt, 1, d.Pt));
@@ -392,8 +466,9 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     /* dX = decode(dXe, E^T) ; dE[l,j] = sum_{I,K} dXe[l,I,K] X[tile j] */
     StlSmallMat eT = {E.data, 1, t2};
     d.k->decode(d.dt, data_of(&o, dxe), d.M, d.N, d.t, d.r, eT, NULL, data_of(&o, dx), d.stream);
-    d.k->correlate(d.dt, data_of(&o, dxe), x.data, d.M, d.N, d.t, d.r, data_of(&o, dE), t2, 1, d.stream);
-    if (has_bias) d.k->colsum(d.dt, g.data, d.M, d.P, data_of(&o, db), d.stream);
+    d.k->correlate(d.dt, data_of(&o, dxe), x.data, d.M, d.N, d.t, d.r, data_of(&o, dE), t2, 1, ws.p, ws.bytes,
+                   d.stream);
+    if (has_bias) d.k->colsum(d.dt, g.data, d.M, d.P, data_of(&o, db), ws.p, ws.bytes, d.stream);
   }
   AtenTensorHandle outs[5] = {dx, dE, dWt, dD, db};
   for (int i = 0; i < 5; i++) release(&o, outs[i]);
@@ -408,6 +483,7 @@ static TorchLibraryHandle lib_cuda;
 #endif
 
 const char *stl_register_ops(void) {
+  forward_path_from_env();
   if (stl_abi.library_init_def("stl_torch", __FILE__, __LINE__, &lib_def))
     return "stl_torch: could not create the op library (is another copy of stl_torch loaded?)";
   if (stl_abi.library_def(lib_def,

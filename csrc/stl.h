@@ -9,6 +9,7 @@
 #ifndef STL_H
 #define STL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum { STL_F32 = 0, STL_F64 = 1, STL_BF16 = 2, STL_F16 = 3 /* CUDA only */ } StlDtype;
@@ -34,16 +35,22 @@ void stl_cpu_colsum(StlDtype dt, const void *g, int64_t M, int64_t P, void *out)
 /* One device's implementation of the primitives. ops.c is device-generic: it allocates through
  * torch, runs the batched GEMM through torch (its cuBLAS on CUDA), and calls these. `stream` is
  * torch's current CUDA stream (NULL on the CPU); pointers (including StlSmallMat.base) live on
- * the device. */
+ * the device. The reductions (correlate, colsum) may need scratch memory: *_ws_bytes says how
+ * much (0 on the CPU, which ignores ws), and the caller passes that many bytes (8-byte aligned,
+ * on the same device) as ws, ws_bytes, allocated through torch so that it comes from torch's
+ * caching allocator and is stream-ordered like every other tensor of the op. */
 typedef struct {
   const char *name;
   void (*encode_add)(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
                      const void *extra, void *out, void *stream);
   void (*decode)(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r, StlSmallMat dec,
                  const void *bias, void *out, void *stream);
+  size_t (*correlate_ws_bytes)(StlDtype dt, int64_t M, int64_t N, int t, int r);
   void (*correlate)(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r,
-                    void *out, int64_t out_s0, int64_t out_s1, void *stream);
-  void (*colsum)(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *stream);
+                    void *out, int64_t out_s0, int64_t out_s1, void *ws, size_t ws_bytes, void *stream);
+  size_t (*colsum_ws_bytes)(StlDtype dt, int64_t M, int64_t P);
+  void (*colsum)(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *ws, size_t ws_bytes,
+                 void *stream);
 } StlKernels;
 
 extern const StlKernels stl_cpu_kernels;
@@ -51,6 +58,18 @@ extern const StlKernels stl_cpu_kernels;
 /* csrc/cuda: the same primitives on the GPU (extern "C" launchers). */
 extern const StlKernels stl_cuda_kernels;
 #endif
+
+/* How stl_forward runs on CUDA (csrc/ops.c; chosen at run time through stl_torch._C.set_forward_path,
+ * initially from STL_TORCH_FUSED): encode -> bmm -> decode, the fused GEMM+decode kernel
+ * (fused_forward.cu), or the fused encode+GEMM+decode kernel (fused_encode_forward.cu). A fused
+ * path that does not support a call's configuration runs it unfused; stl_forward_path_last says
+ * which path the latest call took. The CPU always runs unfused. */
+typedef enum { STL_PATH_UNFUSED = 0, STL_PATH_FUSED = 1, STL_PATH_FUSED_ENCODE = 2 } StlForwardPath;
+int stl_forward_path_count(void);               /* paths this build offers: 0 .. count-1 */
+const char *stl_forward_path_name(int path);    /* "unfused", "fused", "fused_encode"; NULL if unknown */
+int stl_forward_path_get(void);
+void stl_forward_path_set(int path);            /* 0 <= path < stl_forward_path_count() */
+int stl_forward_path_last(void);                /* -1 before any call with rows */
 
 /* Parallel loop over [0, n) on torch's intra-op pool when this torch exports it, else pthreads. */
 typedef void (*StlRangeFn)(int64_t begin, int64_t end, void *ctx);

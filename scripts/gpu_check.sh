@@ -79,12 +79,21 @@ E, Wt, D = torch.randn(24, 16, device="cuda"), torch.randn(24, 16, 12, device="c
 y = stl_torch.stl_linear(x, E, Wt, D, None, 4)
 torch.cuda.synchronize()
 print("smoke test: y", tuple(y.shape), "finite:", bool(torch.isfinite(y).all()))
+xb, Eb, Wb, Db = (v.bfloat16() for v in (x, E, Wt, D))
+want = stl_torch.stl_linear(xb, Eb, Wb, Db, None, 4).double()
+for path in info["forward_paths"][1:]:  # the fused kernels, bf16
+    stl_torch._C.set_forward_path(path)
+    y = stl_torch.stl_linear(xb, Eb, Wb, Db, None, 4).double()
+    torch.cuda.synchronize()
+    print(f"smoke test {path}: ran {stl_torch._C.last_forward_path()}, relative difference to unfused",
+          f"{((y - want).norm() / want.norm()).item():.2e}")
+stl_torch._C.set_forward_path("unfused")
 '
       ;;
     test)
       # shellcheck disable=SC2086
       run_step test "$(limit "${TEST_TIMEOUT:-300}")" "$LOGS/pytest.log" "$PY" -m pytest -q -rfEs -p no:cacheprovider \
-        tests/test_cuda.py tests/test_ops.py ${PYTEST_ARGS:-}
+        tests/test_cuda.py tests/test_ops.py tests/test_forward_path.py ${PYTEST_ARGS:-}
       ;;
     bench)
       # shellcheck disable=SC2086

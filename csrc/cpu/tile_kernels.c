@@ -122,13 +122,23 @@ static void dec_cpu(StlDtype dt, const void *in, int64_t M, int64_t P, int t, in
   (void)stream;
   stl_cpu_decode(dt, in, M, P, t, r, dec, bias, out);
 }
+/* The CPU reductions keep their partials in heap memory of their own: no caller workspace. */
+static size_t cor_ws_cpu(StlDtype dt, int64_t M, int64_t N, int t, int r) {
+  (void)dt, (void)M, (void)N, (void)t, (void)r;
+  return 0;
+}
 static void cor_cpu(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r, void *out,
-                    int64_t s0, int64_t s1, void *stream) {
-  (void)stream;
+                    int64_t s0, int64_t s1, void *ws, size_t ws_bytes, void *stream) {
+  (void)ws, (void)ws_bytes, (void)stream;
   stl_cpu_correlate(dt, a, x, M, N, t, r, out, s0, s1);
 }
-static void colsum_cpu(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *stream) {
-  (void)stream;
+static size_t colsum_ws_cpu(StlDtype dt, int64_t M, int64_t P) {
+  (void)dt, (void)M, (void)P;
+  return 0;
+}
+static void colsum_cpu(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *ws, size_t ws_bytes,
+                       void *stream) {
+  (void)ws, (void)ws_bytes, (void)stream;
   stl_cpu_colsum(dt, g, M, P, out);
 }
-const StlKernels stl_cpu_kernels = {"cpu", enc_cpu, dec_cpu, cor_cpu, colsum_cpu};
+const StlKernels stl_cpu_kernels = {"cpu", enc_cpu, dec_cpu, cor_ws_cpu, cor_cpu, colsum_ws_cpu, colsum_cpu};

@@ -1,5 +1,5 @@
-/* Shared pieces of the CUDA kernels: storage-dtype traits, segment loads/stores, error checks,
- * the device guard, launch sizing and the reduction workspace. CUDA C: templates only where a
+/* Shared pieces of the CUDA kernels: storage-dtype traits, segment loads/stores, tensor-core
+ * fragments, error checks, the device guard and launch sizing. CUDA C: templates only where a
  * kernel must be generic over the storage dtype; no ATen/c10, no torch headers. */
 #ifndef STL_CUDA_COMMON_CUH
 #define STL_CUDA_COMMON_CUH
@@ -142,6 +142,13 @@ __device__ __forceinline__ void lds4(const double *p, double v[4]) {
  *   b[0] = B[2q..2q+1][g]   b[1] = B[2q+8..2q+9][g]
  *   c[0..1] = C[g][2q..2q+1]   c[2..3] = C[g+8][2q..2q+1]
  * The emulator (emu.h) implements the same layout on the host. */
+template <typename D> struct IsBF16 { /* which mma flavour a 16-bit storage dtype takes */
+  static const bool value = false;
+};
+template <> struct IsBF16<DBF16> {
+  static const bool value = true;
+};
+
 #ifndef STL_CUDA_EMU
 template <bool BF16>
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
@@ -165,7 +172,7 @@ __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const
 #endif
 
 /* ------------------------------------------------------------------------------------------ */
-/* Host side: errors, device guard, sizing, workspace. */
+/* Host side: errors, device guard, sizing (scratch memory comes from the caller, see stl.h). */
 
 /* Raise a launch/config error of `what` as a torch RuntimeError. Never returns. */
 [[noreturn]] void stl_cuda_fail(const char *what, cudaError_t err);
@@ -189,6 +196,9 @@ struct StlDeviceGuard {
 /* Multiprocessor count of the current device (cached per device). */
 int stl_cuda_sm_count(void);
 
+/* An attribute of the current device, 0 if it cannot be read (the caller then declines). */
+int stl_cuda_device_attr(cudaDeviceAttr attr);
+
 /* grid for a grid-stride loop over n items with `threads` per block: enough blocks to fill
  * the GPU `per_sm` times over, no more than the work needs */
 static inline unsigned stl_grid(int64_t n, int threads, int per_sm) {
@@ -197,11 +207,5 @@ static inline unsigned stl_grid(int64_t n, int threads, int per_sm) {
   if (want > cap) want = cap;
   return (unsigned)(want > 0 ? want : 1);
 }
-
-/* Stream-ordered scratch for the two-pass reductions: a private memory pool per device (so that
- * freed blocks stay cached across synchronisations without touching the device's default pool),
- * allocated and freed on the caller's stream (capturable in CUDA graphs). */
-void *stl_cuda_ws_alloc(size_t bytes, cudaStream_t stream);
-void stl_cuda_ws_free(void *p, cudaStream_t stream);
 
 #endif

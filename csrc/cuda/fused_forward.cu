@@ -4,10 +4,11 @@
  *     y = decode(Xe @ Wt, D) + bias        (Z = Xe @ Wt never goes through global memory)
  *
  * Xe comes from the ordinary encode kernel (tile_kernels.cu). Not tested on a GPU yet: checked
- * only with the host emulator (csrc/cuda/emu). Nothing calls it unless the caller opts in
- * (the lead's dispatch: STL_TORCH_FUSED=1 and stl_cuda_fused_forward_supported(...)).
+ * only with the host emulator (csrc/cuda/emu). Nothing calls it unless the forward path "fused"
+ * is chosen (_C.set_forward_path or STL_TORCH_FUSED=1) and stl_cuda_fused_forward_supported(...).
  *
- * Why only the decode is fused (cost model, t=4, r=24, bf16):
+ * Why only the decode is fused here (cost model, t=4, r=24, bf16; fused_encode_forward.cu is the
+ * alternative that encodes in the prologue on tensor cores):
  *   - Encode in the prologue would re-encode each x strip once per output-column block: encode
  *     work is r*t^2 MACs per tile of x, the GEMM does r*BJ per tile per column block of width BJ
  *     tile-columns, so the re-done encode costs t^2/BJ of the GEMM's MACs (1/2 at BJ=32) on CUDA
@@ -52,13 +53,6 @@
 #define FF_PAD 8                /* 16-bit elements of padding per shared row: conflict-free */
 
 STL_DYNAMIC_SMEM(ff_smem);
-
-template <typename D> struct IsBF16 {
-  static const bool value = false;
-};
-template <> struct IsBF16<DBF16> {
-  static const bool value = true;
-};
 
 /* xe (r, Mt, Nt), wt (r, Nt, Pt), dec: D[j, l] = dec.base[j*s0 + l*s1], bias (P) or NULL,
  * y (M, P), z_out (r, Mt, Pt) or NULL. D::S is unsigned short (bf16/fp16 bits). */
@@ -162,16 +156,6 @@ fused_forward_kernel(const unsigned short *__restrict__ xe, const unsigned short
   }
 }
 
-static int device_cc_major(void) {
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) !=
-                                                  cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return major;
-}
-
 /* 1 if stl_cuda_fused_forward handles this configuration on the current device, else 0 (use the
  * unfused encode -> bmm -> decode path). */
 extern "C" int stl_cuda_fused_forward_supported(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r) {
@@ -180,7 +164,7 @@ extern "C" int stl_cuda_fused_forward_supported(StlDtype dt, int64_t M, int64_t 
   if (r < 1 || (size_t)r * t * t * sizeof(float) > 48 * 1024) return 0;
   if (M <= 0 || N <= 0 || P <= 0 || N % t || P % t) return 0;
   if ((M + t - 1) / t > (int64_t)FF_BI * 65535) return 0; /* grid.y */
-  return device_cc_major() >= 8;
+  return stl_cuda_device_attr(cudaDevAttrComputeCapabilityMajor) >= 8;
 }
 
 /* y (M x P) = decode(xe @ wt, dec) + bias; z_out (r, Mt, Pt) receives Z when not NULL.

@@ -1,5 +1,5 @@
-/* Host-side helpers of the CUDA kernels (see common.cuh): errors, device guard, SM count and
- * the stream-ordered workspace pool. */
+/* Host-side helpers of the CUDA kernels (see common.cuh): errors, device guard and SM count.
+ * No memory is allocated here: the reductions' scratch is a torch tensor that ops.c passes in. */
 #include "common.cuh"
 
 #define STL_MAX_DEVICES 64
@@ -61,44 +61,11 @@ int stl_cuda_sm_count(void) {
   return n;
 }
 
-/* One pool per device, created on first use and published with a compare-and-swap (a thread that
- * loses the race destroys its own). Freed blocks up to 64 MiB stay in the pool. */
-static cudaMemPool_t pool_of(int dev) {
-  static cudaMemPool_t pools[STL_MAX_DEVICES];
-  if (dev >= STL_MAX_DEVICES) stl_kernel_error("stl_torch CUDA: more than 64 devices");
-  cudaMemPool_t p = __atomic_load_n(&pools[dev], __ATOMIC_ACQUIRE);
-  if (p) return p;
-  cudaMemPoolProps props = {};
-  props.allocType = cudaMemAllocationTypePinned;
-  props.location.type = cudaMemLocationTypeDevice;
-  props.location.id = dev;
-  cudaMemPool_t mine = NULL;
-  cudaError_t err = cudaMemPoolCreate(&mine, &props);
-  if (err != cudaSuccess) stl_cuda_fail("cudaMemPoolCreate (reduction workspace)", err);
-  uint64_t keep = 64ull << 20;
-  cudaMemPoolSetAttribute(mine, cudaMemPoolAttrReleaseThreshold, &keep);
-  cudaMemPool_t expected = NULL;
-  if (!__atomic_compare_exchange_n(&pools[dev], &expected, mine, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-    cudaMemPoolDestroy(mine);
-    return expected;
-  }
-  return mine;
-}
-
-void *stl_cuda_ws_alloc(size_t bytes, cudaStream_t stream) {
-  void *p = NULL;
-  cudaError_t err = cudaMallocFromPoolAsync(&p, bytes ? bytes : 1, pool_of(current_device()), stream);
-  if (err != cudaSuccess) {
+int stl_cuda_device_attr(cudaDeviceAttr attr) {
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, attr, dev) != cudaSuccess) {
     cudaGetLastError();
-    char msg[256];
-    snprintf(msg, sizeof msg,
-             "stl_torch CUDA: could not allocate %zu bytes of reduction workspace: %s", bytes,
-             cudaGetErrorString(err));
-    stl_kernel_error(msg);
+    return 0;
   }
-  return p;
-}
-
-void stl_cuda_ws_free(void *p, cudaStream_t stream) {
-  if (p && cudaFreeAsync(p, stream) != cudaSuccess) cudaGetLastError(); /* never throws (destructors) */
+  return v;
 }

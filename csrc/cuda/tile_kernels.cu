@@ -6,8 +6,8 @@
  *   colsum     : out[p]            = sum_m g[m,p]
  * Row-major contiguous device pointers; rows >= M of a partial last tile read as zero and are
  * never written. bf16/fp16/fp32 compute in fp32, fp64 in fp64. Everything runs on the caller's
- * stream, nothing synchronises, and the reductions are deterministic (fixed split of the work,
- * fixed-order sums in double, no atomics).
+ * stream, nothing synchronises or allocates (the reductions' scratch is the caller's), and the
+ * reductions are deterministic (fixed split of the work, fixed-order sums in double, no atomics).
  *
  * Layout of the work. A tile (I,K) is t rows x t columns of the (M x N) input; the encoded
  * tensors (r, Mt, Nt) are indexed by the linear tile number `tile = I*Nt + K`, so consecutive
@@ -485,28 +485,32 @@ static void cu_decode(StlDtype dt, const void *in, int64_t M, int64_t P, int t, 
 #undef CALL
 }
 
+/* Scratch of the two-pass reductions: G fp64 partials per output. The caller (ops.c) allocates
+ * it as a torch tensor on the output's device, so it comes from torch's caching allocator,
+ * ordered on torch's stream like every other temporary of the op (and capturable in CUDA graphs). */
 extern "C" size_t stl_cuda_correlate_workspace_bytes(StlDtype dt, int64_t M, int64_t N, int t, int r) {
+  if (M <= 0 || N <= 0 || (int64_t)r * t * t <= 0) return 0; /* no tiles: no partials */
   return correlate_plan(dt, M, N, t, r).ws_bytes;
 }
 
 extern "C" size_t stl_cuda_colsum_workspace_bytes(StlDtype dt, int64_t M, int64_t P) {
   (void)dt;
-  return (size_t)colsum_chunks(M) * (size_t)(P > 0 ? P : 1) * sizeof(double);
+  if (M <= 0 || P <= 0) return 0;
+  return (size_t)colsum_chunks(M) * (size_t)P * sizeof(double);
 }
 
-/* With a caller-provided workspace (>= the *_workspace_bytes above, 8-byte aligned, on the
- * stream's device, not used by anything else until the stream reaches this call's end): the
- * form ops.c can use with a torch-allocated scratch tensor. ws == NULL: the private pool. */
-/* Frees the private-pool workspace on every exit, the error paths included. */
-struct WsHold {
-  void *p;
-  cudaStream_t st;
-  ~WsHold() { stl_cuda_ws_free(p, st); }
-};
+/* ws: at least the *_workspace_bytes above, 8-byte aligned, on the stream's device and not used
+ * by anything else until the stream reaches this call's end. */
+static void check_ws(const char *what, const void *ws, size_t ws_bytes, size_t need) {
+  if (need == 0) return;
+  if (!ws || ws_bytes < need || !aligned(ws, 8)) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "stl_torch CUDA %s: workspace of %zu bytes at %p, need %zu bytes 8-byte aligned",
+             what, ws_bytes, ws, need);
+    stl_kernel_error(msg);
+  }
+}
 
-/* With a caller-provided workspace (>= the *_workspace_bytes above, 8-byte aligned, on the
- * stream's device, not used by anything else until the stream reaches this call's end): the
- * form ops.c can use with a torch-allocated scratch tensor. ws == NULL: the private pool. */
 extern "C" void stl_cuda_correlate_ws(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t,
                                       int r, void *out, int64_t s0, int64_t s1, void *ws, size_t ws_bytes,
                                       void *stream) {
@@ -523,12 +527,7 @@ extern "C" void stl_cuda_correlate_ws(StlDtype dt, const void *a, const void *x,
     return;
   }
   const CorPlan p = correlate_plan(dt, M, N, t, r);
-  WsHold hold = {NULL, st};
-  if (!ws) {
-    ws = hold.p = stl_cuda_ws_alloc(p.ws_bytes, st);
-  } else if (ws_bytes < p.ws_bytes || !aligned(ws, 8)) {
-    stl_kernel_error("stl_torch CUDA correlate: workspace too small or misaligned");
-  }
+  check_ws("correlate", ws, ws_bytes, p.ws_bytes);
 #define CALL(D) launch_correlate<D>(a, x, M, N, t, r, out, s0, s1, (double *)ws, p, st)
   DISPATCH(dt, CALL)
 #undef CALL
@@ -547,25 +546,16 @@ extern "C" void stl_cuda_colsum_ws(StlDtype dt, const void *g, int64_t M, int64_
     return;
   }
   const int G = colsum_chunks(M);
-  const size_t need = (size_t)G * P * sizeof(double);
-  WsHold hold = {NULL, st};
-  if (!ws) {
-    ws = hold.p = stl_cuda_ws_alloc(need, st);
-  } else if (ws_bytes < need || !aligned(ws, 8)) {
-    stl_kernel_error("stl_torch CUDA colsum: workspace too small or misaligned");
-  }
+  check_ws("colsum", ws, ws_bytes, (size_t)G * P * sizeof(double));
 #define CALL(D) launch_colsum<D>(g, M, P, out, (double *)ws, G, st)
   DISPATCH(dt, CALL)
 #undef CALL
 }
 
-static void cu_correlate(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r, void *out,
-                         int64_t s0, int64_t s1, void *stream) {
-  stl_cuda_correlate_ws(dt, a, x, M, N, t, r, out, s0, s1, NULL, 0, stream);
-}
-
-static void cu_colsum(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *stream) {
-  stl_cuda_colsum_ws(dt, g, M, P, out, NULL, 0, stream);
-}
-
-extern "C" const StlKernels stl_cuda_kernels = {"cuda", cu_encode_add, cu_decode, cu_correlate, cu_colsum};
+extern "C" const StlKernels stl_cuda_kernels = {"cuda",
+                                                cu_encode_add,
+                                                cu_decode,
+                                                stl_cuda_correlate_workspace_bytes,
+                                                stl_cuda_correlate_ws,
+                                                stl_cuda_colsum_workspace_bytes,
+                                                stl_cuda_colsum_ws};

@@ -122,19 +122,10 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *a, const void *) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr attr, int) {
-  *v = attr == cudaDevAttrComputeCapabilityMajor ? 8 : 2; /* "sm_80" with 2 SMs: small grids, grid-stride loops run */
+  /* "sm_80" (163 KB of opt-in shared memory per block) with 2 SMs: small grids, grid-stride loops run */
+  *v = attr == cudaDevAttrComputeCapabilityMajor ? 8 : attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 163 * 1024 : 2;
   return cudaSuccess;
 }
-cudaError_t cudaMemPoolCreate(cudaMemPool_t *p, const cudaMemPoolProps *) { *p = (void *)1; return cudaSuccess; }
-cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void *) { return cudaSuccess; }
-cudaError_t cudaMemPoolDestroy(cudaMemPool_t) { return cudaSuccess; }
-cudaError_t cudaMallocFromPoolAsync(void **p, size_t n, cudaMemPool_t, cudaStream_t) {
-  *p = malloc(n);
-  memset(*p, 0xff, n); /* poison: partials must all be written */
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
-}
-cudaError_t cudaFreeAsync(void *p, cudaStream_t) { free(p); return cudaSuccess; }
-
 extern "C" [[noreturn]] void stl_kernel_error(const char *msg) {
   fprintf(stderr, "stl_kernel_error: %s\n", msg);
   abort();

@@ -2,6 +2,8 @@
  * against a float64 reference computed from the same stored inputs, for every storage dtype and
  * shapes that reach every kernel variant (fast t = 2/4/8 paths, runtime-t and generic fallbacks,
  * partial last tiles, grid-stride loops, several reduction blocks, misaligned bases).
+ * Also the two fused forwards (fused_forward.cu, fused_encode_forward.cu) on partial tiles, odd M,
+ * several blocks and product groups, with and without bias and Z.
  * Outputs are poisoned before each call and fenced by canaries, so an unwritten element or an
  * out-of-bounds write fails; reductions run twice and must agree bitwise.
  *
@@ -21,12 +23,12 @@ extern "C" int stl_cuda_fused_forward_supported(StlDtype dt, int64_t M, int64_t 
 extern "C" void stl_cuda_fused_forward(StlDtype dt, const void *xe, const void *wt, StlSmallMat dec, const void *bias,
                                        void *y, void *z_out, int64_t M, int64_t N, int64_t P, int t, int r,
                                        void *stream);
-extern "C" size_t stl_cuda_correlate_workspace_bytes(StlDtype dt, int64_t M, int64_t N, int t, int r);
-extern "C" size_t stl_cuda_colsum_workspace_bytes(StlDtype dt, int64_t M, int64_t P);
+extern "C" int stl_cuda_fused_encode_forward_supported(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r);
+extern "C" void stl_cuda_fused_encode_forward(StlDtype dt, const void *x, StlSmallMat enc, const void *wt,
+                                              StlSmallMat dec, const void *bias, void *y, void *z_out, int64_t M,
+                                              int64_t N, int64_t P, int t, int r, void *stream);
 extern "C" void stl_cuda_correlate_ws(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r,
                                       void *out, int64_t s0, int64_t s1, void *ws, size_t ws_bytes, void *stream);
-extern "C" void stl_cuda_colsum_ws(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *ws,
-                                   size_t ws_bytes, void *stream);
 
 static int failures = 0, checks = 0;
 
@@ -210,12 +212,15 @@ static void check_shape(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
     Buf out(dt, (int64_t)r * t2), again(dt, (int64_t)r * t2);
     out.poison();
     again.poison();
-    stl_cuda_kernels.correlate(dt, a.p(), xx.p(), M, W, t, r, out.p(), s0, s1, NULL);
-    { /* the second run through a caller-provided workspace of exactly the advertised size */
-      const size_t wsb = stl_cuda_correlate_workspace_bytes(dt, M, W, t, r);
+    { /* through the table, as ops.c calls it: a workspace of exactly the advertised size, poisoned
+         (every partial must be written before it is read), fenced by canaries */
+      const size_t wsb = stl_cuda_kernels.correlate_ws_bytes(dt, M, W, t, r);
       Buf ws(STL_F64, (int64_t)(wsb / 8));
-      stl_cuda_correlate_ws(dt, a.p(), xx.p(), M, W, t, r, again.p(), s0, s1, ws.p(), wsb, NULL);
+      ws.poison();
+      stl_cuda_kernels.correlate(dt, a.p(), xx.p(), M, W, t, r, out.p(), s0, s1, ws.p(), wsb, NULL);
       if (!ws.canaries_ok()) failures++, printf("FAIL correlate workspace overrun %s\n", ctx);
+      /* the second run through the extern "C" entry point, on the workspace the first one left */
+      stl_cuda_correlate_ws(dt, a.p(), xx.p(), M, W, t, r, again.p(), s0, s1, ws.p(), wsb, NULL);
     }
     std::vector<double> ref((size_t)r * t2);
     std::vector<int64_t> idx((size_t)r * t2);
@@ -238,16 +243,14 @@ static void check_shape(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
   {
     Buf out(dt, P);
     out.poison();
-    stl_cuda_kernels.colsum(dt, g.p(), M, P, out.p(), NULL);
+    const size_t wsb = stl_cuda_kernels.colsum_ws_bytes(dt, M, P);
+    Buf ws(STL_F64, (int64_t)(wsb / 8));
+    ws.poison();
+    stl_cuda_kernels.colsum(dt, g.p(), M, P, out.p(), ws.p(), wsb, NULL);
     std::vector<double> ref(P, 0.0);
     for (int64_t row = 0; row < M; row++)
       for (int64_t c = 0; c < P; c++) ref[c] += g.get(row * P + c);
     expect("colsum", out, ref, ctx);
-    const size_t wsb = stl_cuda_colsum_workspace_bytes(dt, M, P);
-    Buf ws(STL_F64, (int64_t)(wsb / 8));
-    out.poison();
-    stl_cuda_colsum_ws(dt, g.p(), M, P, out.p(), ws.p(), wsb, NULL);
-    expect("colsum (own workspace)", out, ref, ctx);
     if (!ws.canaries_ok()) failures++, printf("FAIL colsum workspace overrun %s\n", ctx);
   }
 }
@@ -288,6 +291,56 @@ static void check_fused(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
     }
   expect("fused forward y", y, yr, ctx);
   if (want_z) expect("fused forward z", z, zr, ctx);
+}
+
+/* fused_encode_forward.cu: y = decode(encode(x, E) @ wt, D) + bias, and Z, against float64 from the
+ * stored inputs (the kernel rounds Xe to the storage dtype, like the unfused path: within tol) */
+static void check_fused_encode(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r, bool with_bias, bool want_z,
+                               int skew) {
+  char ctx[160];
+  snprintf(ctx, sizeof ctx, "[%s M=%lld N=%lld P=%lld t=%d r=%d bias=%d z=%d skew=%d]", dname(dt), (long long)M,
+           (long long)N, (long long)P, t, r, with_bias, want_z, skew);
+  if (!stl_cuda_fused_encode_forward_supported(dt, M, N, P, t, r)) {
+    failures++;
+    printf("FAIL fused encode forward unsupported %s\n", ctx);
+    return;
+  }
+  const int t2 = t * t;
+  const int64_t Mt = (M + t - 1) / t, Nt = N / t, Pt = P / t;
+  Buf x(dt, M * N, skew), E(dt, (int64_t)r * t2, skew), wt(dt, r * Nt * Pt, skew), D(dt, (int64_t)t2 * r, skew),
+      bias(dt, P, skew), y(dt, M * P, skew), z(dt, r * Mt * Pt, skew);
+  fill(x), fill(E, 1.0 / t), fill(wt, 1.0 / sqrt((double)Nt)), fill(D, 1.0 / sqrt((double)r)), fill(bias);
+  y.poison(), z.poison();
+  StlSmallMat enc = {E.p(), t2, 1}, dec = {D.p(), r, 1};
+  stl_cuda_fused_encode_forward(dt, x.p(), enc, wt.p(), dec, with_bias ? bias.p() : NULL, y.p(),
+                                want_z ? z.p() : NULL, M, N, P, t, r, NULL);
+  std::vector<double> xe((size_t)(r * Mt * Nt)), zr((size_t)(r * Mt * Pt)), yr((size_t)(M * P));
+  for (int l = 0; l < r; l++)
+    for (int64_t I = 0; I < Mt; I++)
+      for (int64_t K = 0; K < Nt; K++) {
+        double s = 0;
+        for (int a = 0; a < t && t * I + a < M; a++)
+          for (int c = 0; c < t; c++) s += E.get(l * t2 + a * t + c) * x.get((t * I + a) * N + t * K + c);
+        xe[(l * Mt + I) * Nt + K] = s;
+      }
+  for (int l = 0; l < r; l++)
+    for (int64_t I = 0; I < Mt; I++)
+      for (int64_t J = 0; J < Pt; J++) {
+        double s = 0;
+        for (int64_t K = 0; K < Nt; K++) s += xe[(l * Mt + I) * Nt + K] * wt.get((l * Nt + K) * Pt + J);
+        zr[(l * Mt + I) * Pt + J] = s;
+      }
+  for (int64_t row = 0; row < M; row++)
+    for (int64_t col = 0; col < P; col++) {
+      const int64_t I = row / t, J = col / t;
+      const int j = (int)(row % t) * t + (int)(col % t);
+      double s = with_bias ? bias.get(col) : 0;
+      for (int l = 0; l < r; l++) s += D.get(j * r + l) * zr[(l * Mt + I) * Pt + J];
+      yr[row * P + col] = s;
+    }
+  expect("fused encode fwd y", y, yr, ctx);
+  if (want_z) expect("fused encode fwd z", z, zr, ctx);
+  else if (!z.canaries_ok() || z.get(0) == z.get(0)) failures++, printf("FAIL fused encode wrote z unasked %s\n", ctx);
 }
 
 int main(int argc, char **argv) {
@@ -338,6 +391,26 @@ int main(int argc, char **argv) {
       for (int v = 0; v < 2; v++)
         check_fused(dt, fshapes[s].M, fshapes[s].N, fshapes[s].P, fshapes[s].t, fshapes[s].r, v == 0, v == 1);
     printf("fused shape %d done (%d checks, %d failures)\n", s + 1, checks, failures);
+    fflush(stdout);
+  }
+  struct FE {
+    int64_t M, N, P;
+    int t, r, skew;
+  } eshapes[] = {
+      {37, 64, 48, 4, 24, 0},    /* odd M, one K chunk, r = 16 + 8 (a partial group), Pt % 8 != 0 */
+      {5, 6, 10, 2, 7, 0},       /* t=2, tiny, N % 8 != 0: scalar x loads */
+      {67, 64, 512, 4, 24, 0},   /* two blocks in I and J, 16-byte x and Wt loads */
+      {9, 16, 16, 2, 17, 1},     /* t=2, r = 16 + 1, misaligned bases */
+      {300, 136, 72, 4, 49, 0},  /* r=49: four groups; three K chunks, the last partial */
+      {131, 260, 1032, 4, 5, 0}, /* five column blocks, the last partial; Nt=65: a 1-tile last chunk */
+      {66, 32, 264, 2, 24, 1},   /* t=2 with several blocks, misaligned */
+  };
+  for (int s = 0; s < (int)(sizeof eshapes / sizeof eshapes[0]); s++) {
+    if (quick && s >= 3) break;
+    const FE &e = eshapes[s];
+    for (StlDtype dt : {STL_BF16, STL_F16})
+      for (int v = 0; v < 2; v++) check_fused_encode(dt, e.M, e.N, e.P, e.t, e.r, v == 0, v == 1, e.skew);
+    printf("fused encode shape %d done (%d checks, %d failures)\n", s + 1, checks, failures);
     fflush(stdout);
   }
   printf("%s: %d checks, %d failures\n", failures ? "FAILED" : "OK", checks, failures);

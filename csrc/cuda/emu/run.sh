@@ -11,7 +11,8 @@ args=()
 for a in "$@"; do
   if [ "$a" = --asan ]; then flags+=(-fsanitize=address,undefined -fno-sanitize-recover=undefined); export ASAN_OPTIONS=detect_stack_use_after_return=0; else args+=("$a"); fi
 done
-g++ "${flags[@]}" -x c++ "$here/../tile_kernels.cu" "$here/../fused_forward.cu" "$here/../runtime.cu" \
+g++ "${flags[@]}" -x c++ "$here/../tile_kernels.cu" "$here/../fused_forward.cu" "$here/../fused_encode_forward.cu" \
+  "$here/../runtime.cu" \
   "$here/emu.cpp" "$here/emu_check.cpp" \
   -o "$out/emu_check"
 "$out/emu_check" "${args[@]+"${args[@]}"}"
