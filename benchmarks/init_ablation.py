@@ -10,7 +10,8 @@ Variants (``--variants``; STL.md section 4: how E and D are scaled and trained i
 init scheme): ``base`` (one AdamW for everything), ``ed_lr0.1`` (E and D at 0.1x the learning
 rate, no weight decay), ``ed_frozen`` (E and D fixed at the init, only Wt and the rest train),
 ``ed_unit`` (each product rescaled so ||E_l|| = ||D_l|| = 1, Wt scaled up to keep the function:
-the same operator at init, a different parameterisation for the optimiser).
+the same operator at init, a different parameterisation for the optimiser), ``ed_norm<s>`` (the
+same with norm s, e.g. ``ed_norm0.5``).
 """
 import argparse
 import json
@@ -30,7 +31,13 @@ from demo import PatchTransformer, accuracy, train  # noqa: E402
 from recipe_data import FASHION_MNIST_DIR, load_idx_split  # noqa: E402
 
 
-VARIANTS = ("base", "ed_lr0.1", "ed_frozen", "ed_unit")
+VARIANTS = ("base", "ed_lr0.1", "ed_frozen", "ed_unit", "ed_norm<s>")
+
+
+def parse_variant(name):
+    if name in VARIANTS[:-1] or (name.startswith("ed_norm") and float(name[7:]) > 0):
+        return name
+    raise argparse.ArgumentTypeError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
 
 
 def param_groups(model, variant):
@@ -47,10 +54,11 @@ def param_groups(model, variant):
         for p in eds:
             p.requires_grad_(False)
         return [{"params": rest}]
-    if variant == "ed_unit":
+    if variant == "ed_unit" or variant.startswith("ed_norm"):
+        s = 1.0 if variant == "ed_unit" else float(variant[7:])
         with torch.no_grad():
             for m in stl:
-                se, sd = m.E.norm(dim=1), m.D.norm(dim=0)  # per product l
+                se, sd = m.E.norm(dim=1) / s, m.D.norm(dim=0) / s  # per product l
                 m.E.div_(se[:, None])
                 m.D.div_(sd[None, :])
                 m.Wt.mul_((se * sd)[:, None, None])
@@ -67,7 +75,7 @@ def main():
     ap.add_argument("--inits", nargs="+", default=["strassen", "fitted", "polynomial", "random"])
     ap.add_argument("--tile", type=int, default=4)
     ap.add_argument("--rank", type=int, default=24)
-    ap.add_argument("--variants", nargs="+", default=["base"], choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=["base"], type=parse_variant)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     ap.add_argument("--tag", default="", help="suffix of the output files")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))

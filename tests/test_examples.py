@@ -329,14 +329,22 @@ def test_llama_local_hf_checkpoint_dir(text_dir, tmp_path):
 
 @pytest.mark.parametrize("method", ["sparse24", "stl"])
 def test_llama_ddp_replicas_in_sync(method, text_dir, tmp_path):
+    # stl: with the calibrated conversion (distill), each rank calibrates, DDP syncs from rank 0
+    calib = ["--calibrate-seqs", "2", "--calibration", "distill", "--distill-steps", "3"]
     torchrun([LLAMA, *LLAMA_TINY, "--data", text_dir, "--method", method, "--tokens", 3 * 4 * 32,
-              "--eval-every", "3", "--out-dir", tmp_path, "--rank-checksums"], ROOT)
+              "--eval-every", "3", "--out-dir", tmp_path, "--rank-checksums"]
+             + (calib if method == "stl" else []), ROOT)
     sums = [(tmp_path / f"checksum_rank{r}.txt").read_text() for r in (0, 1)]
     assert sums[0] == sums[1]
     m = assert_outputs(tmp_path)
     assert m["meta"]["env"]["world_size"] == 2 and m["meta"]["changed_layers"] == 14
     if method == "sparse24":
         assert m["meta"]["target_flop_reduction"] == pytest.approx(2.0)
+    else:
+        layers = m["meta"]["convert_report"]["data"]["layers"]
+        conv = [x for x in layers if x["converted"]]
+        assert len(conv) == 14 and all(x["err_distill"] is not None for x in conv), conv[:2]
+        assert all(x["err_calibrated"] <= x["err_data_free"] for x in conv)
     assert m["meta"]["tbt"]["end"]["max_abs_logprob_diff"] < 1e-4
 
 
