@@ -42,7 +42,7 @@
  *      small N (ViT shapes), negligible at N >= 2048.
  * Next steps if it is worth it: two m16 tiles per warp with l-groups of 8, cp.async pipelining
  * of x/Wt, wgmma on sm_90a. */
-#include "common.cuh"
+#include "fused_common.cuh"
 
 #define FE_WARPS 8
 #define FE_THREADS (32 * FE_WARPS)
@@ -92,17 +92,9 @@ fused_encode_kernel(const unsigned short *__restrict__ x, int64_t M, int64_t N, 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, q = lane % 4;
   const int64_t I0 = (int64_t)blockIdx.y * FE_BI, J0 = (int64_t)blockIdx.x * FE_BJ;
 
-  for (int i = tid; i < r * t2; i += FE_THREADS) {
-    const int l = i / t2, j = i - l * t2;
-    Ds[i] = D::load(dec[j * dec_s0 + l * dec_s1]);
-  }
-
-  /* this thread's Z elements e: 0,1 -> (tile-row g, tile-columns 2q, 2q+1 of its warp's n8 tile); 2,3 -> row g+8 */
+  fused_stage_dec<D, T, FE_THREADS>(Ds, dec, dec_s0, dec_s1, r, tid);
   float yacc[4][T * T];
-#pragma unroll
-  for (int e = 0; e < 4; e++)
-#pragma unroll
-    for (int j = 0; j < t2; j++) yacc[e][j] = 0;
+  fused_yacc_zero<T>(yacc);
 
   for (int lg0 = 0; lg0 < r; lg0 += FE_LG) {
     const int ng = r - lg0 < FE_LG ? r - lg0 : FE_LG;
@@ -198,42 +190,12 @@ fused_encode_kernel(const unsigned short *__restrict__ x, int64_t M, int64_t N, 
     /* the group's epilogue: optionally store Z, then y += D[:, l] (x) Z_l */
 #pragma unroll
     for (int l = 0; l < FE_LG; l++) {
-      if (l < ng) {
-        if (z_out) {
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int64_t I = I0 + g + 8 * (e / 2), J = J0 + warp * 8 + 2 * q + (e % 2);
-            if (I < Mt && J < Pt) z_out[((int64_t)(lg0 + l) * Mt + I) * Pt + J] = D::store(zc[l][e]);
-          }
-        }
-        const float *dl = Ds + (lg0 + l) * t2;
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-#pragma unroll
-          for (int j = 0; j < t2; j++) yacc[e][j] += dl[j] * zc[l][e];
-      }
+      if (l < ng) fused_take_product<D, T>(yacc, zc[l], Ds, lg0 + l, z_out, I0, J0 + warp * 8, g, q, Mt, Pt);
     }
   }
-
-  /* bias, then each Z element's t x t block of y: row segments of t contiguous outputs */
-#pragma unroll
-  for (int e = 0; e < 4; e++) {
-    const int64_t I = I0 + g + 8 * (e / 2), J = J0 + warp * 8 + 2 * q + (e % 2);
-    if (I >= Mt || J >= Pt) continue;
-    if (bias) {
-      float bv[T];
-      load_seg<D, T>(bias + T * J, bv, vec_y);
-#pragma unroll
-      for (int a = 0; a < T; a++)
-#pragma unroll
-        for (int b = 0; b < T; b++) yacc[e][a * T + b] += bv[b];
-    }
-#pragma unroll
-    for (int a = 0; a < T; a++) {
-      const int64_t row = T * I + a;
-      if (row < M) store_seg<D, T>(y + row * P + T * J, &yacc[e][a * T], vec_y);
-    }
-  }
+  /* the warp's Z tile (its n8 tile of the block's m16 tile) starts at tile-row I0, tile-column
+   * J0 + warp * 8 */
+  fused_store_y<D, T>(yacc, bias, y, I0, J0 + warp * 8, g, q, M, Mt, Pt, P, vec_y);
 }
 
 static size_t fe_smem_bytes(int t, int r) {

@@ -42,7 +42,7 @@
  *      tile), a persistent grid.
  *   4. Optionally write Z (need_z) from the same epilogue (implemented: z_out) so training saves
  *      the recompute in backward. */
-#include "common.cuh"
+#include "fused_common.cuh"
 
 #define FF_WARPS_I 4
 #define FF_WARPS_J 2
@@ -62,7 +62,6 @@ fused_forward_kernel(const unsigned short *__restrict__ xe, const unsigned short
                      const unsigned short *__restrict__ dec, int64_t dec_s0, int64_t dec_s1,
                      const unsigned short *__restrict__ bias, unsigned short *__restrict__ y,
                      unsigned short *__restrict__ z_out, int64_t M, int64_t Nt, int64_t Pt, int r, bool vec_y) {
-  const int t2 = T * T;
   const int64_t Mt = (M + T - 1) / T, P = Pt * T;
   __shared__ __align__(16) unsigned short As[FF_BI][FF_KC + FF_PAD];  /* Xe_l[I0+i][k0+k] */
   __shared__ __align__(16) unsigned short Bs[FF_BJ][FF_KC + FF_PAD];  /* Wt_l[k0+k][J0+j], transposed */
@@ -73,17 +72,9 @@ fused_forward_kernel(const unsigned short *__restrict__ xe, const unsigned short
   const int wi = warp / FF_WARPS_J, wj = warp % FF_WARPS_J;
   const int64_t I0 = (int64_t)blockIdx.y * FF_BI, J0 = (int64_t)blockIdx.x * FF_BJ;
 
-  for (int i = tid; i < r * t2; i += FF_THREADS) {
-    const int l = i / t2, j = i - l * t2;
-    Ds[i] = D::load(dec[j * dec_s0 + l * dec_s1]);
-  }
-
-  /* this thread's Z elements: e = 0,1 -> (row g, cols 2q, 2q+1); e = 2,3 -> row g+8 */
+  fused_stage_dec<D, T, FF_THREADS>(Ds, dec, dec_s0, dec_s1, r, tid);
   float yacc[4][T * T];
-#pragma unroll
-  for (int e = 0; e < 4; e++)
-#pragma unroll
-    for (int j = 0; j < t2; j++) yacc[e][j] = 0;
+  fused_yacc_zero<T>(yacc);
 
   for (int l = 0; l < r; l++) {
     const unsigned short *xl = xe + (int64_t)l * Mt * Nt, *wl = wt + (int64_t)l * Nt * Pt;
@@ -121,39 +112,10 @@ fused_forward_kernel(const unsigned short *__restrict__ xe, const unsigned short
       }
     }
     /* epilogue of product l: optionally store Z_l, then y += D[:, l] (x) Z_l */
-    if (z_out) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int64_t I = I0 + wi * 16 + g + 8 * (e / 2), J = J0 + wj * 8 + 2 * q + (e % 2);
-        if (I < Mt && J < Pt) z_out[((int64_t)l * Mt + I) * Pt + J] = D::store(c[e]);
-      }
-    }
-    const float *dl = Ds + l * t2;
-#pragma unroll
-    for (int e = 0; e < 4; e++)
-#pragma unroll
-      for (int j = 0; j < t2; j++) yacc[e][j] += dl[j] * c[e];
+    fused_take_product<D, T>(yacc, c, Ds, l, z_out, I0 + wi * 16, J0 + wj * 8, g, q, Mt, Pt);
   }
-
-  /* bias, then each Z element's t x t block of y: row segments of t contiguous outputs */
-#pragma unroll
-  for (int e = 0; e < 4; e++) {
-    const int64_t I = I0 + wi * 16 + g + 8 * (e / 2), J = J0 + wj * 8 + 2 * q + (e % 2);
-    if (I >= Mt || J >= Pt) continue;
-    if (bias) {
-      float bv[T];
-      load_seg<D, T>(bias + T * J, bv, vec_y);
-#pragma unroll
-      for (int a = 0; a < T; a++)
-#pragma unroll
-        for (int b = 0; b < T; b++) yacc[e][a * T + b] += bv[b];
-    }
-#pragma unroll
-    for (int a = 0; a < T; a++) {
-      const int64_t row = T * I + a;
-      if (row < M) store_seg<D, T>(y + row * P + T * J, &yacc[e][a * T], vec_y);
-    }
-  }
+  /* the warp's Z tile starts at tile-row I0 + wi * 16, tile-column J0 + wj * 8 */
+  fused_store_y<D, T>(yacc, bias, y, I0 + wi * 16, J0 + wj * 8, g, q, M, Mt, Pt, P, vec_y);
 }
 
 /* 1 if stl_cuda_fused_forward handles this configuration on the current device, else 0 (use the

@@ -255,6 +255,37 @@ static void check_shape(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
   }
 }
 
+/* Both fused forwards from Xe onward, against float64: Z_l = Xe_l @ Wt_l, y = decode(Z, D) + bias
+ * (bias NULL: none), y and (z not NULL) Z compared as "<what> y" / "<what> z". xe (r, Mt, Nt) in
+ * float64: the stored Xe for fused_forward, encoded in float64 for fused_encode_forward. */
+static void expect_fused(const char *what, const std::vector<double> &xe, Buf &wt, Buf &D, Buf *bias, Buf &y, Buf *z,
+                         int64_t M, int64_t N, int64_t P, int t, int r, const char *ctx) {
+  const int64_t Mt = (M + t - 1) / t, Nt = N / t, Pt = P / t;
+  std::vector<double> zr((size_t)(r * Mt * Pt)), yr((size_t)(M * P));
+  for (int l = 0; l < r; l++)
+    for (int64_t I = 0; I < Mt; I++)
+      for (int64_t J = 0; J < Pt; J++) {
+        double s = 0;
+        for (int64_t K = 0; K < Nt; K++) s += xe[(l * Mt + I) * Nt + K] * wt.get((l * Nt + K) * Pt + J);
+        zr[(l * Mt + I) * Pt + J] = s;
+      }
+  for (int64_t row = 0; row < M; row++)
+    for (int64_t col = 0; col < P; col++) {
+      const int64_t I = row / t, J = col / t;
+      const int j = (int)(row % t) * t + (int)(col % t);
+      double s = bias ? bias->get(col) : 0;
+      for (int l = 0; l < r; l++) s += D.get(j * r + l) * zr[(l * Mt + I) * Pt + J];
+      yr[row * P + col] = s;
+    }
+  char label[64];
+  snprintf(label, sizeof label, "%s y", what);
+  expect(label, y, yr, ctx);
+  if (z) {
+    snprintf(label, sizeof label, "%s z", what);
+    expect(label, *z, zr, ctx);
+  }
+}
+
 /* fused_forward.cu: y = decode(xe @ wt, D) + bias, and Z, against float64 from the stored inputs */
 static void check_fused(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r, bool with_bias, bool want_z) {
   char ctx[160];
@@ -273,24 +304,9 @@ static void check_fused(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
   StlSmallMat dec = {D.p(), r, 1};
   stl_cuda_fused_forward(dt, xe.p(), wt.p(), dec, with_bias ? bias.p() : NULL, y.p(), want_z ? z.p() : NULL, M, N, P,
                          t, r, NULL);
-  std::vector<double> zr((size_t)(r * Mt * Pt)), yr((size_t)(M * P));
-  for (int l = 0; l < r; l++)
-    for (int64_t I = 0; I < Mt; I++)
-      for (int64_t J = 0; J < Pt; J++) {
-        double s = 0;
-        for (int64_t K = 0; K < Nt; K++) s += xe.get((l * Mt + I) * Nt + K) * wt.get((l * Nt + K) * Pt + J);
-        zr[(l * Mt + I) * Pt + J] = s;
-      }
-  for (int64_t row = 0; row < M; row++)
-    for (int64_t col = 0; col < P; col++) {
-      const int64_t I = row / t, J = col / t;
-      const int j = (int)(row % t) * t + (int)(col % t);
-      double s = with_bias ? bias.get(col) : 0;
-      for (int l = 0; l < r; l++) s += D.get(j * r + l) * zr[(l * Mt + I) * Pt + J];
-      yr[row * P + col] = s;
-    }
-  expect("fused forward y", y, yr, ctx);
-  if (want_z) expect("fused forward z", z, zr, ctx);
+  std::vector<double> xd((size_t)xe.n);
+  for (int64_t i = 0; i < xe.n; i++) xd[i] = xe.get(i);
+  expect_fused("fused forward", xd, wt, D, with_bias ? &bias : NULL, y, want_z ? &z : NULL, M, N, P, t, r, ctx);
 }
 
 /* fused_encode_forward.cu: y = decode(encode(x, E) @ wt, D) + bias, and Z, against float64 from the
@@ -314,7 +330,7 @@ static void check_fused_encode(StlDtype dt, int64_t M, int64_t N, int64_t P, int
   StlSmallMat enc = {E.p(), t2, 1}, dec = {D.p(), r, 1};
   stl_cuda_fused_encode_forward(dt, x.p(), enc, wt.p(), dec, with_bias ? bias.p() : NULL, y.p(),
                                 want_z ? z.p() : NULL, M, N, P, t, r, NULL);
-  std::vector<double> xe((size_t)(r * Mt * Nt)), zr((size_t)(r * Mt * Pt)), yr((size_t)(M * P));
+  std::vector<double> xe((size_t)(r * Mt * Nt));
   for (int l = 0; l < r; l++)
     for (int64_t I = 0; I < Mt; I++)
       for (int64_t K = 0; K < Nt; K++) {
@@ -323,24 +339,9 @@ static void check_fused_encode(StlDtype dt, int64_t M, int64_t N, int64_t P, int
           for (int c = 0; c < t; c++) s += E.get(l * t2 + a * t + c) * x.get((t * I + a) * N + t * K + c);
         xe[(l * Mt + I) * Nt + K] = s;
       }
-  for (int l = 0; l < r; l++)
-    for (int64_t I = 0; I < Mt; I++)
-      for (int64_t J = 0; J < Pt; J++) {
-        double s = 0;
-        for (int64_t K = 0; K < Nt; K++) s += xe[(l * Mt + I) * Nt + K] * wt.get((l * Nt + K) * Pt + J);
-        zr[(l * Mt + I) * Pt + J] = s;
-      }
-  for (int64_t row = 0; row < M; row++)
-    for (int64_t col = 0; col < P; col++) {
-      const int64_t I = row / t, J = col / t;
-      const int j = (int)(row % t) * t + (int)(col % t);
-      double s = with_bias ? bias.get(col) : 0;
-      for (int l = 0; l < r; l++) s += D.get(j * r + l) * zr[(l * Mt + I) * Pt + J];
-      yr[row * P + col] = s;
-    }
-  expect("fused encode fwd y", y, yr, ctx);
-  if (want_z) expect("fused encode fwd z", z, zr, ctx);
-  else if (!z.canaries_ok() || z.get(0) == z.get(0)) failures++, printf("FAIL fused encode wrote z unasked %s\n", ctx);
+  expect_fused("fused encode fwd", xe, wt, D, with_bias ? &bias : NULL, y, want_z ? &z : NULL, M, N, P, t, r, ctx);
+  if (!want_z && (!z.canaries_ok() || z.get(0) == z.get(0)))
+    failures++, printf("FAIL fused encode wrote z unasked %s\n", ctx);
 }
 
 int main(int argc, char **argv) {
