@@ -408,6 +408,7 @@ def main(argv=None):
         metrics.history.append({"step": 0, "tokens": 0, "train_loss": None, "eval_loss": loss,
                                 "eval_ppl": ppl, "lr": sched.get_last_lr()[0]})
         metrics.write()
+        save(0)  # a calibrated conversion can take minutes: a killed run resumes after it
 
     net = model
     if d.enabled:

@@ -24,7 +24,7 @@
 #   all              every step above in order (no 10-minute limit assumed)
 # Knobs (env): T2T_EPOCHS=10 T2T_BATCH=256 T2T_LR=1e-3 T2T_SEEDS="0" LLM_TOKENS=4e6
 #   LLM_BATCH=16 LLM_SEQ=512 LLM_LR (default 1e-4; 3e-4 for stl) TILE=4 RANK=24
-#   LLM_CALIB=32 LLM_CALIBRATION=distill (lstsq: least squares only)
+#   LLM_CALIB=64 LLM_CALIBRATION=distill (lstsq: least squares only)
 #   RUN_TIMEOUT=560 (seconds per run in one call; the run resumes on the next call)
 # Metrics (json/csv/png) of every run are copied to $OUT/<run>/ when $OUT is set.
 set -euo pipefail
@@ -126,7 +126,7 @@ step_llm() {
     local method=$1 extra=() lr=${LLM_LR:-1e-4}
     case $method in
         dense|sparse24) extra=(--method "$method") ;;
-        stl) extra=(--method stl --tile "$TILE" --rank "$RANK" --calibrate-seqs "${LLM_CALIB:-32}"
+        stl) extra=(--method stl --tile "$TILE" --rank "$RANK" --calibrate-seqs "${LLM_CALIB:-64}"
                     --calibration "${LLM_CALIBRATION:-distill}"); lr=${LLM_LR:-3e-4} ;;
         stl-datafree) extra=(--method stl --tile "$TILE" --rank "$RANK"); lr=${LLM_LR:-3e-4} ;;
         stl-noncausal) extra=(--method stl --no-causal --tile "$TILE" --rank "$RANK"); lr=${LLM_LR:-3e-4} ;;
