@@ -7,11 +7,11 @@ plus the dense model; reports test top-1 mean and spread per init. Writes JSON a
   python benchmarks/init_ablation.py --steps 300 --seeds 0 1 2
 
 Variants (``--variants``; STL.md section 4: how E and D are scaled and trained is part of an
-init scheme): ``base`` (one AdamW for everything), ``ed_lr0.1`` (E and D at 0.1x the learning
-rate, no weight decay), ``ed_frozen`` (E and D fixed at the init, only Wt and the rest train),
-``ed_unit`` (each product rescaled so ||E_l|| = ||D_l|| = 1, Wt scaled up to keep the function:
-the same operator at init, a different parameterisation for the optimiser), ``ed_norm<s>`` (the
-same with norm s, e.g. ``ed_norm0.5``).
+init scheme): ``base`` (STLinear's default: each product's E row and D column at unit norm,
+``ed_norm=1``; one AdamW for everything), ``balanced`` (``ed_norm=None``: the decomposition's
+balanced scale ||E_l|| = ||F_l|| = ||D_l||, the default before 2026-11-24), ``ed_norm<s>``
+(norm s, e.g. ``ed_norm0.5``), ``ed_lr0.1`` (E and D at 0.1x the learning rate, no weight
+decay), ``ed_frozen`` (E and D fixed at the init).
 """
 import argparse
 import json
@@ -31,7 +31,7 @@ from demo import PatchTransformer, accuracy, train  # noqa: E402
 from recipe_data import FASHION_MNIST_DIR, load_idx_split  # noqa: E402
 
 
-VARIANTS = ("base", "ed_lr0.1", "ed_frozen", "ed_unit", "ed_norm<s>")
+VARIANTS = ("base", "balanced", "ed_lr0.1", "ed_frozen", "ed_norm<s>")
 
 
 def parse_variant(name):
@@ -40,30 +40,27 @@ def parse_variant(name):
     raise argparse.ArgumentTypeError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
 
 
+def stl_kwargs(variant):
+    """STLinear arguments of a variant: the scale of E and D."""
+    if variant == "balanced":
+        return {"ed_norm": None}
+    if variant.startswith("ed_norm"):
+        return {"ed_norm": float(variant[7:])}
+    return {}
+
+
 def param_groups(model, variant):
-    """Optimiser groups for a variant (None: one group). Mutates E/D/Wt for ``ed_unit``."""
-    if variant == "base":
-        return None
+    """Optimiser groups of a variant (None: one group for everything)."""
     stl = [m for m in model.modules() if isinstance(m, stl_torch.STLinear)]
-    ed = {id(p) for m in stl for p in (m.E, m.D)}
-    rest = [p for p in model.parameters() if id(p) not in ed]
     eds = [p for m in stl for p in (m.E, m.D)]
+    rest = [p for p in model.parameters() if all(p is not q for q in eds)]
     if variant == "ed_lr0.1":
         return [{"params": rest}, {"params": eds, "lr": 3e-4, "weight_decay": 0.0}]
     if variant == "ed_frozen":
         for p in eds:
             p.requires_grad_(False)
         return [{"params": rest}]
-    if variant == "ed_unit" or variant.startswith("ed_norm"):
-        s = 1.0 if variant == "ed_unit" else float(variant[7:])
-        with torch.no_grad():
-            for m in stl:
-                se, sd = m.E.norm(dim=1) / s, m.D.norm(dim=0) / s  # per product l
-                m.E.div_(se[:, None])
-                m.D.div_(sd[None, :])
-                m.Wt.mul_((se * sd)[:, None, None])
-        return None
-    raise ValueError(variant)
+    return None
 
 
 def main():
@@ -98,7 +95,8 @@ def main():
             else:
                 # "random" draws each layer from torch's RNG (seeded above); the fits take the seed
                 model = PatchTransformer(lambda i, o: stl_torch.STLinear(
-                    i, o, tile=a.tile, rank=a.rank, init=init, seed=None if init == "random" else seed))
+                    i, o, tile=a.tile, rank=a.rank, init=init, seed=None if init == "random" else seed,
+                    **stl_kwargs(variant)))
             groups = param_groups(model, variant)
             print(f"[{name} seed {seed}]", flush=True)
             secs = train(model, xtr, ytr, a.steps, a.batch_size, seed, groups)

@@ -106,7 +106,8 @@ def tileable(linear: nn.Linear, tile: int) -> bool:
     return linear.in_features % tile == 0 and linear.out_features % tile == 0
 
 
-def to_stl(model, *, tile, rank, init, causal, include, calibration_data=None, **convert_kw):
+def to_stl(model, *, tile, rank, init, causal, include, calibration_data=None, ed_norm=1.0,
+           **convert_kw):
     """Replaces every nn.Linear whose qualified name passes ``include(name, module)`` by an STLinear
     initialised from it (``Wt`` encodes the dense weight, bias copied) with ``stl_torch.convert``.
     Returns ``(names, report)``. Layers whose dims are not multiples of ``tile`` are never
@@ -120,7 +121,7 @@ def to_stl(model, *, tile, rank, init, causal, include, calibration_data=None, *
              if isinstance(m, nn.Linear) and tileable(m, tile) and include(n, m)]
     if not names:
         raise ValueError("to_stl: no nn.Linear layer selected")
-    cfg = stl_torch.STLConfig(tile=tile, rank=rank, init=init, causal=causal)
+    cfg = stl_torch.STLConfig(tile=tile, rank=rank, init=init, causal=causal, ed_norm=ed_norm)
     wanted = set(names)
     report = stl_torch.convert(model, config=cfg, filter=lambda m, fqn: fqn in wanted,
                                calibration_data=calibration_data, **convert_kw)

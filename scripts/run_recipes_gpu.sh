@@ -17,7 +17,8 @@
 #                    GGUF once all parts are there; unpack the docs corpus; install the wheels
 #   build            pip install this repo (CUDA kernels) unless stl_torch already imports
 #   t2t:VARIANT      T2T-ViT-7 on Fashion-MNIST from scratch: dense | stl-<init> (strassen,
-#                    random, fitted, polynomial); seeds from T2T_SEEDS
+#                    random, fitted, polynomial; E, D at unit norm) | stl-<init>-balanced (E, D
+#                    at the decomposition's scale); seeds from T2T_SEEDS
 #   llm:METHOD       SmolLM2-135M fine-tuning: dense | sparse24 | stl (calibrated conversion,
 #                    LLM_CALIB sequences, LLM_CALIBRATION) | stl-datafree | stl-noncausal
 #   table            results table from every runs/gpu/*/metrics.json
@@ -110,6 +111,8 @@ step_t2t() {
     local variant=$1 extra=()
     case $variant in
         dense) extra=(--linear dense) ;;
+        stl-*-balanced) local v=${variant#stl-}  # E, D at the decomposition's balanced scale
+            extra=(--linear stl --init "${v%-balanced}" --ed-norm 0 --tile "$TILE" --rank "$RANK") ;;
         stl-*) extra=(--linear stl --init "${variant#stl-}" --tile "$TILE" --rank "$RANK") ;;
         *) echo "unknown t2t variant $variant" >&2; exit 2 ;;
     esac

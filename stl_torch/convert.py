@@ -23,12 +23,14 @@ __all__ = ["STLConfig", "convert", "ConversionReport", "LayerConversion"]
 
 @dataclass
 class STLConfig:
-    """How to convert: tile t, rank r, init name (see ``stl_torch.init``), causal mode, seed."""
+    """How to convert: tile t, rank r, init name (see ``stl_torch.init``), causal mode, seed,
+    and the scale of E and D (``ed_norm``, see ``STLinear``)."""
     tile: int = 4
     rank: int = 24
     init: str = "fitted"
     causal: bool = False
     seed: Optional[int] = None
+    ed_norm: Optional[float] = 1.0
 
     def __post_init__(self):
         for name in ("tile", "rank"):
@@ -38,6 +40,9 @@ class STLConfig:
         if self.init not in stl_init.INITS:
             raise ValueError(f"STLConfig: unknown init {self.init!r}; valid names: "
                              f"{', '.join(stl_init.INITS)}")
+        if self.ed_norm is not None and not (isinstance(self.ed_norm, (int, float))
+                                             and not isinstance(self.ed_norm, bool) and self.ed_norm > 0):
+            raise ValueError(f"STLConfig: 'ed_norm' must be None or a positive number, got {self.ed_norm!r}")
         if self.init == "strassen" and self.tile & (self.tile - 1):
             raise ValueError(f"STLConfig: init='strassen' needs a power-of-2 tile, got tile={self.tile}")
 
@@ -212,7 +217,7 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
 
     def make(mod):
         return STLinear.from_linear(mod, tile=t, rank=r, init=config.init, causal=config.causal,
-                                    seed=config.seed)
+                                    seed=config.seed, ed_norm=config.ed_norm)
 
     pending = {fqn: (mod, entry) for fqn, mod, entry in chosen}
     if calibration_data is not None and pending:

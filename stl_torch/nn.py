@@ -23,14 +23,24 @@ class STLinear(nn.Module):
     ``seed``: the theory-backed inits are deterministic (``None`` = seed 0, fits are cached);
     ``init="random"`` with ``seed=None`` draws its seed from torch's global RNG, like
     ``nn.init``, so layers differ and ``torch.manual_seed`` reproduces them.
+
+    ``ed_norm``: each product's E row and D column are rescaled to this norm and ``Wt`` takes the
+    scale (the operator is unchanged; only the optimiser's view of it changes). ``None`` keeps
+    the decomposition's balanced scale (||E_l|| = ||F_l|| = ||D_l||). Default 1.0: from scratch
+    it trains the theory-backed inits markedly better (Strassen +0.05 top-1 in
+    benchmarks/init_ablation.py; README "Does a theory-backed init train better than random?").
     """
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
-                 tile=4, rank=24, init="strassen", causal=False, seed=None):
+                 tile=4, rank=24, init="strassen", causal=False, seed=None, ed_norm=1.0):
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if v % tile:
                 raise ValueError(f"STLinear: {name}={v} is not divisible by tile={tile}")
+        if ed_norm is not None and (isinstance(ed_norm, bool) or not isinstance(ed_norm, (int, float))
+                                    or not ed_norm > 0):
+            raise ValueError(f"STLinear: ed_norm must be None or a positive number, got {ed_norm!r}")
+        self.ed_norm = ed_norm
         self.in_features, self.out_features = in_features, out_features
         self.tile, self.rank, self.init, self.causal = tile, rank, init, causal
         fk = {"device": device, "dtype": dtype}
@@ -61,9 +71,14 @@ class STLinear(nn.Module):
             weight = torch.empty(self.out_features, self.in_features, dtype=torch.float64,
                                  device=self.E.device)
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-        wt = stl_init.encode_weight(weight.to(torch.float64), dec.F.to(weight.device), self.tile)
-        self.E.copy_(dec.E)
-        self.D.copy_(dec.D)
+        E, F, D = dec
+        if self.ed_norm is not None:
+            se = E.norm(dim=1).clamp_min(1e-300) / self.ed_norm  # per product l
+            sd = D.norm(dim=0).clamp_min(1e-300) / self.ed_norm
+            E, D, F = E / se[:, None], D / sd[None, :], F * (se * sd)[:, None]
+        wt = stl_init.encode_weight(weight.to(torch.float64), F.to(weight.device), self.tile)
+        self.E.copy_(E)
+        self.D.copy_(D)
         self.Wt.copy_(wt)
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features)
@@ -71,11 +86,11 @@ class STLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, tile=4, rank=24, init="fitted", causal=False,
-                    seed=None):
+                    seed=None, ed_norm=1.0):
         """An STLinear whose ``Wt`` encodes ``linear.weight`` and which copies its bias."""
         m = cls(linear.in_features, linear.out_features, linear.bias is not None,
                 device=linear.weight.device, dtype=linear.weight.dtype, tile=tile, rank=rank,
-                init=init, causal=causal, seed=seed)
+                init=init, causal=causal, seed=seed, ed_norm=ed_norm)
         with torch.no_grad():
             m.reset_parameters(weight=linear.weight.detach())
             if linear.bias is not None:
@@ -107,4 +122,4 @@ class STLinear(nn.Module):
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, tile={self.tile}, rank={self.rank}, "
-                f"init={self.init!r}, causal={self.causal}")
+                f"init={self.init!r}, causal={self.causal}, ed_norm={self.ed_norm}")

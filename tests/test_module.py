@@ -142,3 +142,25 @@ def test_random_init_differs_per_layer_and_follows_manual_seed():
     # theory-backed inits are one fixed decomposition, whatever the global RNG
     s1, s2 = STLinear(16, 8, rank=6, init="fitted"), STLinear(16, 8, rank=6, init="fitted")
     assert torch.equal(s1.E, s2.E) and torch.equal(s1.D, s2.D)
+
+
+@pytest.mark.parametrize("init", ["strassen", "fitted", "random"])
+def test_ed_norm_rescales_encoders_not_the_operator(init):
+    """ed_norm moves scale between (E, D) and Wt: same layer output, E rows / D columns at the norm."""
+    x = torch.randn(3, 8, 16, dtype=torch.float64)
+    outs = {}
+    for ed_norm in (None, 1.0, 0.5):
+        torch.manual_seed(0)
+        m = STLinear(16, 12, tile=4, rank=24, init=init, seed=3, ed_norm=ed_norm, dtype=torch.float64)
+        outs[ed_norm] = m(x)
+        if ed_norm is not None:
+            assert torch.allclose(m.E.norm(dim=1), torch.full((24,), ed_norm, dtype=torch.float64))
+            assert torch.allclose(m.D.norm(dim=0), torch.full((24,), ed_norm, dtype=torch.float64))
+    assert rel_err(outs[1.0], outs[None]) < 1e-12 and rel_err(outs[0.5], outs[None]) < 1e-12
+    assert "ed_norm=1.0" in repr(STLinear(16, 12))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "1", True, float("nan")])
+def test_ed_norm_is_checked(bad):
+    with pytest.raises(ValueError, match="ed_norm must be None or a positive number"):
+        STLinear(16, 12, ed_norm=bad)

@@ -61,6 +61,9 @@ def parse_args(argv=None):
                    help="STL encoder/decoder init: strassen, fitted, polynomial, random")
     g.add_argument("--ed-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier for STL's E and D")
+    g.add_argument("--ed-norm", type=float, default=1.0,
+                   help="norm of each product's E row and D column, Wt takes the scale (0: the "
+                        "decomposition's balanced scale, the default before 2026-11-24)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30, help="training epochs")
     g.add_argument("--batch-size", type=int, default=128, help="global batch (split over ranks)")
@@ -97,7 +100,7 @@ def parse_args(argv=None):
 # settings that change the model or the data: a checkpoint only resumes under the same ones
 MODEL_KEYS = ("data_dir", "img_size", "train_subset", "test_subset", "embed_dim", "depth",
               "num_heads", "mlp_ratio", "token_dim", "tokens_type", "linear", "tile", "rank", "init",
-              "batch_size", "seed")
+              "ed_norm", "batch_size", "seed")
 
 
 def build_data(a, d):
@@ -130,7 +133,7 @@ def build_model(a, in_chans, num_classes):
     report, converted = None, []
     if a.linear == "stl":
         converted, report = C.to_stl(model, tile=a.tile, rank=a.rank, init=a.init, causal=False,
-                                     include=stl_filter)
+                                     include=stl_filter, ed_norm=a.ed_norm or None)
     return model, converted, report
 
 
