@@ -78,4 +78,17 @@ __device__ __forceinline__ void fused_store_y(float (&yacc)[4][T * T], const uns
   }
 }
 
+/* Host side: the (storage dtype, tile) instances both fused kernels are built for, bf16/fp16 x
+ * t = 2/4 (their *_supported() predicates admit nothing else). CALL(DT, T) launches one. */
+#define STL_FUSED_DISPATCH(dt, t, CALL) \
+  do {                                  \
+    if ((dt) == STL_BF16) {             \
+      if ((t) == 2) CALL(DBF16, 2);     \
+      else CALL(DBF16, 4);              \
+    } else {                            \
+      if ((t) == 2) CALL(DF16, 2);      \
+      else CALL(DF16, 4);               \
+    }                                   \
+  } while (0)
+
 #endif

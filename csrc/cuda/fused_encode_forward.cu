@@ -243,13 +243,7 @@ extern "C" void stl_cuda_fused_encode_forward(StlDtype dt, const void *x, StlSma
                                                                    dec.s0, dec.s1, b16, y16, z16, Pt, r, vec_x,  \
                                                                    vec_w, vec_y);                                \
   } while (0)
-  if (dt == STL_BF16) {
-    if (t == 2) FE_LAUNCH(DBF16, 2);
-    else FE_LAUNCH(DBF16, 4);
-  } else {
-    if (t == 2) FE_LAUNCH(DF16, 2);
-    else FE_LAUNCH(DF16, 4);
-  }
+  STL_FUSED_DISPATCH(dt, t, FE_LAUNCH);
 #undef FE_LAUNCH
   stl_cuda_check("fused encode forward");
 }

@@ -148,13 +148,7 @@ extern "C" void stl_cuda_fused_forward(StlDtype dt, const void *xe, const void *
 #define FF_LAUNCH(DT, T)                                                                                    \
   LAUNCH(grid, FF_THREADS, smem, st, fused_forward_kernel<DT, T>)(x16, w16, d16, dec.s0, dec.s1, b16, y16, \
                                                                   z16, M, Nt, Pt, r, vec)
-  if (dt == STL_BF16) {
-    if (t == 2) FF_LAUNCH(DBF16, 2);
-    else FF_LAUNCH(DBF16, 4);
-  } else {
-    if (t == 2) FF_LAUNCH(DF16, 2);
-    else FF_LAUNCH(DF16, 4);
-  }
+  STL_FUSED_DISPATCH(dt, t, FF_LAUNCH);
 #undef FF_LAUNCH
   stl_cuda_check("fused forward");
 }
