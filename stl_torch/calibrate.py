@@ -25,6 +25,7 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from . import reference as stl_reference
+from ._call import call_model
 from .ops import stl_linear
 
 CALIBRATIONS = ("lstsq", "distill")
@@ -32,14 +33,6 @@ CALIBRATIONS = ("lstsq", "distill")
 
 class _Stop(Exception):
     """Raised from a hook to end a calibration forward once its group is captured."""
-
-
-def _run(model, batch):
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def pad_tokens(x, t):
@@ -91,7 +84,7 @@ def capture_next_group(model, pending: Dict[str, nn.Linear], batches, t, max_row
             handles = [m.register_forward_hook((hook_first if i == 0 else hook_next)(f))
                        for f, m in hooked.items()]
             try:
-                _run(model, batch)
+                call_model(model, batch)
             except _Stop:
                 pass
             finally:
@@ -183,7 +176,7 @@ def fit_layer(layer, dense: nn.Linear, X, *, method, damp, max_unknowns, steps, 
               holdout, seed=0):
     """Fit a freshly converted ``layer`` (data-free init) to ``dense`` on inputs X (rows, N).
     Returns a dict of held-out errors: data_free, lstsq (None if skipped), distill (None if
-    not run). The layer keeps the best parameters on the held-out tiles."""
+    not run) and final (the best, whose parameters the layer keeps)."""
     t = layer.tile
     X = X.to(layer.Wt.device)
     Wd = dense.weight.detach().to(device=X.device, dtype=torch.float64)
@@ -192,7 +185,8 @@ def fit_layer(layer, dense: nn.Linear, X, *, method, damp, max_unknowns, steps, 
     fit, held = split_tiles(X64, t, holdout)
     if held.numel() == 0:
         held = fit
-    res = {"data_free": rel_error(layer, X64[held], Y[held]), "lstsq": None, "distill": None}
+    Xf, Yf, Xh, Yh = X64[fit], Y[fit], X64[held], Y[held]
+    res = {"data_free": rel_error(layer, Xh, Yh), "lstsq": None, "distill": None}
     best = (res["data_free"], {k: v.detach().clone() for k, v in layer.state_dict().items()})
 
     def keep_if_better(err):
@@ -205,13 +199,13 @@ def fit_layer(layer, dense: nn.Linear, X, *, method, damp, max_unknowns, steps, 
     E, D = (m.detach().double() for m in layer.effective_encoders())
     if layer.rank * layer.in_features // t <= max_unknowns:
         with torch.no_grad():
-            layer.Wt.copy_(lstsq_wt(X64[fit], Y[fit], E, D, t, damp).to(layer.Wt))
-        res["lstsq"] = rel_error(layer, X64[held], Y[held])
+            layer.Wt.copy_(lstsq_wt(Xf, Yf, E, D, t, damp).to(layer.Wt))
+        res["lstsq"] = rel_error(layer, Xh, Yh)
         keep_if_better(res["lstsq"])
     if method == "distill" and steps > 0:
         with torch.enable_grad():
-            distill(layer, X64[fit], Y[fit], steps, lr, rows_per_step, seed)
-        res["distill"] = rel_error(layer, X64[held], Y[held])
+            distill(layer, Xf, Yf, steps, lr, rows_per_step, seed)
+        res["distill"] = rel_error(layer, Xh, Yh)
         keep_if_better(res["distill"])
     res["final"] = best[0]
     return res

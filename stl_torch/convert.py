@@ -16,7 +16,7 @@ from torch import nn
 from . import calibrate as stl_calib
 from . import init as stl_init
 from .flops import linear_macs, stl_macs
-from .nn import STLinear
+from .nn import STLinear, check_ed_norm
 
 __all__ = ["STLConfig", "convert", "ConversionReport", "LayerConversion"]
 
@@ -40,9 +40,7 @@ class STLConfig:
         if self.init not in stl_init.INITS:
             raise ValueError(f"STLConfig: unknown init {self.init!r}; valid names: "
                              f"{', '.join(stl_init.INITS)}")
-        if self.ed_norm is not None and not (isinstance(self.ed_norm, (int, float))
-                                             and not isinstance(self.ed_norm, bool) and self.ed_norm > 0):
-            raise ValueError(f"STLConfig: 'ed_norm' must be None or a positive number, got {self.ed_norm!r}")
+        check_ed_norm(self.ed_norm, "STLConfig: 'ed_norm'")
         if self.init == "strassen" and self.tile & (self.tile - 1):
             raise ValueError(f"STLConfig: init='strassen' needs a power-of-2 tile, got tile={self.tile}")
 
@@ -120,12 +118,13 @@ def _param_count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def _swap(model, old, new):
-    """Replace every reference to module ``old`` inside ``model`` by ``new``."""
+def _swap(model, replace):
+    """One walk over ``model``: every reference to a module ``old`` with ``id(old)`` in
+    ``replace`` becomes ``replace[id(old)]``."""
     for parent in list(model.modules()):
         for cname, child in list(parent._modules.items()):  # named_children() dedups
-            if child is old:
-                setattr(parent, cname, new)
+            if id(child) in replace:
+                setattr(parent, cname, replace[id(child)])
 
 
 def _make_filter(filter):
@@ -228,23 +227,23 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
                                                 batches, t, max_rows)
             if not caps:
                 break  # the rest never runs on this data: data-free below
+            swapped = {}
             for fqn, X in caps.items():
                 mod, entry = pending.pop(fqn)
-                new = make(mod)
+                new = swapped[id(mod)] = make(mod)
                 res = stl_calib.fit_layer(new, mod, X, method=calibration, damp=damp,
                                           max_unknowns=max_unknowns, steps=distill_steps,
                                           lr=distill_lr, rows_per_step=rows_per_step,
                                           holdout=holdout, seed=config.seed or 0)
                 entry.err_data_free, entry.err_lstsq = res["data_free"], res["lstsq"]
                 entry.err_distill, entry.err_calibrated = res["distill"], res["final"]
-                _swap(model, mod, new)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"{fqn}: {res['data_free']:.3f} -> {res['final']:.3f}")
+            _swap(model, swapped)  # the next group is captured on the converted model
         if bar is not None:
             bar.close()
-    for fqn, (mod, entry) in pending.items():
-        _swap(model, mod, make(mod))
+    _swap(model, {id(mod): make(mod) for mod, _ in pending.values()})
     report.params_after = _param_count(model)
     return report
 

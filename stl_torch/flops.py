@@ -15,6 +15,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from ._call import call_model
 from .nn import STLinear
 
 __all__ = ["flops", "FlopReport", "LayerFlops", "linear_macs", "stl_macs", "stl_rows"]
@@ -133,12 +134,7 @@ def flops(model: nn.Module, example_input, **kwargs) -> FlopReport:
                                    rank=mod.rank if stl else None)
                 report.layers.append(entry)
                 handles.append(mod.register_forward_hook(hook(entry, mod)))
-        if isinstance(example_input, dict):
-            model(**example_input, **kwargs)
-        elif isinstance(example_input, (tuple, list)):
-            model(*example_input, **kwargs)
-        else:
-            model(example_input, **kwargs)
+        call_model(model, example_input, **kwargs)
     finally:
         for h in handles:
             h.remove()

@@ -9,6 +9,12 @@ from . import init as stl_init
 from .ops import stl_linear
 
 
+def check_ed_norm(v, what):
+    """``ed_norm`` is None or a positive real number (not a bool, not NaN)."""
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+        raise ValueError(f"{what} must be None or a positive number, got {v!r}")
+
+
 class STLinear(nn.Module):
     """y = STL(x; E, Wt, D) + bias, same call and forward contract as ``nn.Linear``.
 
@@ -37,9 +43,7 @@ class STLinear(nn.Module):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if v % tile:
                 raise ValueError(f"STLinear: {name}={v} is not divisible by tile={tile}")
-        if ed_norm is not None and (isinstance(ed_norm, bool) or not isinstance(ed_norm, (int, float))
-                                    or not ed_norm > 0):
-            raise ValueError(f"STLinear: ed_norm must be None or a positive number, got {ed_norm!r}")
+        check_ed_norm(ed_norm, "STLinear: ed_norm")
         self.ed_norm = ed_norm
         self.in_features, self.out_features = in_features, out_features
         self.tile, self.rank, self.init, self.causal = tile, rank, init, causal
