@@ -4,13 +4,13 @@
 # summary. Every step runs even if an earlier one failed (the benchmark needs only the build);
 # the exit status is non-zero if any step failed.
 #
-#   bash scripts/gpu_check.sh                 # build + test + bench
+#   bash scripts/gpu_check.sh                 # build + test + bench + stages
 #   bash scripts/gpu_check.sh build test      # a subset of the steps, in this order
 #
 # Knobs (env): PYTHON (python3), STL_TORCH_CUDA_ARCH (sm_90a here: one target builds faster; the
 # package default is sm_80,sm_90a), BUDGET (570 s: the whole script, so that one device call of
 # 600 s ends with the summary and $OUT filled; each step gets at most what is left of it),
-# TEST_TIMEOUT (300 s), BENCH_TIMEOUT (300 s), BENCH_ARGS (extra arguments for
+# TEST_TIMEOUT (300 s), BENCH_TIMEOUT (300 s), STAGES_TIMEOUT (150 s), STAGES_ARGS, BENCH_ARGS (extra arguments for
 # benchmarks/bench_linear.py, e.g. "--shapes 8192x8192x8192 --reps 10"), PYTEST_ARGS (extra
 # pytest arguments, e.g. "-k 'not sanitizer'"). The build stays in the tree (ignored files are
 # kept on a warm machine), so a later call can run just `bench`.
@@ -26,7 +26,7 @@ export PATH="$PATH:/usr/local/cuda/bin"
 LOGS=runs/gpu_check
 mkdir -p "$LOGS"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench stages)
 
 BUDGET=${BUDGET:-570}
 ts() { date -u +%H:%M:%S; }
@@ -99,8 +99,13 @@ stl_torch._C.set_forward_path("unfused")
       # shellcheck disable=SC2086
       run_step bench "$(limit "${BENCH_TIMEOUT:-300}")" "$LOGS/bench.log" "$PY" benchmarks/bench_linear.py --device cuda ${BENCH_ARGS:-}
       ;;
+    stages)
+      # where the time goes: per-stage kernel times against their FLOP/byte floors
+      # shellcheck disable=SC2086
+      run_step stages "$(limit "${STAGES_TIMEOUT:-150}")" "$LOGS/stages.log" "$PY" benchmarks/stages.py --device cuda ${STAGES_ARGS:-}
+      ;;
     *)
-      say "unknown step '$step' (build, test, bench)"
+      say "unknown step '$step' (build, test, bench, stages)"
       FAILED=1
       ;;
   esac
@@ -114,16 +119,16 @@ done
   printf '%s\n' "${SUMMARY[@]}"
   echo
   grep -E "^[0-9]+ (passed|failed)|passed|failed" "$LOGS/pytest.log" 2>/dev/null | tail -1 || true
-  if [ -f benchmarks/results/bench_linear_cuda.md ]; then
-    echo
-    cat benchmarks/results/bench_linear_cuda.md
-  fi
+  for f in benchmarks/results/bench_linear_cuda.md benchmarks/results/stages_cuda.md; do
+    if [ -f "$f" ]; then echo; cat "$f"; fi
+  done
 } >"$LOGS/summary.md"
 
 if [ -n "${OUT:-}" ]; then
   for f in "$LOGS"/build.log "$LOGS"/import.log "$LOGS"/pytest.log "$LOGS"/bench.log "$LOGS"/summary.md \
            benchmarks/results/bench_linear_cuda.json benchmarks/results/bench_linear_cuda.md \
-           benchmarks/results/bench_linear_cuda.png; do
+           benchmarks/results/bench_linear_cuda.png "$LOGS"/stages.log benchmarks/results/stages_cuda.json \
+           benchmarks/results/stages_cuda.md benchmarks/results/stages_cuda.png; do
     if [ -f "$f" ]; then cp "$f" "$OUT/"; fi
   done
   say "copied logs and results to \$OUT"

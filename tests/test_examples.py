@@ -167,6 +167,22 @@ def test_t2t_fixed_batch_loss_decreases(linear, idx_dir):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_t2t_stl_layers_saving_keeps_costlier_layers_dense():
+    """--stl-layers saving converts exactly the layers where STL needs fewer MACs than dense."""
+    from stl_torch.flops import stl_macs
+    stl = ["--linear", "stl", "--rank", "8"]  # at dim 32, r=8 saves; the 16-wide T2T layers do not
+    every = [n for n, m in t2t_train.build_model(_t2t_args(stl), 1, 10)[0].named_modules() if C.is_stl(m)]
+    model, converted, _ = t2t_train.build_model(_t2t_args([*stl, "--stl-layers", "saving"]), 1, 10)
+    layers = dict(model.named_modules())
+    dense = [n for n in every if n not in converted]
+    assert converted and dense
+    for n in every:
+        m = layers[n]
+        stl_cost = stl_macs(4, m.in_features, m.out_features, 4, 8)
+        assert (n in converted) == (stl_cost < 4 * m.in_features * m.out_features), n
+        assert C.is_stl(m) == (n in converted), n
+
+
 @pytest.mark.parametrize("linear", ["stl"])  # dense shares the code path (and runs in the DDP test)
 def test_t2t_cli_metrics_and_resume(linear, idx_dir, tmp_path):
     common = [T2T, "--data-dir", idx_dir, "--linear", linear, "--epochs", "2", *T2T_TINY,

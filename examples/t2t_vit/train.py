@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import recipe_common as C  # noqa: E402
 import recipe_data as D  # noqa: E402
-from model import stl_filter, t2t_vit_7  # noqa: E402
+from model import saving_filter, stl_filter, t2t_vit_7  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -59,6 +59,9 @@ def parse_args(argv=None):
     g.add_argument("--rank", type=int, default=24, help="STL rank r (products per tile)")
     g.add_argument("--init", default="strassen",
                    help="STL encoder/decoder init: strassen, fitted, polynomial, random")
+    g.add_argument("--stl-layers", choices=["all", "saving"], default="all",
+                   help="all: every linear layer but the head; saving: only those where STL needs"
+                        " fewer multiply-adds than dense (narrow T2T layers stay dense)")
     g.add_argument("--ed-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier for STL's E and D")
     g.add_argument("--ed-norm", type=float, default=1.0,
@@ -100,7 +103,7 @@ def parse_args(argv=None):
 # settings that change the model or the data: a checkpoint only resumes under the same ones
 MODEL_KEYS = ("data_dir", "img_size", "train_subset", "test_subset", "embed_dim", "depth",
               "num_heads", "mlp_ratio", "token_dim", "tokens_type", "linear", "tile", "rank", "init",
-              "ed_norm", "batch_size", "seed")
+              "stl_layers", "ed_norm", "batch_size", "seed")
 
 
 def build_data(a, d):
@@ -132,8 +135,9 @@ def build_model(a, in_chans, num_classes):
                       qk_scale=a.embed_dim ** -0.5)
     report, converted = None, []
     if a.linear == "stl":
+        include = stl_filter if a.stl_layers == "all" else saving_filter(a.tile, a.rank)
         converted, report = C.to_stl(model, tile=a.tile, rank=a.rank, init=a.init, causal=False,
-                                     include=stl_filter, ed_norm=a.ed_norm or None)
+                                     include=include, ed_norm=a.ed_norm or None)
     return model, converted, report
 
 
