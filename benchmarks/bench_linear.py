@@ -190,20 +190,44 @@ def plot(results, path):
     fig.savefig(path, dpi=120)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_args(ap):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     ap.add_argument("--tile", type=int, default=4)
     ap.add_argument("--rank", type=int, default=24)
-    ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--shapes", default=None, help="e.g. 512x512x512,1024x1024x1024")
+    ap.add_argument("--reps", type=int, default=None, help="timed calls per row")
+    ap.add_argument("--shapes", default=None, help="MxNxP,...: e.g. 512x512x512,16384x2048x5632")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    a = ap.parse_args()
-    cuda = a.device == "cuda"
+
+
+def dtype_and_shapes(a, cuda, cpu_shapes):
+    """The --dtype and --shapes to use: bf16 and the CUDA shapes on CUDA, float32 and
+    ``cpu_shapes`` on the CPU, unless given."""
     dtype = getattr(torch, a.dtype or ("bfloat16" if cuda else "float32"))
     shapes = ([tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes
-              else CUDA_SHAPES if cuda else CPU_SHAPES)
+              else CUDA_SHAPES if cuda else cpu_shapes)
+    return dtype, shapes
+
+
+def write_outputs(stem, meta, results, markdown_fn, plot_fn):
+    """stem.json (meta + results), stem.md (the table, also printed) and stem.png."""
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+    md = markdown_fn(results, meta)
+    with open(stem + ".md", "w") as f:
+        f.write(md + "\n")
+    plot_fn(results, stem + ".png")
+    print(md)
+    print(f"\nwrote {stem}.json/.md/.png")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap)
+    a = ap.parse_args()
+    cuda = a.device == "cuda"
+    dtype, shapes = dtype_and_shapes(a, cuda, CPU_SHAPES)
     run = timer(a.device, a.reps or (20 if cuda else 15), 5 if cuda else 2)
     meta = {"device": a.device, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
             "tile": a.tile, "rank": a.rank, "threads": torch.get_num_threads(),
@@ -215,16 +239,7 @@ def main():
         key = f"{M}×{N}→{P}"
         print(f"[bench] {key} ...", flush=True)
         results[key] = bench_shape(M, N, P, a.tile, a.rank, dtype, a.device, run, do_compile=cuda, do_sparse=cuda)
-    os.makedirs(a.out, exist_ok=True)
-    stem = os.path.join(a.out, f"bench_linear_{a.device}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
-    md = markdown(results, meta)
-    with open(stem + ".md", "w") as f:
-        f.write(md + "\n")
-    plot(results, stem + ".png")
-    print(md)
-    print(f"\nwrote {stem}.json/.md/.png")
+    write_outputs(os.path.join(a.out, f"bench_linear_{a.device}"), meta, results, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ and its BLAS calls itself): there the table gives the whole op's time against th
   python benchmarks/stages.py --shapes 512x512x512    # CPU, float32
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,7 +32,8 @@ from torch.profiler import ProfilerActivity, profile
 import stl_torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_linear import CPU_SHAPES, CUDA_SHAPES, on_path, stl_paths, timer  # noqa: E402
+from bench_linear import (CPU_SHAPES, add_common_args, dtype_and_shapes, on_path, stl_paths, timer,  # noqa: E402
+                          write_outputs)
 
 # kernel name fragments -> stage (CUDA); the first match wins, unmatched kernels are GEMMs (cuBLAS
 # names its kernels after the architecture and tiling: sm90_xmma_*, nvjet_*, cutlass_*)
@@ -227,20 +227,12 @@ def plot(results, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
-    ap.add_argument("--tile", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=24)
-    ap.add_argument("--reps", type=int, default=None, help="timed / profiled calls per row")
-    ap.add_argument("--shapes", default=None, help="e.g. 16384x2048x5632,25216x256x512")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    add_common_args(ap)
     ap.add_argument("--model", default=None, metavar="TFLOPS,GBPS",
                     help="print the floors for assumed rates (e.g. 700,3000) and exit: nothing is run")
     a = ap.parse_args()
     cuda = a.device == "cuda"
-    dtype = getattr(torch, a.dtype or ("bfloat16" if cuda or a.model else "float32"))
-    shapes = ([tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes
-              else CUDA_SHAPES if cuda or a.model else CPU_SHAPES[:2])
+    dtype, shapes = dtype_and_shapes(a, cuda or bool(a.model), CPU_SHAPES[:2])
     if a.model:
         tc, bw = (float(v) for v in a.model.split(","))
         print(model_table(shapes, a.tile, a.rank, torch.finfo(dtype).bits // 8, tc * 1e12, bw * 1e9))
@@ -256,16 +248,7 @@ def main():
         key = f"{M}×{N}→{P}"
         print(f"[stages] {key} ...", flush=True)
         results[key] = bench_shape(M, N, P, a.tile, a.rank, dtype, a.device, run, reps, rates)
-    os.makedirs(a.out, exist_ok=True)
-    stem = os.path.join(a.out, f"stages_{a.device}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
-    md = markdown(results, meta)
-    with open(stem + ".md", "w") as f:
-        f.write(md + "\n")
-    plot(results, stem + ".png")
-    print(md)
-    print(f"\nwrote {stem}.json/.md/.png")
+    write_outputs(os.path.join(a.out, f"stages_{a.device}"), meta, results, markdown, plot)
 
 
 if __name__ == "__main__":
