@@ -73,10 +73,10 @@ def stage_work(M, N, P, t, r, b, path, backward):
     """{stage: (tensor-core FLOPs, bytes)} of the work each stage must do (STL.md 2-3)."""
     s = r / (t * t)                 # encoded size / plain size (Xe vs X, Z vs Y, Wt vs W)
     gemm = 2 * r * M * N * P / t ** 3
-    w = {"encode": (0, b * M * N * (1 + s)), "GEMM": (gemm, b * s * (M * N + N * P + M * P)),
-         "decode": (0, b * M * P * (s + 1))}
+    gemm_io = b * s * (M * N + N * P + M * P)  # one batched GEMM reads Xe and Wt, writes Z
+    w = {"encode": (0, b * M * N * (1 + s)), "GEMM": (gemm, gemm_io), "decode": (0, b * M * P * (s + 1))}
     if path == "fused":             # GEMM+decode in one kernel, Z still written (autograd keeps it)
-        w["fused GEMM+decode"] = (gemm, b * s * (M * N + N * P + M * P) + b * M * P)
+        w["fused GEMM+decode"] = (gemm, gemm_io + b * M * P)
         del w["GEMM"], w["decode"]
     elif path == "fused_encode":    # X, Wt in; Y (and Z when kept) out
         w = {"fused encode+GEMM+decode": (gemm, b * (M * N + s * N * P + M * P + (s * M * P if backward else 0)))}
@@ -84,7 +84,7 @@ def stage_work(M, N, P, t, r, b, path, backward):
         enc = w.get("encode", (0, 0))[1]
         w["encode"] = (0, enc + b * M * N * (1 + s) + b * M * P * (1 + s))
         gf, gb = w.get("GEMM", (0, 0))
-        w["GEMM"] = (gf + 2 * gemm, gb + 2 * b * s * (M * N + N * P + M * P))
+        w["GEMM"] = (gf + 2 * gemm, gb + 2 * gemm_io)
         w["decode"] = (0, w.get("decode", (0, 0))[1] + b * M * N * (1 + s))
         w["reductions"] = (0, b * (M * P * (1 + s) + M * N * (1 + s) + M * P))
     return w
@@ -162,11 +162,11 @@ def model_table(shapes, t, r, b, tc, bw):
            "unfused limit | fused GEMM+decode limit | fused encode+GEMM+decode limit |", "|---|---|---:|---|---:|---:|---:|"]
     for M, N, P in shapes:
         for bwd in (False, True):
-            k = 3 if bwd else 1  # dense: Y = X W^T; backward dX = G W, dW = G^T X: 3 GEMMs of one size
-            dense = k * max(2 * M * N * P / tc, b * (M * N + N * P + M * P) / bw) * 1e6
-            lim = {p: dense / sum(floors(stage_work(M, N, P, t, r, b, p, bwd), tc, bw).values())
-                   for p in ("unfused", "fused", "fused_encode")}
-            un = floors(stage_work(M, N, P, t, r, b, "unfused", bwd), tc, bw)
+            gemms = 3 if bwd else 1  # dense: Y = X W^T; backward dX = G W, dW = G^T X: 3 GEMMs of one size
+            dense = gemms * max(2 * M * N * P / tc, b * (M * N + N * P + M * P) / bw) * 1e6
+            fl = {p: floors(stage_work(M, N, P, t, r, b, p, bwd), tc, bw) for p in ("unfused", "fused", "fused_encode")}
+            lim = {p: dense / sum(f.values()) for p, f in fl.items()}
+            un = fl["unfused"]
             parts = " / ".join(f"{un[k]:.0f}" for k in ("encode", "GEMM", "decode", "reductions") if k in un)
             out.append(f"| {M}×{N}→{P} | {'fwd+bwd' if bwd else 'fwd'} | {dense:.0f} | {parts} | "
                        f"{lim['unfused']:.2f} | {lim['fused']:.2f} | {lim['fused_encode']:.2f} |")

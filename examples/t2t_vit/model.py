@@ -263,9 +263,9 @@ def saving_filter(tile, rank):
     """stl_filter, less the layers where STL would cost at least as many multiply-adds as the dense
     layer. Per row STL costs r*(N + P + N*P/t^3) against N*P (stl_torch.flops), so narrow layers
     lose: at t=4, r=24 the T2T module's 64 -> 64 layers cost 1.13x dense and its 12 -> 192 one 2.5x."""
-    from stl_torch.flops import stl_macs
+    from stl_torch.flops import linear_macs, stl_macs
 
     def include(name, module):
         n, p = module.in_features, module.out_features
-        return stl_filter(name, module) and stl_macs(tile, n, p, tile, rank) < tile * n * p
+        return stl_filter(name, module) and stl_macs(tile, n, p, tile, rank) < linear_macs(tile, n, p)
     return include
