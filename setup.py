@@ -8,7 +8,8 @@ module needs no libcudart at import) are built when STL_TORCH_CUDA=1, or when ST
 unset/"auto" and both nvcc and a CUDA build of torch are found (pip's build isolation hides the
 installed torch: build GPU installs with `pip install --no-build-isolation .`). STL_TORCH_CUDA=0
 disables them. STL_TORCH_CUDA_ARCH lists the targets (default "sm_80,sm_90a"; PTX of the first is
-embedded too, for newer GPUs).
+embedded too, for newer GPUs). STL_TORCH_DEV_FORWARD=v1|v2 (GPU checks only, see dev/README.md)
+also builds a fused forward candidate from dev/cuda into the CUDA backend's forward slot.
 """
 import glob
 import os
@@ -38,6 +39,10 @@ SOURCES = [
 
 CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
 CUDA_HEADERS = sorted(glob.glob("csrc/cuda/*.cuh")) + ["csrc/stl.h"]
+DEV_FORWARDS = {"v1": "dev/cuda/fused_v1_gemm_decode.cu", "v2": "dev/cuda/fused_v2_encode_gemm_decode.cu"}
+DEV_FORWARD = os.environ.get("STL_TORCH_DEV_FORWARD", "").strip().lower()
+if DEV_FORWARD and DEV_FORWARD not in DEV_FORWARDS:
+    sys.exit(f"STL_TORCH_DEV_FORWARD={DEV_FORWARD!r}: expected one of {sorted(DEV_FORWARDS)}")
 
 
 def _find_nvcc():
@@ -115,10 +120,14 @@ def _compile_cuda(build_temp):
     """nvcc each csrc/cuda/*.cu to an object (in parallel); returns the object paths."""
     nvcc, _ = CUDA
     os.makedirs(os.path.join(build_temp, "cuda"), exist_ok=True)
-    flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-DSTL_WITH_CUDA",
+    flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-DSTL_WITH_CUDA", "-Icsrc/cuda",
              "-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall"] + _gencode_flags(CUDA_ARCH)
+    sources = list(CUDA_SOURCES)
+    if DEV_FORWARD:
+        flags.append(f"-DSTL_DEV_FORWARD={DEV_FORWARD[1:]}")
+        sources += [DEV_FORWARDS[DEV_FORWARD], "dev/cuda/forward_slot.cu"]
     jobs, objs = [], []
-    for src in CUDA_SOURCES:
+    for src in sources:
         obj = os.path.join(build_temp, "cuda", os.path.basename(src)[:-3] + ".o")
         cmd = [nvcc, "-c", src, "-o", obj] + flags
         print(" ".join(cmd), flush=True)

@@ -1,4 +1,4 @@
-"""How well each init approximates the dense product, data-free (STL.md section 4).
+"""How well each init approximates the dense product, data-free (docs/operator.md, "Initialisations").
 
 For tile t and each rank r, per init: the tensor error ||T_hat - T|| / ||T|| of (E, F, D) and the
 operator error ||STL(X, W) - X W^T|| / ||X W^T|| on Gaussian X (M x N) and W (P x N), with
@@ -36,7 +36,7 @@ def main():
     ap.add_argument("--ranks", type=int, nargs="+", default=[16, 20, 24, 28, 32, 40, 49])
     ap.add_argument("--size", type=int, default=256, help="M = N = P")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--out", default=os.path.join("runs", "bench"))
     args = ap.parse_args()
     t = args.tile
     g = torch.Generator().manual_seed(args.seed)

@@ -1,7 +1,7 @@
 """STL (t=4, r=24) vs dense F.linear vs plain-PyTorch STL (einsum+bmm+einsum) [vs 2:4 on CUDA].
 
-On CUDA, STL is timed on each forward path this build offers (unfused encode -> bmm -> decode,
-fused GEMM+decode, fused encode+GEMM+decode; see stl_torch._C.set_forward_path), one row each.
+When the build has a fused forward for the device (stl_torch._C.abi_info()["fused_forward"]), the
+unfused composition (torch.ops.stl_torch.stl_forward_unfused) is timed beside it.
 Every row of one run is measured side by side in the same process: medians after warm-up
 (CPU: perf_counter; CUDA: CUDA events). Writes a Markdown table, JSON and a PNG bar chart.
 
@@ -64,38 +64,9 @@ def plain_stl(x, E, Wt, D, t):
     return torch.einsum("abl,lij->iajb", D.view(t, t, r), z).reshape(M, P)
 
 
-# stl_forward's paths (stl_torch._C.set_forward_path): the rows they get in the tables
-PATH_ROWS = {"unfused": "STL (stl_torch)", "fused": "STL fused GEMM+decode",
-             "fused_encode": "STL fused encode+GEMM+decode"}
-
-
-def on_path(path, f):
-    """f run on one forward path: the path is process-wide, so every call sets it (one cheap C call),
-    which lets the interleaved rounds alternate between paths."""
-    def g():
-        stl_torch._C.set_forward_path(path)
-        return f()
-    return g
-
-
-def stl_paths(x, E, Wt, D, t):
-    """The forward paths to time for these operands: unfused, plus on CUDA each fused path this build
-    offers that really runs for them (a fused kernel that does not support a configuration falls back
-    to unfused; timing that again would mislabel it)."""
-    paths, errs, prev = ["unfused"], {}, stl_torch._C.get_forward_path()
-    if x.is_cuda:
-        with torch.no_grad():
-            want = on_path("unfused", lambda: stl_torch.stl_linear(x, E, Wt, D, None, t))().double()
-            for p in stl_torch._C.abi_info()["forward_paths"][1:]:
-                y = on_path(p, lambda: stl_torch.stl_linear(x, E, Wt, D, None, t))().double()
-                if stl_torch._C.last_forward_path() != p:
-                    print(f"[bench] forward path {p!r} does not support this shape/dtype: not timed", flush=True)
-                    continue
-                paths.append(p)
-                errs[p] = ((y - want).norm() / want.norm()).item()  # a broken kernel's timing means nothing
-                print(f"[bench] forward path {p!r}: relative difference to unfused {errs[p]:.2e}", flush=True)
-    stl_torch._C.set_forward_path(prev)
-    return paths, errs
+def unfused_stl(x, E, Wt, D, t):
+    """The op's unfused composition: encode kernel, torch's batched GEMM, decode kernel."""
+    return torch.ops.stl_torch.stl_forward_unfused(x, E, Wt, D, x.new_empty(0), t, False)[0]
 
 
 def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
@@ -113,9 +84,10 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
             f().backward(gy)
         return step
 
-    prev_path = stl_torch._C.get_forward_path()
-    paths, path_errs = stl_paths(x, E, Wt, D, t)
-    stl_fwd = {PATH_ROWS[p]: on_path(p, lambda: stl_torch.stl_linear(x, E, Wt, D, None, t)) for p in paths}
+    fused = stl_torch._C.abi_info()["fused_forward"].get(device, False)
+    stl_fwd = {"STL (stl_torch)": lambda: stl_torch.stl_linear(x, E, Wt, D, None, t)}
+    if fused:
+        stl_fwd["STL unfused composition"] = lambda: unfused_stl(x, E, Wt, D, t)
     xe = mk(r, M // t, N // t)
     fwd = {"dense F.linear": lambda: F.linear(x, W),
            **stl_fwd,
@@ -134,18 +106,12 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
     xg = x.clone().requires_grad_()
     for v in params:
         v.requires_grad_()
-    stl_both = {PATH_ROWS[p]: fwd_bwd(on_path(p, lambda: stl_torch.stl_linear(xg, E, Wt, D, None, t)), xg, E, Wt, D)
-                for p in paths}
+    stl_both = {"STL (stl_torch)": fwd_bwd(lambda: stl_torch.stl_linear(xg, E, Wt, D, None, t), xg, E, Wt, D)}
     both = run({"dense F.linear": fwd_bwd(lambda: F.linear(xg, W), xg, W),
                 **stl_both,
                 "plain-PyTorch STL": fwd_bwd(lambda: plain_stl(xg, E, Wt, D, t), xg, E, Wt, D)})
-    stl_torch._C.set_forward_path(prev_path)
     for k, v in both.items():
         rows[k]["fwd+bwd"] = v
-    for p in paths:
-        rows[PATH_ROWS[p]]["forward_path"] = p
-        if p in path_errs:
-            rows[PATH_ROWS[p]]["rel_diff_vs_unfused"] = path_errs[p]
     dense_macs = M * N * P
     gemm_macs = r * M * N * P // t ** 3
     stl_macs = r * M * N + gemm_macs + r * M * P  # encode + GEMMs + decode
@@ -197,7 +163,7 @@ def add_common_args(ap):
     ap.add_argument("--rank", type=int, default=24)
     ap.add_argument("--reps", type=int, default=None, help="timed calls per row")
     ap.add_argument("--shapes", default=None, help="MxNxP,...: e.g. 512x512x512,16384x2048x5632")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--out", default=os.path.join("runs", "bench"), help="folder for the JSON, Markdown and PNG")
 
 
 def dtype_and_shapes(a, cuda, cpu_shapes):
@@ -233,7 +199,7 @@ def main():
             "tile": a.tile, "rank": a.rank, "threads": torch.get_num_threads(),
             "device_name": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()) + " CPU",
             "date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0],
-            "forward_paths": list(stl_torch._C.abi_info()["forward_paths"])}
+            "build": stl_torch._C.abi_info()}
     results = {}
     for M, N, P in shapes:
         key = f"{M}×{N}→{P}"

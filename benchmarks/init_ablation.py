@@ -1,4 +1,4 @@
-"""Does a theory-backed init train better than random? (STL.md section 4: show it, several seeds.)
+"""Does a theory-backed init train better than random? Several seeds, same budget.
 
 Trains the demo's patch transformer (examples/demo.py) on Fashion-MNIST from scratch with every
 block layer STL (t=4, r=24), once per (init, seed), same steps, data order and hyper-parameters,
@@ -6,8 +6,7 @@ plus the dense model; reports test top-1 mean and spread per init. Writes JSON a
 
   python benchmarks/init_ablation.py --steps 300 --seeds 0 1 2
 
-Variants (``--variants``; STL.md section 4: how E and D are scaled and trained is part of an
-init scheme): ``base`` (STLinear's default: each product's E row and D column at unit norm,
+Variants (``--variants``; how E and D are scaled and trained is part of an init scheme): ``base`` (STLinear's default: each product's E row and D column at unit norm,
 ``ed_norm=1``; one AdamW for everything), ``balanced`` (``ed_norm=None``: the decomposition's
 balanced scale ||E_l|| = ||F_l|| = ||D_l||, the default before 2026-11-24), ``ed_norm<s>``
 (norm s, e.g. ``ed_norm0.5``), ``ed_lr0.1`` (E and D at 0.1x the learning rate, no weight
@@ -17,7 +16,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
@@ -25,10 +23,9 @@ from torch import nn
 
 import stl_torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "examples"))
-from demo import PatchTransformer, accuracy, train  # noqa: E402
-from recipe_data import FASHION_MNIST_DIR, load_idx_split  # noqa: E402
+from stl_torch.recipes.images import FASHION_MNIST_DIR, load_idx_split
+from stl_torch.recipes.patch_transformer import PatchTransformer, accuracy, train
+
 
 
 VARIANTS = ("base", "balanced", "ed_lr0.1", "ed_frozen", "ed_norm<s>")
@@ -75,7 +72,7 @@ def main():
     ap.add_argument("--variants", nargs="+", default=["base"], type=parse_variant)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     ap.add_argument("--tag", default="", help="suffix of the output files")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=os.path.join("runs", "bench"))
     a = ap.parse_args()
 
     norm = lambda x: (x.float() / 255 - 0.2860) / 0.3530  # noqa: E731

@@ -1,12 +1,12 @@
-"""How close does a converted pretrained LLM start, before any fine-tuning? (STL.md section 4)
+"""How close does a converted pretrained LLM start, before any fine-tuning?
 
 Converts the chosen projections of SmolLM2-135M (offline default, see examples/llama_finetune.py)
 to causal STL four ways and measures held-out perplexity on CPython-docs text, next to the dense
 model and to magnitude 2:4 sparsity on the same layers:
 
 * ``data-free``: ``Wt = encode_weight(W, F)`` (the fitted init's F);
-* ``lstsq``: sequential least-squares Wt on calibration activations (lever (a));
-* ``distill``: lstsq, then Adam on E, D and Wt per layer (lever (b), layer-wise distillation).
+* ``lstsq``: sequential least-squares Wt on calibration activations;
+* ``distill``: lstsq, then Adam on E, D and Wt per layer (layer-wise distillation).
 
 Calibration rows come from training documents, perplexity from held-out documents. Writes
 JSON (per-layer held-out errors too) and prints a Markdown table.
@@ -18,28 +18,29 @@ import contextlib
 import copy
 import json
 import os
-import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "examples"))
-import llama_finetune as L  # noqa: E402
-import recipe_common as C  # noqa: E402
-import recipe_data as DT  # noqa: E402
+import stl_torch
+from stl_torch.recipes import text as RX
+from stl_torch.recipes.dist import Dist
+from stl_torch.recipes.llama import DEFAULT_TARGETS, eval_ppl, load_model
+from stl_torch.recipes.metrics import name_regex
+from stl_torch.recipes.sparsity import apply_24_sparsity
+
 
 
 def perplexity(model, chunks, micro=4):
     """Teacher-forced held-out perplexity, as the recipe measures it (one CPU process)."""
-    return L.eval_ppl(model, chunks, C.Dist(), micro, contextlib.nullcontext)[1]
+    return eval_ppl(model, chunks, Dist(), micro, contextlib.nullcontext)[1]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="as llama_finetune --model")
     ap.add_argument("--data", default=None, help="as llama_finetune --data")
-    ap.add_argument("--targets", default=L.DEFAULT_TARGETS)
+    ap.add_argument("--targets", default=DEFAULT_TARGETS)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--calib-seqs", type=int, default=16)
     ap.add_argument("--eval-seqs", type=int, default=16)
@@ -50,35 +51,34 @@ def main():
     ap.add_argument("--distill-steps", type=int, default=100)
     ap.add_argument("--rows-per-step", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "llm_conversion.json"))
+    ap.add_argument("--out", default=os.path.join("runs", "bench", "llm_conversion.json"))
     a = ap.parse_args()
 
     torch.manual_seed(a.seed)
-    la = L.parse_args(["--seq-len", str(a.seq_len)] + (["--model", a.model] if a.model else [])
-                      + (["--data", a.data] if a.data else []))
-    dense, tok, src = L.load_model(la)
+    dense, tok, src = load_model(a.model)
     dense.eval()
-    docs = DT.read_documents(a.data or DT.default_text_dir(), None)
-    train_docs, eval_docs = DT.split_documents(docs, 0.05, a.seed)
-    train = L.chunk(L.tokenize_docs(tok, train_docs), a.seq_len)
-    held = L.chunk(L.tokenize_docs(tok, eval_docs), a.seq_len)[: a.eval_seqs]
+    docs = RX.read_documents(a.data or RX.default_text_dir(), None)
+    train_docs, eval_docs = RX.split_documents(docs, 0.05, a.seed)
+    train = RX.chunk(RX.tokenize_docs(tok, train_docs), a.seq_len)
+    held = RX.chunk(RX.tokenize_docs(tok, eval_docs), a.seq_len)[: a.eval_seqs]
     g = torch.Generator().manual_seed(a.seed)
     calib_ids = train[torch.randperm(len(train), generator=g)[: a.calib_seqs], :-1]
     calib = [{"input_ids": calib_ids[i:i + 4], "use_cache": False} for i in range(0, len(calib_ids), 4)]
-    include = C.name_regex(a.targets)
+    include = name_regex(a.targets)
     rows = []
     for method in a.methods:
         t0 = time.time()
         model = copy.deepcopy(dense)
         report = None
         if method == "sparse24":
-            C.apply_24_sparsity(model, include)
+            apply_24_sparsity(model, include)
         elif method != "dense":
             kw = {} if method == "data-free" else dict(
-                calibration_data=calib, calibration=method, distill_steps=a.distill_steps,
-                rows_per_step=a.rows_per_step, max_rows=a.calib_seqs * a.seq_len, progress=True)
-            _, report = C.to_stl(model, tile=a.tile, rank=a.rank, init=a.init, causal=True,
-                                 include=include, **kw)
+                calibration_data=calib, progress=True, calibration=stl_torch.CalibrationConfig(
+                    method=method, distill_steps=a.distill_steps, rows_per_step=a.rows_per_step,
+                    max_rows=a.calib_seqs * a.seq_len))
+            report = stl_torch.convert(model, stl_torch.STLConfig(tile=a.tile, rank=a.rank, init=a.init, causal=True),
+                                       lambda m, fqn: include(fqn, m), only_if_cheaper=False, **kw)
         conv_s = time.time() - t0
         ppl = perplexity(model, held)
         row = {"method": method, "held_out_ppl": ppl, "convert_s": conv_s}
@@ -101,7 +101,7 @@ def main():
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"\n| method | held-out ppl | mean layer error (held-out rows) | convert s |\n|---|---:|---:|---:|")
+    print("\n| method | held-out ppl | mean layer error (held-out rows) | convert s |\n|---|---:|---:|---:|")
     for r in rows:
         e = f"{r['mean_layer_err_data_free']:.3f} -> {r['mean_layer_err']:.3f}" if "mean_layer_err" in r else ""
         print(f"| {r['method']} | {r['held_out_ppl']:.2f} | {e} | {r['convert_s']:.0f} |")

@@ -1,17 +1,18 @@
 """Where one STL layer's time goes, stage by stage, against the floor of each stage.
 
-For each shape it profiles (torch.profiler) the STL op on every forward path this build offers,
-forward alone and forward+backward, plus dense F.linear, and sums the device time of the kernels
+For each shape it profiles (torch.profiler) the STL op (and, forward only, its unfused
+composition when the build runs a fused forward on this device), forward alone and
+forward+backward, plus dense F.linear, and sums the device time of the kernels
 by stage: encode, the r batched GEMMs (cuBLAS), decode, the backward's reductions (dD, dE, db),
 the fused kernels, and torch's own copies/fills. Next to each stage it prints the floor computed
-from the stage's work (STL.md sections 2 and 3):
+from the stage's work (docs/operator.md, "Cost" and "Gradients"):
   GEMM stages:    FLOPs / the tensor-core rate cuBLAS reaches on a dense 8192^3 GEMM in this run
   all the others: bytes they must move / the copy bandwidth measured in this run
 (encode, decode and the reductions do 2r FLOPs per element they read: below the ridge point of
 an H100's CUDA cores, so bytes bound them). It also gives the floor of the whole operator for
 two designs: unfused (every stage at its floor, intermediates through global memory) and fully
 fused (only X, Wt and Y move; the GEMM FLOPs bound it), each as a speed-up limit vs the dense
-time measured beside it. This is what issue 4 asks the note to say when a target is missed.
+time measured beside it.
 
 On the CPU the stages are not separable in a profile (the C op runs encode, decode, reductions
 and its BLAS calls itself): there the table gives the whole op's time against the same floors.
@@ -21,7 +22,6 @@ and its BLAS calls itself): there the table gives the whole op's time against th
 """
 import argparse
 import os
-import sys
 import time
 
 import torch
@@ -31,8 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import stl_torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_linear import (CPU_SHAPES, add_common_args, dtype_and_shapes, on_path, stl_paths, timer,  # noqa: E402
+from bench_linear import (CPU_SHAPES, add_common_args, dtype_and_shapes, timer, unfused_stl,  # noqa: E402
                           write_outputs)
 
 # kernel name fragments -> stage (CUDA); the first match wins, unmatched kernels are GEMMs (cuBLAS
@@ -70,7 +69,7 @@ def stage_times(fn, device, reps):
 
 
 def stage_work(M, N, P, t, r, b, path, backward):
-    """{stage: (tensor-core FLOPs, bytes)} of the work each stage must do (STL.md 2-3)."""
+    """{stage: (tensor-core FLOPs, bytes)} of the work each stage must do (docs/operator.md)."""
     s = r / (t * t)                 # encoded size / plain size (Xe vs X, Z vs Y, Wt vs W)
     gemm = 2 * r * M * N * P / t ** 3
     gemm_io = b * s * (M * N + N * P + M * P)  # one batched GEMM reads Xe and Wt, writes Z
@@ -111,10 +110,10 @@ def bench_shape(M, N, P, t, r, dtype, device, run, reps, rates):
     x, W, gy = mk(M, N).requires_grad_(), mk(P, N) / N ** 0.5, mk(M, P)
     E, Wt, D = mk(r, t * t) / t, mk(r, N // t, P // t) / (N / t) ** 0.5, mk(t * t, r) / r ** 0.5
     b = x.element_size()
-    paths, _ = stl_paths(x.detach(), E, Wt, D, t)
+    # the op runs its device's fused forward when the build has one (dev/: "fused_encode" design)
+    op_path = "fused_encode" if stl_torch._C.abi_info()["fused_forward"].get(device) else "unfused"
     for v in (W, E, Wt, D):
         v.requires_grad_()
-    prev = stl_torch._C.get_forward_path()
     out = {}
 
     def backward(f, *ins):  # grads set to None first, as in training: no accumulation kernels
@@ -127,9 +126,10 @@ def bench_shape(M, N, P, t, r, dtype, device, run, reps, rates):
     for mode in ("fwd", "fwd+bwd"):
         bwd = mode == "fwd+bwd"
         calls = {"dense": backward(lambda: F.linear(x, W), x, W) if bwd else lambda: F.linear(x, W)}
-        for p in paths:
-            f = on_path(p, lambda: stl_torch.stl_linear(x, E, Wt, D, None, t))
-            calls[p] = backward(f, x, E, Wt, D) if bwd else f
+        f = lambda: stl_torch.stl_linear(x, E, Wt, D, None, t)  # noqa: E731
+        calls[op_path] = backward(f, x, E, Wt, D) if bwd else f
+        if op_path != "unfused" and not bwd:
+            calls["unfused"] = lambda: unfused_stl(x.detach(), E.detach(), Wt.detach(), D.detach(), t)
         with torch.set_grad_enabled(bwd):
             wall = run(calls)  # ms, CUDA events / perf_counter, interleaved
             for name, fn in calls.items():
@@ -148,7 +148,6 @@ def bench_shape(M, N, P, t, r, dtype, device, run, reps, rates):
         fused_floor = max(gemm / rates[0], io / rates[1]) * 1e6
         out[f"{mode} fully fused floor"] = {"floor_us": {"total": fused_floor},
                                              "limit_vs_dense_at_floors": wall["dense"] * 1e3 / fused_floor}
-    stl_torch._C.set_forward_path(prev)
     return out
 
 

@@ -3,7 +3,6 @@
  * owning handles, outputs leave as owning handles. A boxed C kernel reports bad input by
  * freeing every handle it owns and then calling stl_throw (error.cpp). */
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -288,62 +287,11 @@ static void check_z_like(Owned *o, const Arg *z, const Arg *x, const Dims *d, co
   expect_like(o, z, x);
 }
 
-static const char *const path_names[] = {"unfused", "fused", "fused_encode"};
-static atomic_int forward_path = STL_PATH_UNFUSED; /* read by every forward, set from Python */
-static atomic_int last_path = -1;
-
-int stl_forward_path_count(void) {
-#ifdef STL_WITH_CUDA
-  return 3;
-#else
-  return 1;
-#endif
-}
-const char *stl_forward_path_name(int path) { return path >= 0 && path < 3 ? path_names[path] : NULL; }
-int stl_forward_path_get(void) { return atomic_load(&forward_path); }
-void stl_forward_path_set(int path) {
-  if (path >= 0 && path < stl_forward_path_count()) atomic_store(&forward_path, path);
-}
-int stl_forward_path_last(void) { return atomic_load(&last_path); }
-
-/* The initial path: STL_TORCH_FUSED=1|fused, =2|encode|fused_encode; anything else (or a path
- * this build lacks) is unfused. Unfused stays the default: the fused kernels have not been
- * measured (or even run) on a GPU yet. */
-static void forward_path_from_env(void) {
-  const char *e = getenv("STL_TORCH_FUSED");
-  int p = STL_PATH_UNFUSED;
-  if (e && (!strcmp(e, "1") || !strcmp(e, "fused"))) p = STL_PATH_FUSED;
-  if (e && (!strcmp(e, "2") || !strcmp(e, "encode") || !strcmp(e, "fused_encode"))) p = STL_PATH_FUSED_ENCODE;
-  stl_forward_path_set(p);
-}
-
-#ifdef STL_WITH_CUDA
-int stl_cuda_fused_forward_supported(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r);
-void stl_cuda_fused_forward(StlDtype dt, const void *xe, const void *wt, StlSmallMat dec, const void *bias,
-                            void *y, void *z_out, int64_t M, int64_t N, int64_t P, int t, int r, void *stream);
-int stl_cuda_fused_encode_forward_supported(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r);
-void stl_cuda_fused_encode_forward(StlDtype dt, const void *x, StlSmallMat enc, const void *wt, StlSmallMat dec,
-                                   const void *bias, void *y, void *z_out, int64_t M, int64_t N, int64_t P, int t,
-                                   int r, void *stream);
-#endif
-
-/* The path this call takes: the chosen one where it supports the configuration, else unfused. */
-static int forward_path_for(const Dims *d) {
-#ifdef STL_WITH_CUDA
-  if (d->k != &stl_cuda_kernels) return STL_PATH_UNFUSED;
-  const int p = stl_forward_path_get();
-  if (p == STL_PATH_FUSED && stl_cuda_fused_forward_supported(d->dt, d->M, d->N, d->P, d->t, d->r)) return p;
-  if (p == STL_PATH_FUSED_ENCODE && stl_cuda_fused_encode_forward_supported(d->dt, d->M, d->N, d->P, d->t, d->r))
-    return p;
-#else
-  (void)d;
-#endif
-  return STL_PATH_UNFUSED;
-}
-
-/* stl_forward(x, E, Wt, D, bias, tile, need_z) -> (y, z) */
-static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
-  Owned o = {"stl_forward", {0}, 0};
+/* stl_forward(x, E, Wt, D, bias, tile, need_z) -> (y, z). `fused`: use the backend's fused
+ * forward where it has one for this call (stl_forward); stl_forward_unfused always composes
+ * encode -> batched GEMM -> decode (the cross-check and benchmark baseline of a fused kernel). */
+static void forward_impl(StableIValue *stack, uint64_t n_in, uint64_t n_out, const char *name, bool fused) {
+  Owned o = {name, {0}, 0};
   in_flight = &o;
   if (n_in != 7 || n_out != 2) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
                                     (unsigned long long)n_out);
@@ -363,43 +311,34 @@ static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   const int64_t xe_s[3] = {d.r, d.Mt, d.Nt}, z_s[3] = {d.r, d.Mt, d.Pt}, y_s[2] = {d.M, d.P};
   const int64_t empty_s[1] = {0};
   AtenTensorHandle y = new_tensor(&o, &x, 2, y_s);
-  AtenTensorHandle z = NULL;
+  AtenTensorHandle z = need_z ? new_tensor(&o, &x, 3, z_s) : new_tensor(&o, &x, 1, empty_s);
   if (d.M > 0) {
-    StlSmallMat enc = {E.data, d.t * d.t, 1}, dec = {D.data, d.r, 1};
-    const void *bias = b.numel ? b.data : NULL;
-    const int path = forward_path_for(&d);
-    atomic_store(&last_path, path);
-    if (need_z || path == STL_PATH_UNFUSED) z = new_tensor(&o, &x, 3, z_s); /* the fused paths need none */
-#ifdef STL_WITH_CUDA
-    if (path == STL_PATH_FUSED_ENCODE) { /* one kernel: neither Xe nor Z leaves the chip unless Z is kept */
-      stl_cuda_fused_encode_forward(d.dt, x.data, enc, Wt.data, dec, bias, data_of(&o, y),
-                                    need_z ? data_of(&o, z) : NULL, d.M, d.N, d.P, d.t, d.r, d.stream);
-    } else
-#endif
-    {
+    StlForward f = {d.dt, d.M, d.N, d.P, d.t, d.r, x.data, {E.data, d.t * d.t, 1}, Wt.data, {D.data, d.r, 1},
+                    b.numel ? b.data : NULL, data_of(&o, y), need_z ? data_of(&o, z) : NULL};
+    if (fused && d.k->forward && d.k->forward_supported(&f)) {
+      const Scratch ws = scratch(&o, &x, d.k->forward_ws_bytes(&f));
+      d.k->forward(&f, ws.p, ws.bytes, d.stream);
+    } else {
       AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);
-      d.k->encode_add(d.dt, x.data, d.M, d.N, d.t, d.r, enc, NULL, data_of(&o, xe), d.stream);
-#ifdef STL_WITH_CUDA
-      if (path == STL_PATH_FUSED) /* GEMM + decode in one kernel: Z stays on chip unless kept */
-        stl_cuda_fused_forward(d.dt, data_of(&o, xe), Wt.data, dec, bias, data_of(&o, y),
-                               need_z ? data_of(&o, z) : NULL, d.M, d.N, d.P, d.t, d.r, d.stream);
-      else
-#endif
-      {
-        bmm(&o, &d, z, xe, Wt.h);
-        d.k->decode(d.dt, data_of(&o, z), d.M, d.P, d.t, d.r, dec, bias, data_of(&o, y), d.stream);
-      }
+      AtenTensorHandle zz = need_z ? z : new_tensor(&o, &x, 3, z_s);
+      d.k->encode_add(d.dt, x.data, d.M, d.N, d.t, d.r, f.enc, NULL, data_of(&o, xe), d.stream);
+      bmm(&o, &d, zz, xe, Wt.h);
+      d.k->decode(d.dt, data_of(&o, zz), d.M, d.P, d.t, d.r, f.dec, f.bias, f.y, d.stream);
     }
-  } else {
-    z = new_tensor(&o, &x, 3, z_s);
   }
-  if (!need_z) z = new_tensor(&o, &x, 1, empty_s);
   release(&o, y);
   release(&o, z);
-  free_all(&o); /* inputs and temporaries (including an unneeded z) */
+  free_all(&o); /* inputs and temporaries */
   in_flight = NULL;
   stack[0] = (StableIValue)(uintptr_t)y;
   stack[1] = (StableIValue)(uintptr_t)z;
+}
+
+static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
+  forward_impl(stack, n_in, n_out, "stl_forward", true);
+}
+static void k_forward_unfused(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
+  forward_impl(stack, n_in, n_out, "stl_forward_unfused", false);
 }
 
 /* stl_backward(grad_y, grad_z, x, E, Wt, D, z, has_bias, tile) -> (dx, dE, dWt, dD, db) */
@@ -483,11 +422,13 @@ static TorchLibraryHandle lib_cuda;
 #endif
 
 const char *stl_register_ops(void) {
-  forward_path_from_env();
   if (stl_abi.library_init_def("stl_torch", __FILE__, __LINE__, &lib_def))
     return "stl_torch: could not create the op library (is another copy of stl_torch loaded?)";
   if (stl_abi.library_def(lib_def,
                           "stl_forward(Tensor x, Tensor E, Tensor Wt, Tensor D, Tensor bias, int tile, "
+                          "bool need_z) -> (Tensor, Tensor)") ||
+      stl_abi.library_def(lib_def,
+                          "stl_forward_unfused(Tensor x, Tensor E, Tensor Wt, Tensor D, Tensor bias, int tile, "
                           "bool need_z) -> (Tensor, Tensor)") ||
       stl_abi.library_def(lib_def,
                           "stl_backward(Tensor grad_y, Tensor grad_z, Tensor x, Tensor E, Tensor Wt, "
@@ -496,6 +437,7 @@ const char *stl_register_ops(void) {
     return "stl_torch: could not define the op schemas";
   if (stl_abi.library_init_impl("stl_torch", "CPU", __FILE__, __LINE__, &lib_cpu) ||
       stl_abi.library_impl(lib_cpu, "stl_forward", k_forward) ||
+      stl_abi.library_impl(lib_cpu, "stl_forward_unfused", k_forward_unfused) ||
       stl_abi.library_impl(lib_cpu, "stl_backward", k_backward))
     return "stl_torch: could not register the CPU kernels";
 #ifdef STL_WITH_CUDA
@@ -503,6 +445,7 @@ const char *stl_register_ops(void) {
   if (stl_abi.cuda_bmm_out && stl_abi.get_current_cuda_stream &&
       (stl_abi.library_init_impl("stl_torch", "CUDA", __FILE__, __LINE__, &lib_cuda) ||
        stl_abi.library_impl(lib_cuda, "stl_forward", k_forward) ||
+       stl_abi.library_impl(lib_cuda, "stl_forward_unfused", k_forward_unfused) ||
        stl_abi.library_impl(lib_cuda, "stl_backward", k_backward)))
     return "stl_torch: could not register the CUDA kernels";
 #endif

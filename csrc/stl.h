@@ -1,5 +1,5 @@
 /* stl-torch kernel API in plain C. One STL layer is encode -> r batched GEMMs -> decode
- * (see shared/STL.md); the backward pass reuses the same three tile primitives:
+ * (docs/operator.md); the backward pass reuses the same three tile primitives:
  *   encode    : out[l,I,K]   = sum_j enc[l,j] * in[t*I+a, t*K+c]            (j = a*t+c)
  *   decode    : out[t*I+a, t*J+b] = sum_l dec[j,l] * in[l,I,J] (+ bias)     (j = a*t+b)
  *   correlate : acc[l,j]     = sum_{I,K} a[l,I,K] * x[t*I+p, t*K+q]         (j = p*t+q)
@@ -32,13 +32,34 @@ void stl_cpu_correlate(StlDtype dt, const void *a, const void *x, int64_t M, int
 /* out[p] = sum over M rows of g[:, p] */
 void stl_cpu_colsum(StlDtype dt, const void *g, int64_t M, int64_t P, void *out);
 
+/* One forward call's operands: device pointers, row-major and contiguous, storage dtype dt.
+ *   x (M, N); enc = E (r x t*t); wt (r, N/t, P/t); dec = D (t*t x r); bias (P) or NULL;
+ *   y (M, P); z (r, ceil(M/t), P/t) or NULL when the caller does not keep Z. */
+typedef struct {
+  StlDtype dt;
+  int64_t M, N, P;
+  int t, r;
+  const void *x;
+  StlSmallMat enc;
+  const void *wt;
+  StlSmallMat dec;
+  const void *bias;
+  void *y;
+  void *z;
+} StlForward;
+
 /* One device's implementation of the primitives. ops.c is device-generic: it allocates through
  * torch, runs the batched GEMM through torch (its cuBLAS on CUDA), and calls these. `stream` is
  * torch's current CUDA stream (NULL on the CPU); pointers (including StlSmallMat.base) live on
  * the device. The reductions (correlate, colsum) may need scratch memory: *_ws_bytes says how
  * much (0 on the CPU, which ignores ws), and the caller passes that many bytes (8-byte aligned,
  * on the same device) as ws, ws_bytes, allocated through torch so that it comes from torch's
- * caching allocator and is stream-ordered like every other tensor of the op. */
+ * caching allocator and is stream-ordered like every other tensor of the op.
+ *
+ * forward (optional, NULL = none): the whole forward in one fused kernel, used for every call
+ * forward_supported accepts; the others run the composition encode -> batched GEMM -> decode.
+ * A kernel takes this slot only once it has been verified on its device (dev/ holds the
+ * candidates). */
 typedef struct {
   const char *name;
   void (*encode_add)(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
@@ -51,6 +72,9 @@ typedef struct {
   size_t (*colsum_ws_bytes)(StlDtype dt, int64_t M, int64_t P);
   void (*colsum)(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *ws, size_t ws_bytes,
                  void *stream);
+  int (*forward_supported)(const StlForward *f);
+  size_t (*forward_ws_bytes)(const StlForward *f);
+  void (*forward)(const StlForward *f, void *ws, size_t ws_bytes, void *stream);
 } StlKernels;
 
 extern const StlKernels stl_cpu_kernels;
@@ -58,18 +82,6 @@ extern const StlKernels stl_cpu_kernels;
 /* csrc/cuda: the same primitives on the GPU (extern "C" launchers). */
 extern const StlKernels stl_cuda_kernels;
 #endif
-
-/* How stl_forward runs on CUDA (csrc/ops.c; chosen at run time through stl_torch._C.set_forward_path,
- * initially from STL_TORCH_FUSED): encode -> bmm -> decode, the fused GEMM+decode kernel
- * (fused_forward.cu), or the fused encode+GEMM+decode kernel (fused_encode_forward.cu). A fused
- * path that does not support a call's configuration runs it unfused; stl_forward_path_last says
- * which path the latest call took. The CPU always runs unfused. */
-typedef enum { STL_PATH_UNFUSED = 0, STL_PATH_FUSED = 1, STL_PATH_FUSED_ENCODE = 2 } StlForwardPath;
-int stl_forward_path_count(void);               /* paths this build offers: 0 .. count-1 */
-const char *stl_forward_path_name(int path);    /* "unfused", "fused", "fused_encode"; NULL if unknown */
-int stl_forward_path_get(void);
-void stl_forward_path_set(int path);            /* 0 <= path < stl_forward_path_count() */
-int stl_forward_path_last(void);                /* -1 before any call with rows */
 
 /* Parallel loop over [0, n) on torch's intra-op pool when this torch exports it, else pthreads. */
 typedef void (*StlRangeFn)(int64_t begin, int64_t end, void *ctx);

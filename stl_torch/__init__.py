@@ -2,12 +2,13 @@
 import torch  # noqa: F401  (loads libtorch before the C extension registers its ops)
 
 from . import _C  # noqa: F401  registers torch.ops.stl_torch.*
-from . import init, ops  # noqa: F401  ops: fake kernels + autograd
-from .convert import ConversionReport, STLConfig, convert
+from . import init, ops, tiling  # noqa: F401  ops: fake kernels + autograd
+from .config import CalibrationConfig, STLConfig
+from .convert import ConversionReport, convert
 from .flops import FlopReport, flops
 from .nn import STLinear
 from .ops import stl_linear
 
-__all__ = ["STLinear", "stl_linear", "convert", "STLConfig", "ConversionReport", "flops", "FlopReport",
-           "init"]
+__all__ = ["STLinear", "stl_linear", "convert", "STLConfig", "CalibrationConfig", "ConversionReport", "flops",
+           "FlopReport", "init", "tiling"]
 __version__ = "0.1.0"

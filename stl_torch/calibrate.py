@@ -1,7 +1,7 @@
 """Calibrated conversion: fit each converted layer to the dense layer on real activations.
 
-STL.md section 4 names two levers beyond the data-free start ``Wt = encode_weight(W, F)``:
-(a) least squares for ``Wt`` on real activations (E, D fixed: the output is linear in Wt), and
+Two levers improve on the data-free start ``Wt = encode_weight(W, F)`` (docs/operator.md,
+"Calibrated conversion"): (a) least squares for ``Wt`` on real activations (E, D fixed: the output is linear in Wt), and
 (b) layer-wise distillation, here: (a), then Adam on E, D and Wt together against the same
 targets. Both run *sequentially*, as GPTQ does: layers are converted in execution order, and a
 layer is fitted on the inputs it sees once every earlier layer is already STL, so it learns to
@@ -21,28 +21,21 @@ import math
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as Fn
 from torch import nn
 
-from . import reference as stl_reference
+from . import tiling
 from ._call import call_model
+from .config import CalibrationConfig
 from .ops import stl_linear
-
-CALIBRATIONS = ("lstsq", "distill")
 
 
 class _Stop(Exception):
     """Raised from a hook to end a calibration forward once its group is captured."""
 
 
-def pad_tokens(x, t):
-    """(rows, N) as STLinear tiles them: the token dim of each sequence padded to a multiple of t."""
-    if x.dim() >= 3 and x.shape[-2] % t:
-        x = Fn.pad(x, (0, 0, 0, (-x.shape[-2]) % t))
-    x = x.reshape(-1, x.shape[-1])
-    if x.shape[0] % t:
-        x = Fn.pad(x, (0, 0, 0, (-x.shape[0]) % t))
-    return x
+def layer_rows(x, t):
+    """(rows, N) as STLinear tiles ``x``, completed to whole tiles (the unit of every fit)."""
+    return tiling.pad_rows(tiling.to_tiles(x, t), t)
 
 
 @torch.no_grad()
@@ -62,7 +55,7 @@ def capture_next_group(model, pending: Dict[str, nn.Linear], batches, t, max_row
             elif x.data_ptr() != state["ptr"] or fqn in order:
                 raise _Stop
             order.append(fqn)
-            rows[fqn] = [pad_tokens(x.detach(), t)]
+            rows[fqn] = [layer_rows(x.detach(), t)]
         return fn
 
     def hook_next(fqn):
@@ -70,7 +63,7 @@ def capture_next_group(model, pending: Dict[str, nn.Linear], batches, t, max_row
             if fqn in state["seen"]:
                 raise _Stop  # called again in the same forward: keep the first call only
             state["seen"].add(fqn)
-            rows[fqn].append(pad_tokens(args[0].detach(), t))
+            rows[fqn].append(layer_rows(args[0].detach(), t))
             if len(state["seen"]) == len(order):
                 raise _Stop
         return fn
@@ -126,7 +119,7 @@ def lstsq_wt(X, Y, E, D, t, damp):
     the backward pass). One symmetric solve with ridge ``damp`` x mean diagonal (GPTQ's percdamp).
     X (rows, N), Y (rows, P) float64; returns (r, N/t, P/t) float64."""
     r = E.shape[0]
-    xe = stl_reference.encode_activations(X, E, t)  # (r, MI, K)
+    xe = tiling.encode_activations(X, E, t)  # (r, MI, K)
     mi, K = xe.shape[1], xe.shape[2]
     pj = Y.shape[1] // t
     gz = torch.einsum("abl,iajb->lij", D.reshape(t, t, r), Y.reshape(mi, t, pj, t))
@@ -172,8 +165,7 @@ def distill(layer, X, Y, steps, lr, rows_per_step, seed=0):
     opt.zero_grad(set_to_none=True)
 
 
-def fit_layer(layer, dense: nn.Linear, X, *, method, damp, max_unknowns, steps, lr, rows_per_step,
-              holdout, seed=0):
+def fit_layer(layer, dense: nn.Linear, X, cfg: CalibrationConfig):
     """Fit a freshly converted ``layer`` (data-free init) to ``dense`` on inputs X (rows, N).
     Returns a dict of held-out errors: data_free, lstsq (None if skipped), distill (None if
     not run) and final (the best, whose parameters the layer keeps)."""
@@ -182,7 +174,7 @@ def fit_layer(layer, dense: nn.Linear, X, *, method, damp, max_unknowns, steps, 
     Wd = dense.weight.detach().to(device=X.device, dtype=torch.float64)
     X64 = X.double()
     Y = X64 @ Wd.t()
-    fit, held = split_tiles(X64, t, holdout)
+    fit, held = split_tiles(X64, t, cfg.holdout)
     if held.numel() == 0:
         held = fit
     Xf, Yf, Xh, Yh = X64[fit], Y[fit], X64[held], Y[held]
@@ -197,32 +189,18 @@ def fit_layer(layer, dense: nn.Linear, X, *, method, damp, max_unknowns, steps, 
             layer.load_state_dict(best[1])
 
     E, D = (m.detach().double() for m in layer.effective_encoders())
-    if layer.rank * layer.in_features // t <= max_unknowns:
+    if layer.rank * layer.in_features // t <= cfg.max_unknowns:
         with torch.no_grad():
-            layer.Wt.copy_(lstsq_wt(Xf, Yf, E, D, t, damp).to(layer.Wt))
+            layer.Wt.copy_(lstsq_wt(Xf, Yf, E, D, t, cfg.damp).to(layer.Wt))
         res["lstsq"] = rel_error(layer, Xh, Yh)
         keep_if_better(res["lstsq"])
-    if method == "distill" and steps > 0:
+    if cfg.method == "distill" and cfg.distill_steps > 0:
         with torch.enable_grad():
-            distill(layer, Xf, Yf, steps, lr, rows_per_step, seed)
+            distill(layer, Xf, Yf, cfg.distill_steps, cfg.distill_lr, cfg.rows_per_step, cfg.seed)
         res["distill"] = rel_error(layer, Xh, Yh)
         keep_if_better(res["distill"])
     res["final"] = best[0]
     return res
-
-
-def check_options(calibration, steps, lr, rows_per_step, max_rows, holdout):
-    if calibration not in CALIBRATIONS:
-        raise ValueError(f"convert: argument 'calibration' must be one of {CALIBRATIONS}, got "
-                         f"{calibration!r}")
-    for name, v in (("distill_steps", steps), ("rows_per_step", rows_per_step),
-                    ("max_rows", max_rows), ("holdout", holdout)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "distill_steps" else 1):
-            raise ValueError(f"convert: argument '{name}' must be a "
-                             f"{'non-negative' if name == 'distill_steps' else 'positive'} integer, "
-                             f"got {v!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"convert: argument 'distill_lr' must be a positive number, got {lr!r}")
 
 
 def progress_bar(total, enabled):
@@ -235,4 +213,4 @@ def progress_bar(total, enabled):
     return tqdm(total=total, desc="STL calibration", unit="layer")
 
 
-__all__ = ["CALIBRATIONS", "capture_next_group", "fit_layer", "lstsq_wt", "distill", "pad_tokens"]
+__all__ = ["capture_next_group", "fit_layer", "lstsq_wt", "distill", "layer_rows"]

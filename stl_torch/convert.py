@@ -1,8 +1,8 @@
-"""Swap a model's nn.Linear layers for STLinear in place (like torchao's ``quantize_``).
+"""Swap a model's nn.Linear layers for STLinear in place (like torchao's ``sparsify_``).
 
-Each converted layer is ``STLinear.from_linear(linear, ...)``: ``Wt = encode_weight(W, F)`` for
-the init's (E, F, D), bias copied, so the converted model starts as close to the dense one as
-the rank allows (exactly equal with an exact init, e.g. ``init="strassen", tile=2, rank=7``).
+Each converted layer is ``STLinear.from_linear(linear, config)``: ``Wt = encode_weight(W, F)``
+for the init's (E, F, D), bias copied, so the converted model starts as close to the dense one
+as the rank allows (exactly equal with an exact init, e.g. ``init="strassen", tile=2, rank=7``).
 The data-free start can be improved on real activations: ``convert(..., calibration_data=...)``
 (least squares for Wt, or layer-wise distillation of E, D and Wt; see ``stl_torch.calibrate``).
 """
@@ -10,39 +10,14 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence, Union
 
-import torch
 from torch import nn
 
 from . import calibrate as stl_calib
-from . import init as stl_init
+from .config import CalibrationConfig, STLConfig
 from .flops import linear_macs, stl_macs
-from .nn import STLinear, check_ed_norm
+from .nn import STLinear
 
-__all__ = ["STLConfig", "convert", "ConversionReport", "LayerConversion"]
-
-
-@dataclass
-class STLConfig:
-    """How to convert: tile t, rank r, init name (see ``stl_torch.init``), causal mode, seed,
-    and the scale of E and D (``ed_norm``, see ``STLinear``)."""
-    tile: int = 4
-    rank: int = 24
-    init: str = "fitted"
-    causal: bool = False
-    seed: Optional[int] = None
-    ed_norm: Optional[float] = 1.0
-
-    def __post_init__(self):
-        for name in ("tile", "rank"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"STLConfig: '{name}' must be a positive integer, got {v!r}")
-        if self.init not in stl_init.INITS:
-            raise ValueError(f"STLConfig: unknown init {self.init!r}; valid names: "
-                             f"{', '.join(stl_init.INITS)}")
-        check_ed_norm(self.ed_norm, "STLConfig: 'ed_norm'")
-        if self.init == "strassen" and self.tile & (self.tile - 1):
-            raise ValueError(f"STLConfig: init='strassen' needs a power-of-2 tile, got tile={self.tile}")
+__all__ = ["convert", "ConversionReport", "LayerConversion"]
 
 
 @dataclass
@@ -96,16 +71,20 @@ class ConversionReport:
 
     def __str__(self):
         c = self.config
+        calibrated = any(x.err_calibrated is not None for x in self.layers)
         out = [f"STL conversion (tile={c.tile}, rank={c.rank}, init={c.init!r}, causal={c.causal}): "
                f"{len(self.converted)} of {len(self.layers)} nn.Linear layers converted",
-               "| layer | in -> out | status | params | MACs/token |", "|---|---|---|---:|---:|"]
+               "| layer | in -> out | status | params | MACs/token |" + (" calibration error |" if calibrated else ""),
+               "|---|---|---|---:|---:|" + ("---|" if calibrated else "")]
         for x in self.layers:
             status = "converted" if x.converted else f"skipped: {x.reason}"
-            out.append(f"| {x.name} | {x.in_features} -> {x.out_features} | {status} | "
-                       f"{x.params_before:,} -> {x.params_after:,} | "
-                       f"{x.macs_before:,.0f} -> {x.macs_after:,.0f} |")
-            if x.err_calibrated is not None:
-                out[-1] += f" calibration error {x.err_data_free:.3f} -> {x.err_calibrated:.3f}"
+            row = (f"| {x.name} | {x.in_features} -> {x.out_features} | {status} | "
+                   f"{x.params_before:,} -> {x.params_after:,} | "
+                   f"{x.macs_before:,.0f} -> {x.macs_after:,.0f} |")
+            if calibrated:
+                row += (f" {x.err_data_free:.3f} -> {x.err_calibrated:.3f} |" if x.err_calibrated is not None
+                        else " – |")
+            out.append(row)
         ratio = self.macs_before / self.macs_after if self.macs_after else float("nan")
         out.append(f"model parameters: {self.params_before:,} -> {self.params_after:,} "
                    f"({self.params_after / max(self.params_before, 1):.2f}x)")
@@ -143,41 +122,42 @@ def _make_filter(filter):
 
 def convert(model: nn.Module, config: Optional[STLConfig] = None,
             filter: Union[None, Sequence[str], Callable[[nn.Module, str], bool]] = None, *,
-            calibration_data=None, calibration: str = "lstsq", damp: float = 1e-2,
-            max_unknowns: int = 12288, distill_steps: int = 200, distill_lr: float = 3e-3,
-            rows_per_step: int = 2048, max_rows: int = 8192, holdout: int = 10,
-            progress: bool = False) -> ConversionReport:
+            calibration_data=None, calibration: Optional[CalibrationConfig] = None,
+            only_if_cheaper: bool = True, progress: bool = False) -> ConversionReport:
     """Replace every selected ``nn.Linear`` of ``model`` by an ``STLinear`` (in place).
 
-    ``filter``: None (every nn.Linear), a list of fnmatch patterns on the qualified name
-    (``"*.mlp.*"``), or a callable ``(module, fqn) -> bool``. Selected layers are skipped, with
-    the reason in the report, when in/out features do not divide by the tile, when the weight is
-    tied to another module's parameter (converting would silently untie it: untie first if you
-    mean it), or when the parent is ``nn.MultiheadAttention`` (it reads ``out_proj.weight``
-    directly). A module reachable under several names is converted once and replaced everywhere.
+    ``config``: the ``STLConfig`` of every converted layer (default ``STLConfig()``; ``init=None``
+    converts with ``"fitted"``, the closest start). ``filter``: None (every nn.Linear), a list of
+    fnmatch patterns on the qualified name (``"*.mlp.*"``), or a callable ``(module, fqn) -> bool``.
+    Selected layers are skipped, with the reason in the report, when in/out features do not
+    divide by the tile, when the weight is tied to another module's parameter (converting would
+    silently untie it: untie first if you mean it), or when the parent is
+    ``nn.MultiheadAttention`` (it reads ``out_proj.weight`` directly), and, with
+    ``only_if_cheaper`` (the default), when STL would need at least as many multiply-adds per
+    token as the dense layer (narrow layers: encode and decode cost r*(N+P) per row, see
+    docs/operator.md). A module reachable under several names is converted once and replaced
+    everywhere.
 
     ``calibration_data`` (optional): an iterable of model inputs (a tensor, a tuple of args or a
     dict of kwargs; read several times). Layers are then converted sequentially in execution
-    order, each fitted on the inputs it sees in the partly converted model (``stl_torch.calibrate``):
-    ``calibration="lstsq"`` solves ``Wt`` by least squares with E, D at the init (ridge ``damp``
-    x mean diagonal; layers with r N/t > ``max_unknowns`` unknowns per column keep the data-free
-    Wt); ``"distill"`` then runs ``distill_steps`` Adam steps on E, D and Wt (``distill_lr``
-    relative to each tensor's RMS, ``rows_per_step`` rows per step). At most ``max_rows`` rows per
-    layer are used; every ``holdout``-th tile is held out, the reported errors are measured there,
-    and a layer keeps whichever of data-free / lstsq / distilled is best on it. Layers the data
-    never reaches stay data-free. ``progress``: a tqdm bar per layer.
+    order, each fitted on the inputs it sees in the partly converted model, as ``calibration``
+    (a ``CalibrationConfig``, default ``CalibrationConfig()``: least squares) says. Layers the
+    data never reaches stay data-free. ``progress``: a tqdm bar per layer.
     Without calibration data the conversion is data-free: ``Wt = encode_weight(W, F)``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"convert: argument 'model' must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Linear):
         raise ValueError("convert: argument 'model' is itself an nn.Linear and cannot be replaced "
-                         "in place; use STLinear.from_linear(model, ...)")
+                         "in place; use STLinear.from_linear(model, config)")
     config = STLConfig() if config is None else config
-    if calibration_data is not None:
-        stl_calib.check_options(calibration, distill_steps, distill_lr, rows_per_step, max_rows, holdout)
     if not isinstance(config, STLConfig):
         raise ValueError(f"convert: argument 'config' must be an STLConfig, got {type(config).__name__}")
+    config = config.resolved(converting=True)
+    calibration = CalibrationConfig() if calibration is None else calibration
+    if not isinstance(calibration, CalibrationConfig):
+        raise ValueError("convert: argument 'calibration' must be a CalibrationConfig, got "
+                         f"{type(calibration).__name__}")
     keep = _make_filter(filter)
     t, r = config.tile, config.rank
     report = ConversionReport(config, params_before=_param_count(model))
@@ -208,6 +188,9 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
             entry.reason = f"weight tied to {tied[0]}"
         elif issubclass(parents.get(id(mod), nn.Module), nn.MultiheadAttention):
             entry.reason = "inside nn.MultiheadAttention (weight read directly)"
+        elif only_if_cheaper and stl_macs(t, n, p, t, r) >= linear_macs(t, n, p):
+            entry.reason = (f"STL would cost {stl_macs(t, n, p, t, r) / t:,.0f} multiply-adds per token, "
+                            f"dense {linear_macs(1, n, p):,} (only_if_cheaper=False converts it anyway)")
         else:
             chosen.append((fqn, mod, entry))
             entry.converted = True
@@ -215,8 +198,7 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
             entry.macs_after = stl_macs(t, n, p, t, r) / t  # one tile of t rows, per row
 
     def make(mod):
-        return STLinear.from_linear(mod, tile=t, rank=r, init=config.init, causal=config.causal,
-                                    seed=config.seed, ed_norm=config.ed_norm)
+        return STLinear.from_linear(mod, config)
 
     pending = {fqn: (mod, entry) for fqn, mod, entry in chosen}
     if calibration_data is not None and pending:
@@ -224,17 +206,14 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
         bar = stl_calib.progress_bar(len(pending), progress)
         while pending:
             caps = stl_calib.capture_next_group(model, {f: m for f, (m, _) in pending.items()},
-                                                batches, t, max_rows)
+                                                batches, t, calibration.max_rows)
             if not caps:
                 break  # the rest never runs on this data: data-free below
             swapped = {}
             for fqn, X in caps.items():
                 mod, entry = pending.pop(fqn)
                 new = swapped[id(mod)] = make(mod)
-                res = stl_calib.fit_layer(new, mod, X, method=calibration, damp=damp,
-                                          max_unknowns=max_unknowns, steps=distill_steps,
-                                          lr=distill_lr, rows_per_step=rows_per_step,
-                                          holdout=holdout, seed=config.seed or 0)
+                res = stl_calib.fit_layer(new, mod, X, calibration)
                 entry.err_data_free, entry.err_lstsq = res["data_free"], res["lstsq"]
                 entry.err_distill, entry.err_calibrated = res["distill"], res["final"]
                 if bar is not None:

@@ -1,11 +1,10 @@
-"""Multiply-add accounting for nn.Linear and STLinear layers (STL.md section 2).
+"""Multiply-add accounting for nn.Linear and STLinear layers (docs/operator.md, "Cost").
 
 For one call on M rows (M = all leading dims of the input flattened):
   dense  nn.Linear(N -> P):  M*N*P
   STL (tile t, rank r):      r*M*N (encode) + r*M*N*P/t^3 (r batched GEMMs) + r*M*P (decode)
 (encode: r*(M/t)*(N/t) outputs of t^2 terms each; decode: M*P outputs of r terms each)
-with M the *padded* row count the operator really processes (STLinear pads the token dim of
-each sequence to a multiple of t; a 2-D input is padded as one sequence). Biases and the
+with M the *padded* row count the operator really processes (``stl_torch.tiling.padded_rows``). Biases and the
 padding copies are not counted. A layer called several times (weight sharing, a loop) is
 counted once per call.
 """
@@ -17,8 +16,9 @@ from torch import nn
 
 from ._call import call_model
 from .nn import STLinear
+from .tiling import padded_rows
 
-__all__ = ["flops", "FlopReport", "LayerFlops", "linear_macs", "stl_macs", "stl_rows"]
+__all__ = ["flops", "FlopReport", "LayerFlops", "linear_macs", "stl_macs"]
 
 
 def linear_macs(rows, in_features, out_features):
@@ -31,19 +31,6 @@ def stl_macs(rows, in_features, out_features, tile, rank):
     t, r = tile, rank
     return r * rows * in_features + (r * rows * in_features * out_features) // t ** 3 \
         + r * rows * out_features
-
-
-def stl_rows(shape, tile):
-    """Rows STLinear processes for an input of ``shape`` (..., in_features): the token dim
-    (second to last, for >= 3-D inputs) is padded per sequence; 1-D/2-D inputs are one sequence."""
-    shape = tuple(shape)
-    if len(shape) >= 3:
-        seqs = 1
-        for s in shape[:-2]:
-            seqs *= s
-        return seqs * (-(-shape[-2] // tile) * tile)
-    m = shape[0] if len(shape) == 2 else 1
-    return -(-m // tile) * tile
 
 
 @dataclass
@@ -87,7 +74,7 @@ class FlopReport:
                 "total_macs": self.total_macs, "dense_macs": self.dense_macs, "ratio": self.ratio}
 
     def __str__(self):
-        head = f"| layer | kind | in -> out | calls | rows | MACs | dense MACs | dense/actual |"
+        head = "| layer | kind | in -> out | calls | rows | MACs | dense MACs | dense/actual |"
         lines = [head, "|---|---|---|---:|---:|---:|---:|---:|"]
         for x in self.layers:
             kind = x.kind if x.tile is None else f"{x.kind} t={x.tile} r={x.rank}"
@@ -119,7 +106,7 @@ def flops(model: nn.Module, example_input, **kwargs) -> FlopReport:
             entry.rows += rows
             entry.dense_macs += linear_macs(rows, mod.in_features, mod.out_features)
             if isinstance(mod, STLinear):
-                entry.macs += stl_macs(stl_rows(shape, mod.tile), mod.in_features,
+                entry.macs += stl_macs(padded_rows(shape, mod.tile), mod.in_features,
                                        mod.out_features, mod.tile, mod.rank)
             else:
                 entry.macs += linear_macs(rows, mod.in_features, mod.out_features)

@@ -1,9 +1,9 @@
-"""Initialisations of the STL encoders/decoder (E, F, D): STL.md section 4.
+"""Initialisations of the STL encoders/decoder (E, F, D) (docs/operator.md, "Initialisations").
 
 An init is a rank-r decomposition of the t x t x t matrix-multiplication tensor
 ``T[a*t+c, c*t+b, a*t+b] = 1``: ``T_hat[i, j, k] = sum_l E[l, i] F[l, j] D[k, l]``. E encodes
 X tiles (index a*t+c), F encodes tiles of W^T (index c*t+b; it only sets ``Wt`` once, see
-:func:`encode_weight`), D decodes Y tiles (index a*t+b). The closer T_hat is to T, the closer a
+:func:`stl_torch.tiling.encode_weight`), D decodes Y tiles (index a*t+b). The closer T_hat is to T, the closer a
 freshly built or converted layer is to the dense one (for Gaussian X and W the operator's
 relative output error equals the tensor error ``||T_hat - T|| / ||T||``).
 
@@ -21,7 +21,7 @@ Every init except "random" is *balanced*: each product l is rescaled so that
 ``||E_l|| = ||F_l|| = ||D_l||`` (the product E_l (x) F_l (x) D_l is unchanged). Rank-1 terms are
 only defined up to such scalings, and raw ALS solutions put up to ~100x more norm in D than in
 E for some products (the DFT construction ~20x the other way); with one learning rate for all
-three, E (or D) would barely move while the other overshoots (STL.md section 4, last paragraph).
+three, E (or D) would barely move while the other overshoots.
 Balanced factors also give ``Wt = F.W`` the scale of W.
 
 ``causal=True`` returns E, D that satisfy :func:`causal_masks` (F is unconstrained). No causal
@@ -40,8 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["STLDecomposition", "make_init", "causal_masks", "causal_levels", "encode_weight",
-           "tensor_error", "exact_rank", "INITS"]
+__all__ = ["STLDecomposition", "make_init", "causal_masks", "causal_levels", "exact_rank", "INITS"]
 
 INITS = ("strassen", "fitted", "polynomial", "random")
 
@@ -84,7 +83,7 @@ def _mttkrp(A, B, C, mode, t):
 
 def _sq_error(A, B, C, t):
     """||T_hat - T||^2 from Gram matrices (no dense tensor). Loses digits near exactness:
-    use :func:`tensor_error` to certify exactness."""
+    use :func:`stl_torch.tiling.tensor_error` to certify exactness."""
     gram = (A.T @ A) * (B.T @ B) * (C.T @ C)
     inner = np.einsum("acl,cbl,abl->", _split(A, t), _split(B, t), _split(C, t))
     return max(gram.sum() - 2 * inner + t ** 3, 0.0)
@@ -92,19 +91,6 @@ def _sq_error(A, B, C, t):
 
 def _rel_error(A, B, C, t):
     return float(np.sqrt(_sq_error(A, B, C, t) / t ** 3))
-
-
-def tensor_error(E, F, D, tile):
-    """Relative error ||T_hat - T|| / ||T|| of (E, F, D) against the tile-product tensor
-    (computed densely in float64, so exact decompositions give ~1e-16)."""
-    t = tile
-    n = t * t
-    E, F, D = (torch.as_tensor(v, dtype=torch.float64) for v in (E, F, D))
-    T = torch.zeros(n, n, n, dtype=torch.float64)
-    a, c, b = torch.meshgrid(torch.arange(t), torch.arange(t), torch.arange(t), indexing="ij")
-    T[(a * t + c).flatten(), (c * t + b).flatten(), (a * t + b).flatten()] = 1
-    That = torch.einsum("li,lj,kl->ijk", E, F, D)
-    return ((That - T).norm() / T.norm()).item()
 
 
 def _als(A, B, C, t, iters, lam0=1e-2, lam1=1e-9, masks=(None, None, None), fixed=()):
@@ -399,7 +385,7 @@ def _random_factors(t, r, rng):
 # Final ridge of the "fitted" ALS. Annealed to ~0, ALS drifts into a degenerate solution: at t=4,
 # r=24 it reaches 0.707 with entries up to 67 that cancel each other, and that init trains badly
 # from scratch (benchmarks/init_ablation.py, 300 steps, 2 seeds: top-1 0.47 vs 0.80 dense).
-# Ridge 1e-3: 0.718, entries <= 3.6, top-1 0.77. Ridge 1e-2: 0.731 (still below STL.md's 0.74),
+# Ridge 1e-3: 0.718, entries <= 3.6, top-1 0.77. Ridge 1e-2: 0.731 (plain ALS from random starts: 0.74),
 # entries <= 1.7 (Strassen's own are <= 2.3), top-1 0.83. Conversion gives up 3% of tensor error
 # for a well-conditioned operator that fine-tuning can move. Causal fits (masked ALS) reach their
 # optimum without degenerating and keep the annealed ridge.
@@ -493,21 +479,3 @@ def make_init(name, tile, rank, *, causal=False, seed=None):
                          f"rule and needs a power-of-2 tile, got tile={t}")
     E, F, D = _make(name, t, r, bool(causal), seed)
     return STLDecomposition(*(torch.tensor(np.array(x), dtype=torch.float64) for x in (E, F, D)))
-
-
-# ------------------------------------------------------------------------------------ weights
-def encode_weight(W, F, tile):
-    """``Wt[l, K, J] = sum_{c,b} F[l, c*t+b] W^T[t*K+c, t*J+b]`` for W of shape (P, N) (as
-    ``nn.Linear.weight``) -> (r, N/t, P/t), in W's dtype and device. One-time conversion."""
-    t = _check_int("tile", tile, 1)
-    if W.dim() != 2:
-        raise ValueError(f"encode_weight: argument 'W' must be 2-D (P, N), got shape {tuple(W.shape)}")
-    if F.dim() != 2 or F.shape[1] != t * t:
-        raise ValueError(f"encode_weight: argument 'F' must have shape (r, {t * t}), got "
-                         f"{tuple(F.shape)}")
-    P, N = W.shape
-    if N % t or P % t:
-        raise ValueError(f"encode_weight: W's shape {(P, N)} is not divisible by tile={t}")
-    F = F.to(device=W.device, dtype=W.dtype)
-    tiles = W.t().reshape(N // t, t, P // t, t)  # K c J b
-    return torch.einsum("lcb,kcjb->lkj", F.reshape(-1, t, t), tiles).contiguous()

@@ -25,6 +25,7 @@ def _check_devices(op, **tensors):
 
 
 @torch.library.register_fake("stl_torch::stl_forward")
+@torch.library.register_fake("stl_torch::stl_forward_unfused")
 def _forward_fake(x, E, Wt, D, bias, tile, need_z):
     _check_devices("stl_forward", x=x, E=E, Wt=Wt, D=D, bias=bias)
     torch._check(x.dim() == 2, lambda: f"stl_forward: argument 'x' must be 2-D, got {x.dim()}-D")

