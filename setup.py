@@ -3,6 +3,12 @@
 The extension does not include or link torch at build time (the ABI is resolved at import),
 so the build needs only a C compiler and one wheel serves torch 2.9+.
 
+The CPU kernels are compiled once per instruction-set level (csrc/cpu/isa_*.c: a portable
+baseline, AVX2+FMA and AVX-512 on x86-64; the baseline alone elsewhere) and the best level the
+CPU supports is chosen at import: a wheel built on one machine runs at full speed on another. Every
+other file is compiled for the architecture's baseline. STL_TORCH_MARCH (unset by default) adds a
+-march flag to all files, for a build meant only for the machine that builds it.
+
 CUDA kernels (csrc/cuda/*.cu, compiled by nvcc and linked with the static CUDA runtime, so the
 module needs no libcudart at import) are built when STL_TORCH_CUDA=1, or when STL_TORCH_CUDA is
 unset/"auto" and both nvcc and a CUDA build of torch are found (pip's build isolation hides the
@@ -13,6 +19,7 @@ also builds a fused forward candidate from dev/cuda into the CUDA backend's forw
 """
 import glob
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -20,17 +27,26 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# The kernels are built for the machine that builds them (pip builds from source). For a wheel
-# meant for other machines set e.g. STL_TORCH_MARCH=x86-64-v3, or STL_TORCH_MARCH= for none.
-MARCH = os.environ.get("STL_TORCH_MARCH", "native")
+MARCH = os.environ.get("STL_TORCH_MARCH", "")
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+# per-level target flags of csrc/cpu/isa_*.c (the files compile to nothing off x86-64)
+ISA_FLAGS = {
+    "csrc/cpu/isa_baseline.c": [],
+    "csrc/cpu/isa_avx2.c": ["-mavx2", "-mfma", "-mf16c", "-mbmi2"] if X86 else [],
+    "csrc/cpu/isa_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mf16c",
+                              "-mbmi2"] if X86 else [],
+}
 
 SOURCES = [
     "csrc/module.c",
     "csrc/ops.c",
     "csrc/torch_abi.c",
     "csrc/error.cpp",
-    "csrc/cpu/tile_kernels.c",
+    "csrc/cpu/backend.c",
+    "csrc/cpu/dispatch.c",
+    "csrc/cpu/workspace.c",
     "csrc/cpu/parallel.c",
+    *ISA_FLAGS,
 ]
 
 
@@ -150,6 +166,9 @@ class BuildExt(build_ext):
             common = ["-O2", "-fexceptions", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
             if MARCH:
                 common.append(f"-march={MARCH}")
+            rel = os.path.relpath(src).replace(os.sep, "/")
+            if rel in ISA_FLAGS:  # the kernels: -O3 (unrolled, vectorised loops) and the level's target
+                common += ["-O3"] + ISA_FLAGS[rel]
             if src.endswith(".cpp"):
                 flags = common + ["-std=c++17"]
             else:

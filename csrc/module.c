@@ -3,6 +3,7 @@
 #define Py_LIMITED_API 0x03090000
 #include <Python.h>
 
+#include "cpu/primitives.h"
 #include "stl.h"
 #include "torch_abi.h"
 
@@ -32,15 +33,34 @@ static PyObject *abi_info(PyObject *self, PyObject *unused) {
 #endif
   PyObject *fused = fused_forward_info();
   if (!fused) return NULL;
-  return Py_BuildValue("{s:O,s:O,s:O,s:N}", "torch_parallel_for", stl_abi.parallel_for ? Py_True : Py_False,
-                       "cuda_stream", stl_abi.get_current_cuda_stream ? Py_True : Py_False, "cuda_kernels", cuda,
-                       "fused_forward", fused);
+  return Py_BuildValue("{s:O,s:O,s:O,s:N,s:s,s:s,s:i,s:n}", "torch_parallel_for",
+                       stl_abi.parallel_for ? Py_True : Py_False, "cuda_stream",
+                       stl_abi.get_current_cuda_stream ? Py_True : Py_False, "cuda_kernels", cuda, "fused_forward",
+                       fused, "cpu_isa", stl_cpu_isa()->name, "cpu_isa_supported", stl_cpu_isa_best(),
+                       "cpu_vector_bytes", stl_cpu_isa()->vector_bytes, "cpu_block_bytes",
+                       (Py_ssize_t)stl_cpu_block_bytes());
+}
+
+static PyObject *empty_cache(PyObject *self, PyObject *unused) {
+  (void)self;
+  (void)unused;
+  return PyLong_FromSize_t(stl_cpu_workspace_empty());
+}
+
+static PyObject *workspace_bytes(PyObject *self, PyObject *unused) {
+  (void)self;
+  (void)unused;
+  return PyLong_FromSize_t(stl_cpu_workspace_cached());
 }
 
 static PyMethodDef methods[] = {
     {"abi_info", abi_info, METH_NOARGS,
      "What this build and process offer: the optional parts of torch's C ABI it resolved, whether CUDA kernels "
-     "are built, and which backends run the forward as one fused kernel."},
+     "are built, which backends run the forward as one fused kernel, and the CPU kernels' ISA level in use "
+     "(cpu_isa: the best this CPU supports unless STL_TORCH_CPU_ISA asks for a lower one)."},
+    {"empty_cache", empty_cache, METH_NOARGS,
+     "Frees the CPU workspace the ops keep between calls (not in use); returns the bytes freed."},
+    {"workspace_bytes", workspace_bytes, METH_NOARGS, "Bytes of CPU workspace kept between calls."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -52,6 +72,7 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (!torch) return NULL;
   Py_DECREF(torch);
   const char *err = stl_abi_load();
+  if (!err) err = stl_cpu_isa_init();
   if (!err) err = stl_register_ops();
   if (err) {
     PyErr_SetString(PyExc_ImportError, err);

@@ -3,6 +3,7 @@
  * owning handles, outputs leave as owning handles. A boxed C kernel reports bad input by
  * freeing every handle it owns and then calling stl_throw (error.cpp). */
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,12 +14,15 @@
 void stl_throw(const char *msg) __attribute__((noreturn));
 
 #define MAX_HANDLES 24
+#define STL_MAX_RANK 65536 /* products per tile: t^3 <= 4096 is already exact at tile 16 */
 
-/* Every handle a kernel owns, so an error can free them all before raising. */
+/* Every handle a kernel owns (and its CPU workspace), so an error can free them all before raising. */
 typedef struct {
   const char *op;
   AtenTensorHandle h[MAX_HANDLES];
   int n;
+  void *ws;
+  int ws_token;
 } Owned;
 
 static AtenTensorHandle own(Owned *o, AtenTensorHandle h) {
@@ -37,13 +41,14 @@ static void release(Owned *o, AtenTensorHandle h) {
 static void free_all(Owned *o) {
   for (int i = 0; i < o->n; i++) stl_abi.delete_tensor_object(o->h[i]);
   o->n = 0;
+  if (o->ws) stl_cpu_workspace_release(o->ws, o->ws_token);
+  o->ws = NULL;
 }
 
 /* The kernel call in flight on this thread: a device backend that hits an error (a failed CUDA
  * launch) calls stl_kernel_error, which frees that call's handles before raising. */
 static _Thread_local Owned *in_flight;
 
-void stl_kernel_error(const char *msg) __attribute__((noreturn));
 void stl_kernel_error(const char *msg) {
   if (in_flight) free_all(in_flight);
   in_flight = NULL;
@@ -79,15 +84,19 @@ static Arg arg(Owned *o, StableIValue v, const char *name) {
   Arg a = {0};
   a.h = own(o, (AtenTensorHandle)(uintptr_t)v);
   a.name = name;
+  bool defined = a.h != NULL;
+  if (defined && stl_abi.is_defined && stl_abi.is_defined(a.h, &defined)) defined = false;
+  if (!defined || stl_abi.get_device_type(a.h, &a.dev_type)) /* None arrives as an undefined tensor */
+    fail(o, "argument '%s' is None; expected a tensor (an empty tensor stands for 'no %s')", name, name);
   check(o, stl_abi.get_dtype(a.h, &a.dtype), "get_dtype");
-  check(o, stl_abi.get_device_type(a.h, &a.dev_type), "get_device_type");
   check(o, stl_abi.get_device_index(a.h, &a.dev_index), "get_device_index");
   check(o, stl_abi.get_dim(a.h, &a.dim), "get_dim");
   check(o, stl_abi.get_sizes(a.h, &a.sizes), "get_sizes");
   check(o, stl_abi.get_strides(a.h, &a.strides), "get_strides");
   check(o, stl_abi.get_data_ptr(a.h, &a.data), "get_data_ptr");
   a.numel = 1;
-  for (int64_t i = 0; i < a.dim; i++) a.numel *= a.sizes[i];
+  for (int64_t i = 0; i < a.dim; i++)
+    if (__builtin_mul_overflow(a.numel, a.sizes[i], &a.numel)) fail(o, "argument '%s' has too many elements", name);
   return a;
 }
 
@@ -96,16 +105,18 @@ static const char *dtype_name(int32_t d) {
   if (d == stl_abi.dtype_float64()) return "float64";
   if (d == stl_abi.dtype_bfloat16()) return "bfloat16";
   if (d == stl_abi.dtype_float16()) return "float16";
-  return "a non-floating or unsupported dtype";
+  for (int i = 0; i < STL_ABI_OTHER_DTYPES; i++)
+    if (stl_abi.other_dtypes[i].get && d == stl_abi.other_dtypes[i].get()) return stl_abi.other_dtypes[i].name;
+  return "an unsupported dtype";
 }
 
-static StlDtype stl_dtype(Owned *o, const Arg *a, bool cuda) {
+static StlDtype stl_dtype(Owned *o, const Arg *a) {
   if (a->dtype == stl_abi.dtype_float32()) return STL_F32;
   if (a->dtype == stl_abi.dtype_float64()) return STL_F64;
   if (a->dtype == stl_abi.dtype_bfloat16()) return STL_BF16;
-  if (cuda && a->dtype == stl_abi.dtype_float16()) return STL_F16;
-  fail(o, "argument '%s' has dtype %s; expected float32, float64 or bfloat16%s", a->name,
-       dtype_name(a->dtype), cuda ? " or float16" : " on the CPU");
+  if (a->dtype == stl_abi.dtype_float16()) return STL_F16;
+  fail(o, "argument '%s' has dtype %s; expected float32, float64, bfloat16 or float16", a->name,
+       dtype_name(a->dtype));
 }
 
 static void fmt_shape(const Arg *a, char *buf, size_t n) {
@@ -154,7 +165,7 @@ static AtenTensorHandle new_tensor(Owned *o, const Arg *like, int ndim, const in
   }
   AtenTensorHandle h = NULL;
   check(o, stl_abi.empty_strided(ndim, sizes, strides, like->dtype, like->dev_type, like->dev_index, &h),
-        "empty_strided");
+        "empty_strided (could not allocate a result; out of memory?)");
   return own(o, h);
 }
 
@@ -164,9 +175,10 @@ static void *data_of(Owned *o, AtenTensorHandle h) {
   return p;
 }
 
-/* Scratch memory for a backend's reductions: a float64 tensor on x's device, so it comes from
- * torch's (caching) allocator and is ordered on torch's stream like every other temporary, and
- * is freed with the op's other handles, on errors too. NULL when the backend needs none. */
+/* Scratch memory for a backend: on the CPU, its cached workspace (no fresh pages per call);
+ * elsewhere a float64 tensor on x's device, so it comes from torch's (caching) allocator and is
+ * ordered on torch's stream like every other temporary. Freed with the op's other handles, on
+ * errors too. NULL when the backend needs none. */
 typedef struct {
   void *p;
   size_t bytes;
@@ -175,10 +187,20 @@ typedef struct {
 static Scratch scratch(Owned *o, const Arg *x, size_t bytes) {
   Scratch s = {NULL, 0};
   if (bytes == 0) return s;
+  if (bytes == SIZE_MAX || bytes > (size_t)INT64_MAX - 64)
+    fail(o, "the operands are too large: the call would need more than 2^63 bytes of workspace");
+  if (x->dev_type == stl_abi.device_type_cpu()) {
+    if (o->ws) fail(o, "internal: a second workspace in one call");
+    o->ws = stl_cpu_workspace_acquire(bytes, &o->ws_token);
+    if (!o->ws) fail(o, "out of memory: could not allocate %zu bytes of workspace", bytes);
+    s.p = o->ws;
+    s.bytes = bytes;
+    return s;
+  }
   const int64_t n = (int64_t)((bytes + 7) / 8), stride = 1;
   AtenTensorHandle h = NULL;
   check(o, stl_abi.empty_strided(1, &n, &stride, stl_abi.dtype_float64(), x->dev_type, x->dev_index, &h),
-        "empty_strided (reduction workspace)");
+        "empty_strided (workspace; out of memory?)");
   own(o, h);
   s.p = data_of(o, h);
   s.bytes = (size_t)n * 8;
@@ -213,7 +235,7 @@ static void pick_backend(Owned *o, const Arg *x, Dims *d) {
   if (x->dev_type == stl_abi.device_type_cpu()) {
     d->k = &stl_cpu_kernels;
     d->bmm_out = stl_abi.cpu_bmm_out;
-    d->dt = stl_dtype(o, x, false);
+    d->dt = stl_dtype(o, x);
     return;
   }
 #ifdef STL_WITH_CUDA
@@ -221,7 +243,7 @@ static void pick_backend(Owned *o, const Arg *x, Dims *d) {
     d->k = &stl_cuda_kernels;
     d->bmm_out = stl_abi.cuda_bmm_out;
     check(o, stl_abi.get_current_cuda_stream(x->dev_index, &d->stream), "get_current_cuda_stream");
-    d->dt = stl_dtype(o, x, true);
+    d->dt = stl_dtype(o, x);
     return;
   }
 #endif
@@ -257,8 +279,10 @@ static Dims check_operands(Owned *o, const Arg *x, const Arg *E, const Arg *Wt, 
     fmt_shape(E, got, sizeof got);
     fail(o, "argument 'E' has shape %s; expected (rank, tile*tile) = (r, %d)", got, d.t * d.t);
   }
+  if (E->sizes[0] < 1) fail(o, "argument 'E' has rank 0; expected at least one product");
+  if (E->sizes[0] > STL_MAX_RANK)
+    fail(o, "argument 'E' has rank %lld; expected at most %d products", (long long)E->sizes[0], STL_MAX_RANK);
   d.r = (int)E->sizes[0];
-  if (d.r < 1) fail(o, "argument 'E' has rank 0; expected at least one product");
   expect_like(o, E, x);
   const int64_t wd[3] = {d.r, d.N / d.t, -1};
   char m[160];
@@ -374,6 +398,12 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     check(&o, stl_abi.zero_(dWt), "zero_");
     check(&o, stl_abi.zero_(dD), "zero_");
     if (has_bias) check(&o, stl_abi.zero_(db), "zero_");
+  } else if (d.k->backward) {
+    StlBackward bw = {d.dt, d.M, d.N, d.P, d.t, d.r, g.data, gz.numel ? gz.data : NULL, x.data, {E.data, t2, 1},
+                      Wt.data, {D.data, d.r, 1}, zs.numel ? zs.data : NULL, data_of(&o, dx), data_of(&o, dE),
+                      data_of(&o, dWt), data_of(&o, dD), has_bias ? data_of(&o, db) : NULL};
+    const Scratch ws = scratch(&o, &x, d.k->backward_ws_bytes(&bw));
+    d.k->backward(&bw, ws.p, ws.bytes, d.stream);
   } else {
     /* Xe = encode(x, E) is recomputed: it is memory-bound and cheaper than keeping it. */
     AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);

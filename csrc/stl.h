@@ -4,15 +4,15 @@
  *   decode    : out[t*I+a, t*J+b] = sum_l dec[j,l] * in[l,I,J] (+ bias)     (j = a*t+b)
  *   correlate : acc[l,j]     = sum_{I,K} a[l,I,K] * x[t*I+p, t*K+q]         (j = p*t+q)
  * Tensors are row-major and contiguous. Rows >= M of a partial last tile read as zero and are
- * never written. Storage dtype is given per call (STL_F32/F64/BF16); compute is float64 for
- * F64 and float32 otherwise (bf16 accumulates in float32). */
+ * never written. Storage dtype is given per call (STL_F32/F64/BF16/F16); compute is float64 for
+ * F64 and float32 otherwise (16-bit formats accumulate in float32). Sizes are 64-bit everywhere. */
 #ifndef STL_H
 #define STL_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { STL_F32 = 0, STL_F64 = 1, STL_BF16 = 2, STL_F16 = 3 /* CUDA only */ } StlDtype;
+typedef enum { STL_F32 = 0, STL_F64 = 1, STL_BF16 = 2, STL_F16 = 3 } StlDtype;
 
 /* A small matrix M[i,j] = base[i*s0 + j*s1] in storage dtype (lets callers pass E, D or their
  * transposes without copies). */
@@ -20,17 +20,6 @@ typedef struct {
   const void *base;
   int64_t s0, s1;
 } StlSmallMat;
-
-/* extra (optional, may be NULL): an (r, ceil(M/t), N/t) tensor added to the result (grad of Z). */
-void stl_cpu_encode_add(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r,
-                        StlSmallMat enc, const void *extra, void *out);
-void stl_cpu_decode(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r,
-                    StlSmallMat dec, const void *bias, void *out);
-/* out_lj[l*out_s0 + j*out_s1] = correlate(...) stored in dtype dt. */
-void stl_cpu_correlate(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t,
-                       int r, void *out, int64_t out_s0, int64_t out_s1);
-/* out[p] = sum over M rows of g[:, p] */
-void stl_cpu_colsum(StlDtype dt, const void *g, int64_t M, int64_t P, void *out);
 
 /* One forward call's operands: device pointers, row-major and contiguous, storage dtype dt.
  *   x (M, N); enc = E (r x t*t); wt (r, N/t, P/t); dec = D (t*t x r); bias (P) or NULL;
@@ -48,6 +37,23 @@ typedef struct {
   void *z;
 } StlForward;
 
+/* One backward call's operands (same conventions): g = dL/dy (M, P); gz = dL/dz (r, ceil(M/t), P/t)
+ * or NULL; z = the saved Z or NULL (recompute it); outputs dx (M, N), dE (r, t*t), dWt (r, N/t, P/t),
+ * dD (t*t, r), db (P) or NULL when the layer has no bias. */
+typedef struct {
+  StlDtype dt;
+  int64_t M, N, P;
+  int t, r;
+  const void *g;
+  const void *gz;
+  const void *x;
+  StlSmallMat enc;
+  const void *wt;
+  StlSmallMat dec;
+  const void *z;
+  void *dx, *dE, *dWt, *dD, *db;
+} StlBackward;
+
 /* One device's implementation of the primitives. ops.c is device-generic: it allocates through
  * torch, runs the batched GEMM through torch (its cuBLAS on CUDA), and calls these. `stream` is
  * torch's current CUDA stream (NULL on the CPU); pointers (including StlSmallMat.base) live on
@@ -58,8 +64,8 @@ typedef struct {
  *
  * forward (optional, NULL = none): the whole forward in one fused kernel, used for every call
  * forward_supported accepts; the others run the composition encode -> batched GEMM -> decode.
- * A kernel takes this slot only once it has been verified on its device (dev/ holds the
- * candidates). */
+ * backward (optional): the same for the backward. Both take scratch of *_ws_bytes bytes. A kernel
+ * takes these slots only once it has been verified on its device (dev/ holds the candidates). */
 typedef struct {
   const char *name;
   void (*encode_add)(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
@@ -75,6 +81,8 @@ typedef struct {
   int (*forward_supported)(const StlForward *f);
   size_t (*forward_ws_bytes)(const StlForward *f);
   void (*forward)(const StlForward *f, void *ws, size_t ws_bytes, void *stream);
+  size_t (*backward_ws_bytes)(const StlBackward *b);
+  void (*backward)(const StlBackward *b, void *ws, size_t ws_bytes, void *stream);
 } StlKernels;
 
 extern const StlKernels stl_cpu_kernels;
@@ -83,7 +91,22 @@ extern const StlKernels stl_cpu_kernels;
 extern const StlKernels stl_cuda_kernels;
 #endif
 
-/* Parallel loop over [0, n) on torch's intra-op pool when this torch exports it, else pthreads. */
+/* Raised by a backend during a call (a failed launch, an impossible size): frees the call's tensor
+ * handles and workspace, then raises a Python RuntimeError (ops.c). Never call it from a worker
+ * thread of stl_parallel_for. */
+#ifdef __cplusplus
+[[noreturn]] void stl_kernel_error(const char *msg);
+#else
+void stl_kernel_error(const char *msg) __attribute__((noreturn));
+#endif
+
+/* The CPU backend's cached scratch memory (csrc/cpu/workspace.c). */
+void *stl_cpu_workspace_acquire(size_t bytes, int *token);
+void stl_cpu_workspace_release(void *p, int token);
+size_t stl_cpu_workspace_empty(void);
+size_t stl_cpu_workspace_cached(void);
+
+/* Parallel loop on torch's intra-op pool when this torch exports it, else pthreads. */
 typedef void (*StlRangeFn)(int64_t begin, int64_t end, void *ctx);
 void stl_parallel_for(int64_t n, int64_t grain, StlRangeFn fn, void *ctx);
 

@@ -47,6 +47,7 @@ const char *stl_abi_load(void) {
   REQ(get_device_index, "aoti_torch_get_device_index");
   REQ(empty_strided, "aoti_torch_empty_strided");
   REQ(reinterpret_tensor, "aoti_torch__reinterpret_tensor");
+  REQ(create_tensor_from_blob, "aoti_torch_create_tensor_from_blob");
   REQ(delete_tensor_object, "aoti_torch_delete_tensor_object");
   REQ(zero_, "aoti_torch_zero_");
   REQ(cpu_bmm_out, "aoti_torch_cpu_bmm_out");
@@ -60,6 +61,17 @@ const char *stl_abi_load(void) {
   REQ(library_init_impl, "aoti_torch_library_init_impl");
   REQ(library_def, "aoti_torch_library_def");
   REQ(library_impl, "aoti_torch_library_impl");
+  OPT(cpu_baddbmm_out, "aoti_torch_cpu_baddbmm_out");
+  OPT(is_defined, "aoti_torch_is_defined");
+  static const char *const others[STL_ABI_OTHER_DTYPES] = {"int64", "int32", "int16", "int8", "uint8", "bool",
+                                                            "complex64", "complex128", "float8_e4m3fn",
+                                                            "float8_e5m2"};
+  for (int i = 0; i < STL_ABI_OTHER_DTYPES; i++) {
+    char sym[64];
+    snprintf(sym, sizeof sym, "aoti_torch_dtype_%s", others[i]);
+    stl_abi.other_dtypes[i].name = others[i];
+    *(void **)(&stl_abi.other_dtypes[i].get) = find(libs, 2, sym);
+  }
   OPT(parallel_for, "torch_parallel_for");
   OPT(get_num_threads, "torch_get_num_threads");
   OPT(get_current_cuda_stream, "aoti_torch_get_current_cuda_stream");

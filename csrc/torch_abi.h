@@ -16,6 +16,8 @@ typedef uint64_t StableIValue;            /* tensors: an owning AtenTensorHandle
 typedef void (*StlBoxedKernel)(StableIValue *stack, uint64_t num_args, uint64_t num_outputs);
 typedef void (*StlParallelFunc)(int64_t begin, int64_t end, void *ctx);
 
+#define STL_ABI_OTHER_DTYPES 10
+
 typedef struct {
   /* tensor introspection (borrowed results) */
   AOTITorchError (*get_data_ptr)(AtenTensorHandle, void **);
@@ -25,6 +27,7 @@ typedef struct {
   AOTITorchError (*get_dtype)(AtenTensorHandle, int32_t *);
   AOTITorchError (*get_device_type)(AtenTensorHandle, int32_t *);
   AOTITorchError (*get_device_index)(AtenTensorHandle, int32_t *);
+  AOTITorchError (*is_defined)(AtenTensorHandle, bool *); /* optional */
   /* allocation and views (new owning references) */
   AOTITorchError (*empty_strided)(int64_t ndim, const int64_t *sizes, const int64_t *strides,
                                   int32_t dtype, int32_t device_type, int32_t device_index,
@@ -32,15 +35,25 @@ typedef struct {
   AOTITorchError (*reinterpret_tensor)(AtenTensorHandle self, int64_t ndim, const int64_t *sizes,
                                        const int64_t *strides, int64_t storage_offset,
                                        AtenTensorHandle *ret);
+  AOTITorchError (*create_tensor_from_blob)(void *data, int64_t ndim, const int64_t *sizes, const int64_t *strides,
+                                            int64_t storage_offset, int32_t dtype, int32_t device_type,
+                                            int32_t device_index, AtenTensorHandle *ret);
   AOTITorchError (*delete_tensor_object)(AtenTensorHandle);
   AOTITorchError (*zero_)(AtenTensorHandle);
-  /* ATen's batched GEMM on the CPU (torch's BLAS) */
+  /* ATen's batched GEMM on the CPU (torch's BLAS); baddbmm is optional */
   AOTITorchError (*cpu_bmm_out)(AtenTensorHandle out, AtenTensorHandle self, AtenTensorHandle mat2);
+  AOTITorchError (*cpu_baddbmm_out)(AtenTensorHandle out, AtenTensorHandle self, AtenTensorHandle batch1,
+                                    AtenTensorHandle batch2, double beta, double alpha);
   /* enum values */
   int32_t (*dtype_float32)(void);
   int32_t (*dtype_float64)(void);
   int32_t (*dtype_bfloat16)(void);
   int32_t (*dtype_float16)(void);
+  /* dtypes the ops reject, looked up only to name them in the error (optional) */
+  struct {
+    const char *name;
+    int32_t (*get)(void);
+  } other_dtypes[STL_ABI_OTHER_DTYPES];
   int32_t (*device_type_cpu)(void);
   int32_t (*device_type_cuda)(void);
   /* op registration */

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-# relative error in the Frobenius norm, per storage dtype (bf16 stores Xe and Z in bf16)
-TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2.5e-2}
+# relative error in the Frobenius norm, per storage dtype: a small factor above the worst case
+# measured over tests/test_ops.py (float64 1.3e-15, float32 2.1e-7; 16-bit, relative to the sum
+# of |terms| since each output is rounded once: bfloat16 2.7e-3, float16 3.4e-4)
+TOL = {torch.float64: 1e-14, torch.float32: 1.5e-6, torch.bfloat16: 6e-3, torch.float16: 8e-4}
 
 
 def rel_err(a, b):
@@ -11,9 +13,9 @@ def rel_err(a, b):
     return ((a - b).norm() / (den if den > 0 else 1)).item()
 
 
-def operands(M, N, P, t, r, dtype=torch.float64, bias=True, seed=None, requires_grad=False):
-    """Fresh random (x, E, Wt, D, bias) for one STL call."""
-    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+def operands(M, N, P, t, r, dtype=torch.float64, bias=True, seed=0, requires_grad=False):
+    """Random (x, E, Wt, D, bias) for one STL call, fixed by ``seed`` (a failure reproduces)."""
+    g = torch.Generator().manual_seed(seed)
     mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
     vals = [mk(M, N), mk(r, t * t) / t, mk(r, N // t, P // t) / (N / t) ** 0.5, mk(t * t, r) / r ** 0.5,
             mk(P) if bias else None]

@@ -21,7 +21,8 @@ SHAPES = [  # (M, N, P, t, r): odd M, t = 1/2/4, ranks below/at/above exact
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f64", "f32", "bf16", "f16"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_forward_and_grads_match_reference(dtype, shape, bias):
@@ -34,13 +35,13 @@ def test_forward_and_grads_match_reference(dtype, shape, bias):
     g = torch.randn(M, P, dtype=torch.float64)
     y.backward(g.to(dtype))
     ref.backward(g)
-    # bf16 keeps Xe and Z in bf16, so a sum with cancellation is off by eps * sum|terms|: scale the
-    # error by the same computation on |operands| (condition-aware) instead of by the result
+    # 16-bit outputs are rounded once, so a sum with cancellation is off by eps * sum|terms|: scale
+    # the error by the same computation on |operands| (condition-aware) instead of by the result
     scale_ins = [v.detach().double().abs().requires_grad_() if v is not None else None for v in ins]
     scale = stl_reference(*scale_ins, tile=t)
     scale.backward(g.abs())
     def err(got, want, sum_abs):
-        den = sum_abs if dtype == torch.bfloat16 else want
+        den = sum_abs if dtype in (torch.bfloat16, torch.float16) else want
         return ((got.double() - want).norm() / den.norm()).item()
 
     assert err(y, ref, scale) < TOL[dtype]

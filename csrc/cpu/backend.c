@@ -1,0 +1,537 @@
+/* The CPU backend (StlKernels stl_cpu_kernels): forward and backward of the STL operator, each one
+ * pass over blocks of tile-rows.
+ *
+ * Per block: encode the block's rows of x into Xe (compute type), the r batched GEMMs through
+ * torch's CPU BLAS (MKL) into Z, decode Z into the block's rows of y. Xe and Z live in a cached
+ * workspace (workspace.c), never in fresh pages. Blocks are sized so that Xe and Z of a block stay
+ * in the last-level cache while the GEMMs re-read Wt for each block, when Wt itself fits there;
+ * when Wt is too big to stay cached, re-reading it per block costs more than Xe and Z cost to
+ * move, and the call runs as one block. The backward does the same per block: encode x again and
+ * G, the two GEMMs (dXe, and dWt accumulated over blocks), decode dX, the dD/dE correlations and
+ * db, with the reductions summed in a fixed order (results do not depend on the thread count).
+ *
+ * The arithmetic is in csrc/cpu/primitives.inc, compiled per ISA level (dispatch.c picks one);
+ * this file is plain C for every level. 16-bit storage computes in float32: Xe, Z and the GEMMs
+ * are float32 (Wt is converted once per call), the outputs are rounded once. */
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../stl.h"
+#include "../torch_abi.h"
+#include "convert.h"
+#include "primitives.h"
+
+#define SLOTS 64 /* scratch slots: at most this many pieces of one primitive run at once */
+
+/* ------------------------------------------------------------------------------------ sizes */
+static bool native(StlDtype dt) { return dt == STL_F32 || dt == STL_F64; }
+static int64_t esz_of(StlDtype dt) { return dt == STL_F64 ? 8 : 4; } /* compute type bytes */
+static int ct_index(StlDtype dt) { return dt == STL_F64; }
+
+/* a*b*c in size_t, SIZE_MAX on overflow (an allocation of that size then fails cleanly) */
+static size_t mul3(size_t a, size_t b, size_t c) {
+  size_t ab, abc;
+  if (__builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc)) return SIZE_MAX;
+  return abc;
+}
+
+/* Carves 64-byte-aligned pieces out of one workspace; with base == NULL it only sums sizes. */
+typedef struct {
+  char *base;
+  size_t used;
+} Carver;
+
+static void *carve(Carver *c, size_t bytes) {
+  const size_t at = (c->used + 63) & ~(size_t)63;
+  if (bytes == SIZE_MAX || at > SIZE_MAX - bytes) {
+    c->used = SIZE_MAX;
+    return NULL;
+  }
+  c->used = at + bytes;
+  return c->base ? c->base + at : NULL;
+}
+
+static int64_t threads(void) {
+  uint32_t n = 0;
+  if (stl_abi.get_num_threads && stl_abi.get_num_threads(&n) == 0 && n > 0) return n;
+  const long c = sysconf(_SC_NPROCESSORS_ONLN);
+  return c > 0 ? c : 1;
+}
+
+/* Tile-rows per block: per_row bytes of temporaries per tile-row, wt bytes of GEMM weight. */
+static int64_t block_rows(int64_t Mt, size_t per_row, size_t wt) {
+  const size_t budget = stl_cpu_block_bytes(), cap = (size_t)256 << 20;
+  if (Mt <= 1 || per_row == 0) return Mt > 0 ? Mt : 1;
+  int64_t mb = Mt;
+  if ((size_t)Mt > budget / per_row && wt <= 2 * budget) mb = (int64_t)(budget / per_row); /* Wt stays cached */
+  if (mb > 1 && (size_t)mb > cap / per_row) mb = (int64_t)(cap / per_row); /* bound the workspace */
+  return mb > 0 ? mb : 1;
+}
+
+/* -------------------------------------------------------------------------------- parallel */
+enum { JOB_ENCODE, JOB_DECODE, JOB_CORRELATE, JOB_COLSUM };
+
+typedef struct {
+  int kind;
+  const void *args;
+  const StlCpuIsa *isa;
+  int ct;
+  int64_t n, pieces; /* piece s covers items [s*n/pieces, (s+1)*n/pieces) */
+  char *scratch;
+  size_t slot_bytes;
+} Job;
+
+static void job_range(int64_t s0, int64_t s1, void *ctx) {
+  const Job *j = (const Job *)ctx;
+  void *scr = j->scratch + (size_t)s0 * j->slot_bytes; /* s0 is unique among concurrent calls */
+  for (int64_t s = s0; s < s1; s++) {
+    const int64_t i0 = s * j->n / j->pieces, i1 = (s + 1) * j->n / j->pieces;
+    if (i0 >= i1) continue;
+    switch (j->kind) {
+      case JOB_ENCODE: j->isa->encode[j->ct]((const StlEncodeArgs *)j->args, i0, i1, scr); break;
+      case JOB_DECODE: j->isa->decode[j->ct]((const StlDecodeArgs *)j->args, i0, i1, scr); break;
+      case JOB_CORRELATE: j->isa->correlate[j->ct]((const StlCorrelateArgs *)j->args, i0, i1, scr); break;
+      default: j->isa->colsum[j->ct]((const StlColsumArgs *)j->args, i0, i1, scr); break;
+    }
+  }
+}
+
+/* Runs a primitive over n items in at most SLOTS pieces (exactly n pieces when `exact`: a
+ * correlation's parts), each piece with its own scratch slot. */
+static void run(int kind, const void *args, StlDtype dt, int64_t n, bool exact, char *scratch, size_t slot_bytes) {
+  if (n <= 0) return;
+  int64_t pieces = exact ? n : 4 * threads();
+  if (pieces > n) pieces = n;
+  if (pieces > SLOTS) pieces = SLOTS;
+  Job j = {kind, args, stl_cpu_isa(), ct_index(dt), n, pieces, scratch, slot_bytes};
+  stl_parallel_for(pieces, 1, job_range, &j);
+}
+
+static size_t slot_bytes(int t, int r, StlDtype dt, bool backward) {
+  const int64_t e = esz_of(dt);
+  size_t s = stl_cpu_encode_scratch(t, r, e), d = stl_cpu_decode_scratch(t, r, e);
+  if (d > s) s = d;
+  if (backward) {
+    const size_t c = stl_cpu_correlate_scratch(t, r, e), k = stl_cpu_colsum_scratch(e);
+    if (c > s) s = c;
+    if (k > s) s = k;
+  }
+  return (s + 63) & ~(size_t)63;
+}
+
+/* Parts of one block's correlation: fixed by the block's size alone. */
+static int64_t corr_parts(int64_t nb) { return nb < SLOTS ? nb : SLOTS; }
+
+/* --------------------------------------------------------------------- the batched GEMMs */
+static int32_t torch_dtype(StlDtype ct) { return ct == STL_F64 ? stl_abi.dtype_float64() : stl_abi.dtype_float32(); }
+
+static AtenTensorHandle blob(const void *p, StlDtype ct, const int64_t sz[3], const int64_t st[3]) {
+  AtenTensorHandle h = NULL;
+  if (stl_abi.create_tensor_from_blob((void *)p, 3, sz, st, 0, torch_dtype(ct), stl_abi.device_type_cpu(), 0, &h))
+    return NULL;
+  return h;
+}
+
+/* C[b] (+)= A[b] @ B[b] for b < r, A (m x k) and B (k x n) and C (m x n) given as (pointer, batch
+ * stride, row stride, column stride), compute type ct, through torch's BLAS. */
+typedef struct {
+  const void *p;
+  int64_t s0, s1, s2;
+} Mat;
+
+static void gemms(StlDtype ct, int64_t r, int64_t m, int64_t n, int64_t k, Mat a, Mat b, Mat c, bool accumulate) {
+  if (m == 0 || n == 0) return;
+  const int64_t as[3] = {r, m, k}, bs[3] = {r, k, n}, cs[3] = {r, m, n};
+  const int64_t at[3] = {a.s0, a.s1, a.s2}, bt[3] = {b.s0, b.s1, b.s2}, ct3[3] = {c.s0, c.s1, c.s2};
+  AtenTensorHandle ha = blob(a.p, ct, as, at), hb = blob(b.p, ct, bs, bt), hc = blob(c.p, ct, cs, ct3);
+  AOTITorchError err = !ha || !hb || !hc;
+  if (!err) {
+    if (accumulate)
+      err = stl_abi.cpu_baddbmm_out(hc, hc, ha, hb, 1.0, 1.0);
+    else
+      err = stl_abi.cpu_bmm_out(hc, ha, hb);
+  }
+  if (ha) stl_abi.delete_tensor_object(ha);
+  if (hb) stl_abi.delete_tensor_object(hb);
+  if (hc) stl_abi.delete_tensor_object(hc);
+  if (err) stl_kernel_error("stl_torch CPU: torch's batched GEMM (bmm_out/baddbmm_out) failed");
+}
+
+/* Convert n storage elements to the compute type (or copy), in parallel chunks. */
+typedef struct {
+  StlDtype dt;
+  const void *src;
+  void *dst;
+  int64_t n;
+  bool to_compute;
+} Cvt;
+
+static void cvt_range(int64_t c0, int64_t c1, void *ctx) {
+  const Cvt *c = (const Cvt *)ctx;
+  const int64_t chunk = 1 << 16;
+  for (int64_t i = c0; i < c1; i++) {
+    const int64_t o = i * chunk, n = c->n - o < chunk ? c->n - o : chunk;
+    if (c->dt == STL_F64) {
+      if (c->to_compute) stl_load_d(c->dt, c->src, o, n, (double *)c->dst + o);
+      else stl_store_d(c->dt, c->dst, o, n, (const double *)c->src + o);
+    } else {
+      if (c->to_compute) stl_load_f(c->dt, c->src, o, n, (float *)c->dst + o);
+      else stl_store_f(c->dt, c->dst, o, n, (const float *)c->src + o);
+    }
+  }
+}
+
+static void convert(StlDtype dt, const void *src, void *dst, int64_t n, bool to_compute) {
+  Cvt c = {dt, src, dst, n, to_compute};
+  stl_parallel_for((n + (1 << 16) - 1) >> 16, 1, cvt_range, &c);
+}
+
+static void load_small(StlDtype dt, StlSmallMat m, int64_t rows, int64_t cols, void *dst) {
+  if (dt == STL_F64) stl_load_small_d(dt, m, rows, cols, (double *)dst);
+  else stl_load_small_f(dt, m, rows, cols, (float *)dst);
+}
+
+/* Sum of double partials [nparts][r*t2] into acc (fixed order). */
+static void add_parts(double *acc, const double *parts, int64_t nparts, int64_t n) {
+  for (int64_t q = 0; q < nparts; q++)
+    for (int64_t i = 0; i < n; i++) acc[i] += parts[q * n + i];
+}
+
+static void store_doubles(StlDtype dt, const double *v, int64_t n, void *out, int64_t s0, int64_t s1, int64_t rows,
+                          int64_t cols) {
+  /* out[i*s0 + j*s1] = v[i*cols + j] */
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < cols; j++) {
+      const double x = v[i * cols + j];
+      if (dt == STL_F64) {
+        stl_store_d(dt, out, i * s0 + j * s1, 1, &x);
+      } else {
+        const float f = (float)x;
+        stl_store_f(dt, out, i * s0 + j * s1, 1, &f);
+      }
+    }
+  (void)n;
+}
+
+#define AT(base, dt, elems) ((const char *)(base) + (elems) * stl_dtype_size(dt))
+#define ATW(base, dt, elems) ((char *)(base) + (elems) * stl_dtype_size(dt))
+
+/* --------------------------------------------------------------------------------- forward */
+typedef struct {
+  int64_t Mt, Nt, Pt, mb;
+  void *E, *D, *bias, *wt, *xe, *z, *scratch;
+  size_t slot;
+} FwdWs;
+
+static size_t fwd_layout(const StlForward *f, FwdWs *w, char *base) {
+  const int t = f->t, r = f->r, t2 = t * t;
+  const size_t e = (size_t)esz_of(f->dt);
+  w->Mt = (f->M + t - 1) / t, w->Nt = f->N / t, w->Pt = f->P / t;
+  const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt, (size_t)w->Pt) == SIZE_MAX ? SIZE_MAX : mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
+  const size_t per_row = mul3((size_t)r, (size_t)(w->Nt + w->Pt), e);
+  w->mb = block_rows(w->Mt, per_row, wt_bytes);
+  w->slot = slot_bytes(t, r, f->dt, false);
+  Carver c = {base, 0};
+  w->E = carve(&c, (size_t)r * t2 * e);
+  w->D = carve(&c, (size_t)t2 * r * e);
+  w->bias = f->bias ? carve(&c, (size_t)f->P * e) : NULL;
+  w->wt = native(f->dt) ? NULL : carve(&c, wt_bytes);
+  w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * e));
+  w->z = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * e));
+  w->scratch = carve(&c, mul3(SLOTS, w->slot, 1));
+  return c.used;
+}
+
+static int cpu_forward_supported(const StlForward *f) {
+  (void)f;
+  return 1;
+}
+
+static size_t cpu_forward_ws_bytes(const StlForward *f) {
+  FwdWs w;
+  return fwd_layout(f, &w, NULL);
+}
+
+static void cpu_forward(const StlForward *f, void *ws, size_t ws_bytes, void *stream) {
+  (void)stream;
+  FwdWs w;
+  if (fwd_layout(f, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU forward: workspace too small");
+  fwd_layout(f, &w, (char *)ws);
+  const int t = f->t, r = f->r, t2 = t * t;
+  const StlDtype ct = f->dt == STL_F64 ? STL_F64 : STL_F32;
+  const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, e = esz_of(f->dt);
+  load_small(f->dt, f->enc, r, t2, w.E);
+  load_small(f->dt, f->dec, t2, r, w.D);
+  if (f->bias) {
+    StlSmallMat b = {f->bias, 0, 1};
+    load_small(f->dt, b, 1, f->P, w.bias);
+  }
+  const void *wt = f->wt;
+  if (!native(f->dt)) {
+    convert(f->dt, f->wt, w.wt, (int64_t)r * Nt * Pt, true);
+    wt = w.wt;
+  }
+  for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
+    const int64_t nb = Mt - I0 < w.mb ? Mt - I0 : w.mb, row0 = (int64_t)t * I0;
+    const int64_t Mb = f->M - row0 < (int64_t)t * nb ? f->M - row0 : (int64_t)t * nb;
+    StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt};
+    run(JOB_ENCODE, &ea, f->dt, nb, false, (char *)w.scratch, w.slot);
+    gemms(ct, r, nb, Pt, Nt, (Mat){w.xe, nb * Nt, Nt, 1}, (Mat){wt, Nt * Pt, Pt, 1}, (Mat){w.z, nb * Pt, Pt, 1}, false);
+    if (f->z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */
+      for (int l = 0; l < r; l++) {
+        const char *src = (const char *)w.z + (size_t)l * nb * Pt * e;
+        void *dst = ATW(f->z, f->dt, (int64_t)l * Mt * Pt + I0 * Pt);
+        if (native(f->dt)) memcpy(dst, src, (size_t)(nb * Pt * e));
+        else stl_store_f(f->dt, dst, 0, nb * Pt, (const float *)src);
+      }
+    StlDecodeArgs da = {f->dt, w.z, nb * Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P)};
+    run(JOB_DECODE, &da, f->dt, nb, false, (char *)w.scratch, w.slot);
+  }
+}
+
+/* -------------------------------------------------------------------------------- backward */
+typedef struct {
+  int64_t Mt, Nt, Pt, mb;
+  void *E, *Dt, *Et, *wt, *dwt, *xe, *z, *gz, *dxe, *scratch;
+  double *dE, *dD, *db, *parts;
+  size_t slot;
+} BwdWs;
+
+static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
+  const int t = b->t, r = b->r, t2 = t * t;
+  const size_t e = (size_t)esz_of(b->dt);
+  w->Mt = (b->M + t - 1) / t, w->Nt = b->N / t, w->Pt = b->P / t;
+  const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
+  const size_t per_row = mul3((size_t)r, (size_t)(2 * w->Nt + 2 * w->Pt), e);
+  /* dWt accumulates over blocks: in place for float32/64 (baddbmm), else in a float32 copy */
+  w->mb = stl_abi.cpu_baddbmm_out ? block_rows(w->Mt, per_row, wt_bytes) : w->Mt;
+  w->slot = slot_bytes(t, r, b->dt, true);
+  Carver c = {base, 0};
+  w->E = carve(&c, (size_t)r * t2 * e);
+  w->Dt = carve(&c, (size_t)r * t2 * e);
+  w->Et = carve(&c, (size_t)t2 * r * e);
+  w->wt = native(b->dt) ? NULL : carve(&c, wt_bytes);
+  w->dwt = native(b->dt) ? NULL : carve(&c, wt_bytes);
+  w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * e));
+  w->dxe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * e));
+  w->gz = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * e));
+  w->z = (b->z && native(b->dt)) ? NULL : carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * e));
+  w->dE = carve(&c, (size_t)r * t2 * sizeof(double));
+  w->dD = carve(&c, (size_t)r * t2 * sizeof(double));
+  w->db = b->db ? carve(&c, (size_t)b->P * sizeof(double)) : NULL;
+  w->parts = carve(&c, (size_t)SLOTS * r * t2 * sizeof(double));
+  w->scratch = carve(&c, mul3(SLOTS, w->slot, 1));
+  return c.used;
+}
+
+static size_t cpu_backward_ws_bytes(const StlBackward *b) {
+  BwdWs w;
+  return bwd_layout(b, &w, NULL);
+}
+
+static void correlate_block(const StlBackward *b, BwdWs *w, const void *a, int64_t a_ps, const void *x, int64_t Mb,
+                            int64_t N, int64_t nb, double *acc) {
+  const int64_t nparts = corr_parts(nb), n = (int64_t)b->r * b->t * b->t;
+  StlCorrelateArgs ca = {b->dt, a, a_ps, x, Mb, N, b->t, b->r, nparts, w->parts};
+  run(JOB_CORRELATE, &ca, b->dt, nparts, true, (char *)w->scratch, w->slot);
+  add_parts(acc, w->parts, nparts, n);
+}
+
+static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *stream) {
+  (void)stream;
+  BwdWs w;
+  if (bwd_layout(b, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU backward: workspace too small");
+  bwd_layout(b, &w, (char *)ws);
+  const int t = b->t, r = b->r, t2 = t * t;
+  const StlDtype ct = b->dt == STL_F64 ? STL_F64 : STL_F32, dt = b->dt;
+  const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, e = esz_of(dt);
+  const StlSmallMat dT = {b->dec.base, b->dec.s1, b->dec.s0}, eT = {b->enc.base, b->enc.s1, b->enc.s0};
+  load_small(dt, b->enc, r, t2, w.E);  /* encode x:  coef[l][j] = E[l, j] */
+  load_small(dt, dT, r, t2, w.Dt);     /* encode G:  coef[l][j] = D[j, l] */
+  load_small(dt, eT, t2, r, w.Et);     /* decode dX: coef[j][l] = E[l, j] */
+  memset(w.dE, 0, sizeof(double) * (size_t)r * t2);
+  memset(w.dD, 0, sizeof(double) * (size_t)r * t2);
+  if (w.db) memset(w.db, 0, sizeof(double) * (size_t)b->P);
+  const void *wt = b->wt;
+  void *dwt = native(dt) ? b->dWt : w.dwt;
+  if (!native(dt)) {
+    convert(dt, b->wt, w.wt, (int64_t)r * Nt * Pt, true);
+    wt = w.wt;
+  }
+  for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
+    const int64_t nb = Mt - I0 < w.mb ? Mt - I0 : w.mb, row0 = (int64_t)t * I0;
+    const int64_t Mb = b->M - row0 < (int64_t)t * nb ? b->M - row0 : (int64_t)t * nb;
+    const void *xb = AT(b->x, dt, row0 * b->N), *gb = AT(b->g, dt, row0 * b->P);
+    /* Xe = encode(x, E), recomputed: cheaper than keeping it */
+    StlEncodeArgs ex = {dt, xb, Mb, b->N, t, r, w.E, NULL, 0, w.xe, nb * Nt};
+    run(JOB_ENCODE, &ex, dt, nb, false, (char *)w.scratch, w.slot);
+    /* Z: the saved one (read in place when it is the compute type), or recomputed */
+    const void *z = w.z;
+    int64_t z_ps = nb * Pt;
+    if (b->z && native(dt)) {
+      z = AT(b->z, dt, I0 * Pt);
+      z_ps = Mt * Pt;
+    } else if (b->z) {
+      for (int l = 0; l < r; l++)
+        stl_load_f(dt, b->z, (int64_t)l * Mt * Pt + I0 * Pt, nb * Pt, (float *)w.z + (size_t)l * nb * Pt);
+    } else {
+      gemms(ct, r, nb, Pt, Nt, (Mat){w.xe, nb * Nt, Nt, 1}, (Mat){wt, Nt * Pt, Pt, 1}, (Mat){w.z, nb * Pt, Pt, 1},
+            false);
+    }
+    /* Gz = encode(G, D^T) (+ dL/dZ);  dD[j, l] += sum Z[l] x G tiles */
+    StlEncodeArgs eg = {dt, gb, Mb, b->P, t, r, w.Dt, b->gz ? AT(b->gz, dt, I0 * Pt) : NULL, Mt * Pt, w.gz, nb * Pt};
+    run(JOB_ENCODE, &eg, dt, nb, false, (char *)w.scratch, w.slot);
+    correlate_block(b, &w, z, z_ps, gb, Mb, b->P, nb, w.dD);
+    /* dXe = Gz @ Wt^T;  dWt (+)= Xe^T @ Gz */
+    gemms(ct, r, nb, Nt, Pt, (Mat){w.gz, nb * Pt, Pt, 1}, (Mat){wt, Nt * Pt, 1, Pt}, (Mat){w.dxe, nb * Nt, Nt, 1},
+          false);
+    gemms(ct, r, Nt, Pt, nb, (Mat){w.xe, nb * Nt, 1, Nt}, (Mat){w.gz, nb * Pt, Pt, 1}, (Mat){dwt, Nt * Pt, Pt, 1},
+          I0 > 0);
+    /* dX = decode(dXe, E^T);  dE[l, j] += sum dXe[l] x X tiles;  db += column sums of G */
+    StlDecodeArgs dx = {dt, w.dxe, nb * Nt, Mb, b->N, t, r, w.Et, NULL, ATW(b->dx, dt, row0 * b->N)};
+    run(JOB_DECODE, &dx, dt, nb, false, (char *)w.scratch, w.slot);
+    correlate_block(b, &w, w.dxe, nb * Nt, xb, Mb, b->N, nb, w.dE);
+    if (w.db) {
+      StlColsumArgs cs = {dt, gb, Mb, b->P, w.db};
+      run(JOB_COLSUM, &cs, dt, (b->P + STL_KB - 1) / STL_KB, false, (char *)w.scratch, w.slot);
+    }
+  }
+  if (Mt == 0) memset(dwt, 0, (size_t)(r * Nt * Pt * e));
+  if (!native(dt)) convert(dt, w.dwt, b->dWt, (int64_t)r * Nt * Pt, false);
+  store_doubles(dt, w.dE, r * t2, b->dE, t2, 1, r, t2);  /* dE[l, j] */
+  store_doubles(dt, w.dD, r * t2, b->dD, 1, r, r, t2);   /* dD[j, l] = acc[l][j] */
+  if (w.db) store_doubles(dt, w.db, b->P, b->db, 0, 1, 1, b->P);
+}
+
+/* ----------------------------------------------- the primitives for ops.c's composition */
+/* stl_forward_unfused and a device-generic backward compose these (storage-dtype tensors). */
+typedef struct {
+  void *p;
+  int token;
+} Temp;
+
+static Temp temp(size_t bytes) {
+  Temp m = {NULL, 0};
+  m.p = stl_cpu_workspace_acquire(bytes, &m.token);
+  if (!m.p) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "stl_torch CPU: out of memory (could not allocate %zu bytes of workspace)", bytes);
+    stl_kernel_error(msg);
+  }
+  return m;
+}
+
+static void enc_cpu(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
+                    const void *extra, void *out, void *stream) {
+  (void)stream;
+  const int64_t Mt = (M + t - 1) / t, Nt = N / t, e = esz_of(dt);
+  const size_t slot = slot_bytes(t, r, dt, false);
+  Carver c = {NULL, 0};
+  carve(&c, (size_t)r * t * t * e);
+  carve(&c, native(dt) ? 0 : mul3((size_t)r, (size_t)Mt, (size_t)Nt * e));
+  carve(&c, mul3(SLOTS, slot, 1));
+  Temp m = temp(c.used);
+  c = (Carver){(char *)m.p, 0};
+  void *E = carve(&c, (size_t)r * t * t * e);
+  void *o = native(dt) ? out : carve(&c, mul3((size_t)r, (size_t)Mt, (size_t)Nt * e));
+  char *scr = carve(&c, mul3(SLOTS, slot, 1));
+  load_small(dt, enc, r, t * t, E);
+  StlEncodeArgs a = {dt, in, M, N, t, r, E, extra, Mt * Nt, o, Mt * Nt};
+  run(JOB_ENCODE, &a, dt, Mt, false, scr, slot);
+  if (!native(dt)) convert(dt, o, out, (int64_t)r * Mt * Nt, false);
+  stl_cpu_workspace_release(m.p, m.token);
+}
+
+static void dec_cpu(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r, StlSmallMat dec,
+                    const void *bias, void *out, void *stream) {
+  (void)stream;
+  const int64_t Mt = (M + t - 1) / t, Pt = P / t, e = esz_of(dt);
+  const size_t slot = slot_bytes(t, r, dt, false);
+  Carver c = {NULL, 0};
+  carve(&c, (size_t)r * t * t * e);
+  carve(&c, (size_t)P * e);
+  carve(&c, native(dt) ? 0 : mul3((size_t)r, (size_t)Mt, (size_t)Pt * e));
+  carve(&c, mul3(SLOTS, slot, 1));
+  Temp m = temp(c.used);
+  c = (Carver){(char *)m.p, 0};
+  void *D = carve(&c, (size_t)r * t * t * e), *b = carve(&c, (size_t)P * e);
+  void *z = native(dt) ? (void *)in : carve(&c, mul3((size_t)r, (size_t)Mt, (size_t)Pt * e));
+  char *scr = carve(&c, mul3(SLOTS, slot, 1));
+  load_small(dt, dec, t * t, r, D);
+  if (bias) {
+    StlSmallMat bm = {bias, 0, 1};
+    load_small(dt, bm, 1, P, b);
+  }
+  if (!native(dt)) convert(dt, in, z, (int64_t)r * Mt * Pt, true);
+  StlDecodeArgs a = {dt, z, Mt * Pt, M, P, t, r, D, bias ? b : NULL, out};
+  run(JOB_DECODE, &a, dt, Mt, false, scr, slot);
+  stl_cpu_workspace_release(m.p, m.token);
+}
+
+static size_t cor_ws_cpu(StlDtype dt, int64_t M, int64_t N, int t, int r) {
+  (void)dt, (void)M, (void)N, (void)t, (void)r;
+  return 0; /* the CPU keeps its own workspace */
+}
+static void cor_cpu(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r, void *out,
+                    int64_t s0, int64_t s1, void *ws, size_t ws_bytes, void *stream) {
+  (void)ws, (void)ws_bytes, (void)stream;
+  const int64_t Mt = (M + t - 1) / t, Nt = N / t, e = esz_of(dt), n = (int64_t)r * t * t;
+  const size_t slot = slot_bytes(t, r, dt, true);
+  Carver c = {NULL, 0};
+  carve(&c, native(dt) ? 0 : mul3((size_t)r, (size_t)Mt, (size_t)Nt * e));
+  carve(&c, (size_t)(SLOTS + 1) * n * sizeof(double));
+  carve(&c, mul3(SLOTS, slot, 1));
+  Temp m = temp(c.used);
+  c = (Carver){(char *)m.p, 0};
+  void *ac = native(dt) ? (void *)a : carve(&c, mul3((size_t)r, (size_t)Mt, (size_t)Nt * e));
+  double *parts = carve(&c, (size_t)(SLOTS + 1) * n * sizeof(double)), *acc = parts + SLOTS * n;
+  char *scr = carve(&c, mul3(SLOTS, slot, 1));
+  if (!native(dt)) convert(dt, a, ac, (int64_t)r * Mt * Nt, true);
+  memset(acc, 0, sizeof(double) * (size_t)n);
+  const int64_t nparts = corr_parts(Mt);
+  StlCorrelateArgs ca = {dt, ac, Mt * Nt, x, M, N, t, r, nparts, parts};
+  run(JOB_CORRELATE, &ca, dt, nparts, true, scr, slot);
+  add_parts(acc, parts, nparts, n);
+  store_doubles(dt, acc, n, out, s0, s1, r, (int64_t)t * t);
+  stl_cpu_workspace_release(m.p, m.token);
+}
+
+static size_t colsum_ws_cpu(StlDtype dt, int64_t M, int64_t P) {
+  (void)dt, (void)M, (void)P;
+  return 0;
+}
+static void colsum_cpu(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *ws, size_t ws_bytes,
+                       void *stream) {
+  (void)ws, (void)ws_bytes, (void)stream;
+  const size_t slot = slot_bytes(1, 1, dt, true);
+  Carver c = {NULL, 0};
+  carve(&c, (size_t)P * sizeof(double));
+  carve(&c, mul3(SLOTS, slot, 1));
+  Temp m = temp(c.used);
+  c = (Carver){(char *)m.p, 0};
+  double *acc = carve(&c, (size_t)P * sizeof(double));
+  char *scr = carve(&c, mul3(SLOTS, slot, 1));
+  memset(acc, 0, sizeof(double) * (size_t)P);
+  StlColsumArgs a = {dt, g, M, P, acc};
+  run(JOB_COLSUM, &a, dt, (P + STL_KB - 1) / STL_KB, false, scr, slot);
+  store_doubles(dt, acc, P, out, 0, 1, 1, P);
+  stl_cpu_workspace_release(m.p, m.token);
+}
+
+const StlKernels stl_cpu_kernels = {"cpu",
+                                    enc_cpu,
+                                    dec_cpu,
+                                    cor_ws_cpu,
+                                    cor_cpu,
+                                    colsum_ws_cpu,
+                                    colsum_cpu,
+                                    cpu_forward_supported,
+                                    cpu_forward_ws_bytes,
+                                    cpu_forward,
+                                    cpu_backward_ws_bytes,
+                                    cpu_backward};

@@ -1,0 +1,110 @@
+/* Which ISA level's primitives run: the best this CPU (and OS) supports, chosen once at import,
+ * the way PyTorch's own CPU-capability dispatch works. STL_TORCH_CPU_ISA=baseline|avx2|avx512
+ * forces a lower level (a level the CPU lacks is refused at import with a clear message). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "primitives.h"
+
+static const StlCpuIsa *chosen = &stl_cpu_isa_baseline;
+static size_t block_bytes = (size_t)8 << 20;
+static const StlCpuIsa *best = &stl_cpu_isa_baseline;
+
+const StlCpuIsa *stl_cpu_isa(void) { return chosen; }
+const char *stl_cpu_isa_best(void) { return best->name; }
+
+static const StlCpuIsa *best_supported(void) {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  /* __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0) */
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+    return &stl_cpu_isa_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+      __builtin_cpu_supports("bmi2"))
+    return &stl_cpu_isa_avx2;
+#endif
+  return &stl_cpu_isa_baseline;
+}
+
+size_t stl_cpu_block_bytes(void) { return block_bytes; }
+
+/* A quarter of the last-level cache (within 1..16 MB): what one block's Xe and Z may take so they
+ * stay cached. STL_TORCH_CPU_BLOCK_BYTES overrides it (tuning, and tests that need many blocks). */
+static const char *init_block_bytes(void) {
+  static char msg[160];
+  const char *e = getenv("STL_TORCH_CPU_BLOCK_BYTES");
+  if (e && *e) {
+    char *end = NULL;
+    const unsigned long long v = strtoull(e, &end, 10);
+    if (*end || v < 1024 || v > ((unsigned long long)1 << 40)) {
+      snprintf(msg, sizeof msg, "stl_torch: STL_TORCH_CPU_BLOCK_BYTES=%s; expected an integer from 1024 to 2^40", e);
+      return msg;
+    }
+    block_bytes = (size_t)v;
+    return NULL;
+  }
+  long l3 = -1;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+  l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+  size_t b = l3 > 0 ? (size_t)l3 / 4 : (size_t)8 << 20;
+  if (b < ((size_t)1 << 20)) b = (size_t)1 << 20;
+  if (b > ((size_t)16 << 20)) b = (size_t)16 << 20;
+  block_bytes = b;
+  return NULL;
+}
+
+const char *stl_cpu_isa_init(void) {
+  static char msg[256];
+  const char *err = init_block_bytes();
+  if (err) return err;
+  best = chosen = best_supported();
+  const char *want = getenv("STL_TORCH_CPU_ISA");
+  if (!want || !*want) return NULL;
+  const StlCpuIsa *levels[] = {
+      &stl_cpu_isa_baseline,
+#if defined(__x86_64__) || defined(_M_X64)
+      &stl_cpu_isa_avx2,
+      &stl_cpu_isa_avx512,
+#endif
+  };
+  const int n = (int)(sizeof levels / sizeof levels[0]);
+  int best_i = 0;
+  for (int i = 0; i < n; i++)
+    if (levels[i] == best) best_i = i;
+  for (int i = 0; i < n; i++) {
+    if (strcmp(want, levels[i]->name) != 0) continue;
+    if (i > best_i) {
+      snprintf(msg, sizeof msg, "stl_torch: STL_TORCH_CPU_ISA=%s, but this CPU supports at most '%s'", want,
+               best->name);
+      return msg;
+    }
+    chosen = levels[i];
+    return NULL;
+  }
+  snprintf(msg, sizeof msg,
+           "stl_torch: STL_TORCH_CPU_ISA=%s is not a level of this build; expected one of baseline%s (or unset)",
+           want, n > 1 ? ", avx2, avx512" : "");
+  return msg;
+}
+
+/* Scratch elements per worker, sized for the widest vectors (64 bytes) so they hold at every level. */
+static size_t t2_padded(int t, int64_t elem) {
+  const int64_t vl = 64 / elem, t2 = (int64_t)t * t;
+  return (size_t)((t2 + 2 * vl - 1) / (2 * vl) * (2 * vl));
+}
+size_t stl_cpu_encode_scratch(int t, int r, int64_t elem) {
+  (void)r;
+  return (size_t)elem * (size_t)((int64_t)t * t * STL_KB + (int64_t)t * STL_KB + (int64_t)t * t * STL_KB + STL_KB);
+}
+size_t stl_cpu_decode_scratch(int t, int r, int64_t elem) {
+  return (size_t)elem * (size_t)((int64_t)r * STL_KB + (int64_t)t * t * STL_KB + (int64_t)t * STL_KB);
+}
+size_t stl_cpu_correlate_scratch(int t, int r, int64_t elem) {
+  const size_t t2p = t2_padded(t, elem);
+  return (size_t)elem * ((size_t)t * t * STL_KB + (size_t)t * STL_KB + STL_KB * t2p + (size_t)r * t2p);
+}
+size_t stl_cpu_colsum_scratch(int64_t elem) { return (size_t)elem * STL_KB; }

@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""The mutation check: can the test suite see a broken kernel?
+
+Each mutant is one realistic single-line bug (a wrong index, a lost term, a missing check, a
+rounding mode...) in the kernels, the ops, autograd, the tiling rule, the causal masks, the
+conversion or the FLOP count. Each is applied alone to a scratch copy of the repo, the extension
+is rebuilt when C changed, and the tests that should catch it run there. A mutant is caught when
+those tests fail (or crash); the score is the caught fraction. Run it after every kernel change.
+
+  python dev/mutants.py                    # all mutants; prints the table and the score
+  python dev/mutants.py --only bias,split  # ids containing these substrings
+  python dev/mutants.py --list
+
+Writes runs/mutants/results.json. Needs the repo's test requirements (see README) and g++ for the
+CUDA mutants (they run under the host emulator: no GPU needed).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+KERNEL_TESTS = ["tests/test_kernels.py", "tests/test_ops.py"]
+# (id, file, old text (must occur exactly once), new text, tests that must catch it)
+MUTANTS = [
+    # --- CPU primitives (csrc/cpu/primitives.inc): every ISA level compiles these lines
+    ("decode-bias-index", "csrc/cpu/primitives.inc", "y[i] += bias[(int64_t)t * J0 + i];", "y[i] += bias[i];",
+     KERNEL_TESTS),
+    ("encode-drops-column-block", "csrc/cpu/primitives.inc", "const int64_t kb = Nt - K0 < STL_KB ? Nt - K0 : STL_KB, off = I * Nt + K0;",
+     "const int64_t kb = Nt - K0 < STL_KB ? Nt - K0 : STL_KB, off = I * Nt;", KERNEL_TESTS),
+    ("tile-rows-column-offset", "csrc/cpu/primitives.inc", "rows[a] = (const A *)in + row * ncols + (int64_t)t * K0;",
+     "rows[a] = (const A *)in + row * ncols;", KERNEL_TESTS),
+    ("correlate-split-truncates", "csrc/cpu/primitives.inc", "I1 = (q + 1) * Mt / p->nparts;",
+     "I1 = I0 + Mt / p->nparts;", KERNEL_TESTS),
+    ("combine-forgets-accumulator", "csrc/cpu/primitives.inc",
+     "acc[v] = accumulate ? FN(vload_)(dst + (s + v) * VL) : (VEC){0};", "acc[v] = (VEC){0};", KERNEL_TESTS),
+    ("combine-drops-last-term", "csrc/cpu/primitives.inc", "for (int j = 0; j < n; j++) {\n      const A c = coef[j * cs];",
+     "for (int j = 0; j < n - 1; j++) {\n      const A c = coef[j * cs];", KERNEL_TESTS),
+    ("combine-multiplies-zeros", "csrc/cpu/primitives.inc", "      if (c == 0) continue;\n", "",
+     KERNEL_TESTS + ["tests/test_causal.py"]),
+    ("correlate-tail-rows", "csrc/cpu/primitives.inc", "ca += f[k] * FN(vload_)(bt + k * T2P + jv);",
+     "ca += f[0] * FN(vload_)(bt + k * T2P + jv);", KERNEL_TESTS),
+    ("correlate-overwrites-chunks", "csrc/cpu/primitives.inc",
+     "accq[l * t2 + j] += (double)pj[(int64_t)l * T2P + j];", "accq[l * t2 + j] = (double)pj[(int64_t)l * T2P + j];",
+     KERNEL_TESTS),
+    ("merge-swaps-tile-columns", "csrc/cpu/primitives.inc", "for (int c = 0; c < t; c++) row[k * t + c] = planes[c * STL_KB + k];",
+     "for (int c = 0; c < t; c++) row[k * t + c] = planes[(t - 1 - c) * STL_KB + k];", KERNEL_TESTS),
+    ("split-literal-t4-for-t2", "csrc/cpu/primitives.inc", "  if (t == 4)\n    FN(split_t_)(row, planes, 4, kb);",
+     "  if (t >= 2)\n    FN(split_t_)(row, planes, 4, kb);", KERNEL_TESTS),
+    ("colsum-overwrites", "csrc/cpu/primitives.inc", "for (int64_t i = 0; i < n; i++) acc[i] += (double)row[i];",
+     "for (int64_t i = 0; i < n; i++) acc[i] = (double)row[i];", KERNEL_TESTS),
+    ("decode-skips-last-row", "csrc/cpu/primitives.inc", "if (row >= p->M) break;", "if (row >= p->M - 1) break;",
+     KERNEL_TESTS),
+    # --- conversions (csrc/cpu/convert.h)
+    ("bf16-truncates", "csrc/cpu/convert.h", "u += 0x7fffu + ((u >> 16) & 1u);", "u += 0;", KERNEL_TESTS),
+    ("bf16-rounds-half-up", "csrc/cpu/convert.h", "u += 0x7fffu + ((u >> 16) & 1u);", "u += 0x8000u;", KERNEL_TESTS),
+    ("f16-exponent-bias", "csrc/cpu/convert.h", "return stl_bits_f32(sign | ((exp + 112u) << 23) | (man << 13));",
+     "return stl_bits_f32(sign | ((exp + 111u) << 23) | (man << 13));", KERNEL_TESTS),
+    ("f16-subnormal-store", "csrc/cpu/convert.h", "if (d > 0.5f || (d == 0.5f && ((int32_t)r & 1))) r += 1.0f;",
+     "if (d >= 0.5f) r += 1.0f;", KERNEL_TESTS),
+    # --- the CPU backend (csrc/cpu/backend.c): blocks, the GEMMs, reductions
+    ("fwd-block-row-offset", "csrc/cpu/backend.c",
+     "StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb,", "StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, I0 * f->N), Mb,",
+     KERNEL_TESTS),
+    ("bwd-dwt-overwrites-blocks", "csrc/cpu/backend.c", "(Mat){dwt, Nt * Pt, Pt, 1},\n          I0 > 0);",
+     "(Mat){dwt, Nt * Pt, Pt, 1},\n          false);", KERNEL_TESTS),
+    ("bwd-saved-z-plane-stride", "csrc/cpu/backend.c", "      z_ps = Mt * Pt;", "      z_ps = nb * Pt;", KERNEL_TESTS),
+    ("bwd-grad-z-offset", "csrc/cpu/backend.c", "b->gz ? AT(b->gz, dt, I0 * Pt) : NULL", "b->gz ? AT(b->gz, dt, 0) : NULL",
+     KERNEL_TESTS),
+    ("fwd-z-copy-short", "csrc/cpu/backend.c", "if (native(f->dt)) memcpy(dst, src, (size_t)(nb * Pt * e));",
+     "if (native(f->dt)) memcpy(dst, src, (size_t)((nb - 1) * Pt * e));", KERNEL_TESTS),
+    ("dD-transposed-store", "csrc/cpu/backend.c", "store_doubles(dt, w.dD, r * t2, b->dD, 1, r, r, t2);",
+     "store_doubles(dt, w.dD, r * t2, b->dD, t2, 1, r, t2);", KERNEL_TESTS),
+    ("workspace-reuses-small-buffer", "csrc/cpu/workspace.c", "slots[i].p && slots[i].bytes >= bytes &&",
+     "slots[i].p && slots[i].bytes >= bytes / 2 &&", KERNEL_TESTS),
+    # --- ops.c: checks and dispatch
+    ("ops-D-rank-unchecked", "csrc/ops.c", "const int64_t dd[2] = {(int64_t)d.t * d.t, d.r};",
+     "const int64_t dd[2] = {(int64_t)d.t * d.t, -1};", ["tests/test_bad_input.py"]),
+    ("ops-bias-shape-unchecked", "csrc/ops.c", "    expect_shape(&o, &b, 1, bd, m);\n", "",
+     ["tests/test_bad_input.py"]),
+    ("ops-drops-partial-tile", "csrc/ops.c", "d.Mt = (d.M + d.t - 1) / d.t;", "d.Mt = d.M / d.t;", KERNEL_TESTS),
+    ("ops-backward-no-bias-grad", "csrc/ops.c", "has_bias ? data_of(&o, db) : NULL};", "NULL};", KERNEL_TESTS),
+    ("isa-env-allows-unsupported", "csrc/cpu/dispatch.c", "    if (i > best_i) {", "    if (i > best_i + 1) {",
+     ["tests/test_isa.py"]),
+    # --- CUDA kernels under the host emulator
+    ("cuda-t8-launches-t4", "csrc/cuda/tile_kernels.cu", "if (t == 8) LAUNCH(grid, THREADS, smem, st, encode_tiles<D, 8>)",
+     "if (t == 8) LAUNCH(grid, THREADS, smem, st, encode_tiles<D, 4>)", ["tests/test_cuda_emu.py"]),
+    # --- Python: autograd, fake kernels, tiling, causal masks, conversion, FLOPs
+    ("autograd-drops-grad-z", "stl_torch/ops.py", "grad_z = _empty(x) if grad_z is None or z.numel() == 0 else grad_z.contiguous()",
+     "grad_z = _empty(x)", ["tests/test_ops.py"]),
+    ("fake-output-width", "stl_torch/ops.py", "y = x.new_empty((m, pt * tile))", "y = x.new_empty((m, pt))",
+     ["tests/test_ops.py", "tests/test_compile.py"]),
+    ("tiling-unpad-wrong-end", "stl_torch/tiling.py", "y = y.reshape(seqs, -1, y.shape[-1])[:, :shape[-2]]",
+     "y = y.reshape(seqs, -1, y.shape[-1])[:, -shape[-2]:]", ["tests/test_module.py", "tests/test_tiling.py"]),
+    ("causal-mask-off-by-one", "stl_torch/init.py", "mD = (rows[:, None] >= lev[None, :]).astype(np.float64)",
+     "mD = (rows[:, None] + 1 >= lev[None, :]).astype(np.float64)", ["tests/test_causal.py", "tests/test_init.py"]),
+    ("causal-masks-unused", "stl_torch/nn.py", "return self.E * self.mask_E, self.D * self.mask_D",
+     "return self.E, self.D", ["tests/test_causal.py"]),
+    ("convert-counts-missing-bias", "stl_torch/convert.py", "nb = p if mod.bias is not None else 0", "nb = p",
+     ["tests/test_convert.py"]),
+    ("convert-cheaper-inverted", "stl_torch/convert.py", "elif only_if_cheaper and stl_macs(t, n, p, t, r) >= linear_macs(t, n, p):",
+     "elif only_if_cheaper and stl_macs(t, n, p, t, r) < linear_macs(t, n, p):", ["tests/test_convert.py"]),
+    ("flops-decode-term", "stl_torch/flops.py", "+ r * rows * out_features", "+ r * rows * in_features",
+     ["tests/test_flops.py"]),
+    ("calibration-keeps-worse", "stl_torch/calibrate.py", "if err < best[0]:", "if err > best[0]:",
+     ["tests/test_convert.py"]),
+    ("config-allows-big-tile", "stl_torch/config.py", 'MAX_TILE = 16  #', 'MAX_TILE = 32  #', ["tests/test_module.py", "tests/test_convert.py"]),
+]
+
+
+def sh(cmd, cwd, env=None, timeout=1800):
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def scratch_copy(dst):
+    """A copy of the working tree (tracked and untracked files, no build outputs)."""
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    files = sh(["git", "ls-files", "-co", "--exclude-standard"], ROOT).stdout.split()
+    for f in files:
+        src = os.path.join(ROOT, f)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dst, f)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dst, f))
+
+
+def build(work):
+    r = sh([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], work,
+           env=dict(os.environ, STL_TORCH_CUDA="0"))
+    return r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="comma-separated substrings of mutant ids")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--work", default=os.path.join(ROOT, "runs", "mutants", "work"))
+    a = ap.parse_args()
+    chosen = [m for m in MUTANTS if not a.only or any(s in m[0] for s in a.only.split(","))]
+    if a.list:
+        for m in chosen:
+            print(f"{m[0]:32s} {m[1]}")
+        return
+    os.makedirs(os.path.dirname(a.work), exist_ok=True)
+    scratch_copy(a.work)
+    ok, log = build(a.work)
+    if not ok:
+        sys.exit("the unmutated scratch copy does not build:\n" + log)
+    env = dict(os.environ, PYTHONPATH=a.work, PYTHONDONTWRITEBYTECODE="1")
+    results = []
+    for mid, rel, old, new, tests in chosen:
+        path = os.path.join(a.work, rel)
+        text = open(path).read()
+        n = text.count(old)
+        if n != 1:
+            results.append({"id": mid, "file": rel, "status": f"STALE (pattern found {n} times)"})
+            print(f"{mid:32s} STALE: pattern found {n} times in {rel}", flush=True)
+            continue
+        t0 = time.time()
+        open(path, "w").write(text.replace(old, new))
+        try:
+            status = ""
+            if rel.endswith((".c", ".h", ".inc")) and "cuda" not in rel:
+                ok, log = build(a.work)
+                if not ok:
+                    status = "caught (does not compile)"
+            if not status:
+                r = sh([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], a.work, env=env)
+                status = "caught" if r.returncode != 0 else "MISSED"
+        finally:
+            open(path, "w").write(text)
+        results.append({"id": mid, "file": rel, "status": status, "tests": tests, "seconds": round(time.time() - t0, 1)})
+        print(f"{mid:32s} {status:28s} {time.time() - t0:6.0f}s  {rel}", flush=True)
+    if any(r["file"].endswith((".c", ".h", ".inc")) for r in results):
+        build(a.work)  # leave the scratch copy unmutated
+    valid = [r for r in results if not r["status"].startswith("STALE")]
+    caught = sum(r["status"].startswith("caught") for r in valid)
+    score = caught / len(valid) if valid else float("nan")
+    print(f"\nmutation score: {caught}/{len(valid)} caught ({100 * score:.0f}%)"
+          + (f"; {len(results) - len(valid)} stale" if len(results) > len(valid) else ""))
+    out = os.path.join(os.path.dirname(a.work), "results.json")
+    with open(out, "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d"), "score": score, "caught": caught, "total": len(valid),
+                   "mutants": results}, f, indent=1)
+    print(f"wrote {out}")
+    sys.exit(0 if score >= 0.95 else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The CPU ISA level: chosen at import from what the CPU reports, visible in abi_info, forced lower
+by STL_TORCH_CPU_ISA, never higher than the CPU supports. (The kernels of every supported level
+run against float64 in test_kernels.py.)"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import stl_torch
+
+LEVELS = ["baseline", "avx2", "avx512"]
+INFO = stl_torch._C.abi_info()
+
+
+def import_with(**env):
+    r = subprocess.run([sys.executable, "-c", "import stl_torch; i = stl_torch._C.abi_info(); "
+                        "print(i['cpu_isa'], i['cpu_isa_supported'], i['cpu_block_bytes'])"],
+                       env=dict(os.environ, **env), capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout.split(), r.stderr
+
+
+def test_abi_info_reports_the_level():
+    assert INFO["cpu_isa"] in LEVELS and INFO["cpu_isa_supported"] in LEVELS
+    assert INFO["cpu_vector_bytes"] == {"baseline": 16, "avx2": 32, "avx512": 64}[INFO["cpu_isa"]]
+    if os.environ.get("STL_TORCH_CPU_ISA") is None:
+        assert INFO["cpu_isa"] == INFO["cpu_isa_supported"]  # the best one by default
+
+
+def test_env_forces_a_lower_level():
+    rc, out, err = import_with(STL_TORCH_CPU_ISA="baseline")
+    assert rc == 0, err
+    assert out[:2] == ["baseline", INFO["cpu_isa_supported"]]
+
+
+@pytest.mark.skipif(INFO["cpu_isa_supported"] == "avx512", reason="the CPU supports every level")
+def test_env_cannot_ask_for_more_than_the_cpu_has():
+    higher = LEVELS[LEVELS.index(INFO["cpu_isa_supported"]) + 1]
+    rc, _, err = import_with(STL_TORCH_CPU_ISA=higher)
+    assert rc != 0 and f"STL_TORCH_CPU_ISA={higher}, but this CPU supports at most" in err
+
+
+@pytest.mark.parametrize("var,value,msg", [("STL_TORCH_CPU_ISA", "sse9", "not a level of this build"),
+                                           ("STL_TORCH_CPU_BLOCK_BYTES", "12", "expected an integer from 1024"),
+                                           ("STL_TORCH_CPU_BLOCK_BYTES", "1e6", "expected an integer from 1024")])
+def test_bad_environment_is_a_clear_import_error(var, value, msg):
+    rc, _, err = import_with(**{var: value})
+    assert rc != 0 and "ImportError" in err and msg in err, err[-500:]
+
+
+def test_block_bytes_override():
+    rc, out, err = import_with(STL_TORCH_CPU_BLOCK_BYTES="65536")
+    assert rc == 0 and out[2] == "65536", err

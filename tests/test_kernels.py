@@ -1,0 +1,171 @@
+"""The CPU kernels on shapes that run every blocking path, against float64, at every ISA level
+this CPU supports.
+
+The kernels stream chunks of STL_KB = 64 tiles, split reductions into at most 64 fixed parts,
+block the correlations' products by 4 and their tile elements by vector pairs, and process the
+rows in blocks sized to the cache. The shapes below exceed each of those sizes without being a
+multiple of it (ceil(M/t) = 134 > 64 parts, N/t = 70 and P/t = 67 > 64 tiles, r = 25 = 4*6 + 1),
+with a partial last tile and the gradient through Z. `test_every_isa_level` reruns this file at
+each lower ISA level and with blocks small enough that a call runs as many blocks, in
+subprocesses (the level and block size are chosen once, at import).
+
+Tolerances are measured: float32/float64 relative errors are a small factor above the worst case
+seen; bfloat16/float16 are compared with a float64 reference rounded the way the op rounds (its
+inputs are 16-bit, it computes in float32 and rounds each output once), element by element in
+units of the last place, so a wrong rounding mode or a lost term shows.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import stl_torch
+from stl_torch.tiling import encode_activations, stl_reference
+
+from conftest import operands, rel_err
+
+fwd = torch.ops.stl_torch.stl_forward.default
+bwd = torch.ops.stl_torch.stl_backward.default
+
+SHAPES = {  # (M, N, P, t, r)
+    "t4": (4 * 133 + 3, 4 * 70, 4 * 67, 4, 25),
+    "t2": (2 * 131 + 1, 2 * 66, 2 * 130, 2, 7),
+    "t8": (8 * 70 + 5, 8 * 9, 8 * 66, 8, 33),
+    "t3": (3 * 67 + 2, 3 * 5, 3 * 66, 3, 10),
+}
+# relative error in the Frobenius norm against float64 (worst measured here: float64 3.3e-15,
+# float32 2.7e-7)
+TOL = {torch.float64: 2e-14, torch.float32: 1.5e-6}
+# 16-bit: elements may differ from the correctly rounded float64 result by at most 1 ulp, most are equal
+ULP = {torch.bfloat16: 7, torch.float16: 10}  # mantissa bits
+
+
+def ulp_diff(got, want, dtype):
+    """(got - want) in units of the last place of want (both already rounded to dtype)."""
+    w = want.double()
+    e = torch.floor(torch.log2(w.abs().clamp_min(torch.finfo(dtype).tiny)))
+    return (got.double() - w) / torch.exp2(e - ULP[dtype])
+
+
+def reference(ins, t, g, gz):
+    """Float64 outputs and gradients of the op, Z included (for a loss that also uses Z)."""
+    ref = [v.detach().double().requires_grad_() for v in ins]
+    x, E, Wt, D, b = ref
+    z = torch.bmm(encode_activations(x, E, t), Wt)
+    y = stl_reference(x, E, Wt, D, b, tile=t)
+    torch.autograd.backward([y, z], [g.double(), gz.double()])
+    return y.detach(), z.detach(), [v.grad for v in ref]
+
+
+@pytest.mark.parametrize("name", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_path_against_float64(name, dtype):
+    M, N, P, t, r = SHAPES[name]
+    ins = operands(M, N, P, t, r, dtype, seed=hash(name) % 1000)
+    g = torch.randn(M, P, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    y, z = fwd(*ins, t, True)
+    gz = torch.randn(z.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+    grads = bwd(g, gz, ins[0], ins[1], ins[2], ins[3], z, True, t)
+    y_ref, z_ref, g_ref = reference(ins, t, g, gz)
+    assert rel_err(y, y_ref) < TOL[dtype] and rel_err(z, z_ref) < TOL[dtype]
+    for n, a, b in zip(("x", "E", "Wt", "D", "bias"), grads, g_ref):
+        assert a.dtype == dtype and rel_err(a, b) < TOL[dtype], (n, rel_err(a, b))
+    # the same gradients when Z was not kept (recomputed per block)
+    no_z = bwd(g, torch.empty(0, dtype=dtype), ins[0], ins[1], ins[2], ins[3], torch.empty(0, dtype=dtype), True, t)
+    g_ref_noz = reference(ins, t, g, torch.zeros_like(gz))[2]
+    for n, a, b in zip(("x", "E", "Wt", "D", "bias"), no_z, g_ref_noz):
+        assert rel_err(a, b) < TOL[dtype], (n, rel_err(a, b))
+    # the composition of the primitives (stl_forward_unfused) agrees with the fused forward
+    u = torch.ops.stl_torch.stl_forward_unfused(*ins, t, False)[0]
+    assert rel_err(u, y_ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("name", ["t4", "t2"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit_rounds_like_the_reference(name, dtype):
+    M, N, P, t, r = SHAPES[name]
+    ins = operands(M, N, P, t, r, dtype, seed=7)
+    g = torch.randn(M, P, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    y, z = fwd(*ins, t, True)
+    grads = bwd(g, torch.empty(0, dtype=dtype), ins[0], ins[1], ins[2], ins[3], z, True, t)
+    y_ref, z_ref, g_ref = reference(ins, t, g, torch.zeros(z.shape))
+    # sum of |terms| of each element: float32 accumulation error is relative to it, not to the result
+    y_s, z_s, g_s = reference([v.abs() for v in ins], t, g.abs(), torch.zeros(z.shape))
+    # dD is correlated with the Z the op kept (rounded to dtype), as the op does
+    gp = torch.nn.functional.pad(g.double(), (0, 0, 0, (-M) % t)).reshape(-1, t, P // t, t)
+    D_grad = torch.einsum("iajb,lij->abl", gp, z.double()).reshape(t * t, r)
+    D_s = torch.einsum("iajb,lij->abl", gp.abs(), z.double().abs()).reshape(t * t, r)
+    outs = {"y": (y, y_ref, y_s), "z": (z, z_ref, z_s), "x": (grads[0], g_ref[0], g_s[0]),
+            "E": (grads[1], g_ref[1], g_s[1]), "Wt": (grads[2], g_ref[2], g_s[2]), "D": (grads[3], D_grad, D_s),
+            "bias": (grads[4], g_ref[4], g_s[4])}
+    for n, (got, want, scale) in outs.items():
+        d = ulp_diff(got, want.to(dtype), dtype)
+        # one ulp of rounding, or a float32 accumulation error far below the terms' size
+        off = (d.abs() > 1) & ((got.double() - want).abs() > 2.0 ** -18 * scale)
+        assert not off.any(), (n, d.abs().max().item())
+        assert (d == 0).double().mean() > 0.99, (n, (d == 0).double().mean().item())  # measured: >= 0.999
+        assert abs(d.mean().item()) < 0.01, (n, d.mean().item())      # and no bias (round to nearest even)
+
+
+def test_zero_coefficients_are_skipped_not_multiplied():
+    """A term whose E or D entry is exactly 0 is not computed: 0 * inf or 0 * NaN never appears."""
+    M, N, P, t, r = 8, 8, 8, 4, 3
+    x, E, Wt, D, b = operands(M, N, P, t, r)
+    E[:, 5] = 0  # no product reads x[1, 1] (row 1, column 1 of tile (0, 0))
+    x[1, 1] = float("inf")
+    y, _ = fwd(x, E, Wt, D, b, t, False)
+    assert torch.isfinite(y).all()
+    D[0, :] = 0  # output (0, 0) of every tile uses no product
+    E[:, 5] = 1
+    y, _ = fwd(x, E, Wt, D, b, t, False)
+    assert torch.isfinite(y[0, 0]) and not torch.isfinite(y[0, 1])
+
+
+def test_16bit_conversions_match_torch():
+    """The kernels' own 16-bit <-> float32 conversions against torch's, subnormals, overflow, inf and
+    NaN included: with t=1 and rank 1 the op computes y = (x * w) in float32 (exact: both factors
+    have at most 11 significant bits) and rounds it once, which must equal torch's rounding."""
+    v = torch.cat([torch.randn(3000) * s for s in (1e-7, 1e-5, 1e-3, 1.0, 1e3, 3e4)]
+                  + [torch.tensor([0.0, -0.0, 65504.0, 1e5, -1e5, float("inf"), -float("inf"), float("nan")])])
+    for dtype in (torch.bfloat16, torch.float16):
+        x = v.to(dtype)[:, None]
+        one, nob = torch.ones(1, 1, dtype=dtype), torch.empty(0, dtype=dtype)
+        for w in (1.0, 1.0 + 2.0 ** -5, 0.3, 3.7, 17.0):
+            wt = torch.full((1, 1, 1), w).to(dtype)
+            y, _ = fwd(x, one, wt, one, nob, 1, False)
+            want = (x.float() * wt.float()[0]).to(dtype)
+            same = (y == want) | (y.isnan() & want.isnan())
+            assert same.all(), (dtype, w, x[~same][:5], y[~same][:5], want[~same][:5])
+
+
+LEVELS = ["baseline", "avx2", "avx512"]
+
+
+def _levels_below():
+    best = stl_torch._C.abi_info()["cpu_isa_supported"]
+    return LEVELS[: LEVELS.index(best) + 1] if best in LEVELS else ["baseline"]
+
+
+@pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_ISA") is not None, reason="already a per-level run")
+@pytest.mark.parametrize("level", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize("blocks", ["default", "many"])
+def test_every_isa_level(level, blocks):
+    """This file and test_ops.py again in a subprocess at `level` (skipped when the CPU lacks it)
+    with the default block size or 256 KiB blocks: then the shapes above run as 3 to 15 row
+    blocks each, the last one partial (a block holds Xe and Z of budget/(r*(N+P)/t*4) tile-rows,
+    and the blocked path needs Wt <= 2 * budget)."""
+    if level not in _levels_below():
+        pytest.skip(f"this CPU does not support {level} (best: {stl_torch._C.abi_info()['cpu_isa_supported']})")
+    if level == stl_torch._C.abi_info()["cpu_isa"] and blocks == "default":
+        pytest.skip("that is this process")
+    env = dict(os.environ, STL_TORCH_CPU_ISA=level)
+    if blocks == "many":
+        env["STL_TORCH_CPU_BLOCK_BYTES"] = str(256 << 10)
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(here, "test_kernels.py"),
+                        os.path.join(here, "test_ops.py")], env=env, capture_output=True, text=True, timeout=600)
+    tail = (r.stdout + r.stderr)[-3000:]
+    assert r.returncode == 0, tail
+    assert " passed" in tail and "failed" not in tail, tail
