@@ -74,7 +74,7 @@ static int64_t block_rows(int64_t Mt, size_t per_row, size_t wt) {
 }
 
 /* -------------------------------------------------------------------------------- parallel */
-enum { JOB_ENCODE, JOB_DECODE, JOB_CORRELATE, JOB_COLSUM };
+enum { JOB_ENCODE, JOB_DECODE, JOB_CORRELATE, JOB_COLSUM, JOB_PACK };
 
 typedef struct {
   int kind;
@@ -96,6 +96,7 @@ static void job_range(int64_t s0, int64_t s1, void *ctx) {
       case JOB_ENCODE: j->isa->encode[j->ct]((const StlEncodeArgs *)j->args, i0, i1, scr); break;
       case JOB_DECODE: j->isa->decode[j->ct]((const StlDecodeArgs *)j->args, i0, i1, scr); break;
       case JOB_CORRELATE: j->isa->correlate[j->ct]((const StlCorrelateArgs *)j->args, i0, i1, scr); break;
+      case JOB_PACK: j->isa->pack[j->ct]((const StlPackArgs *)j->args, i0, i1); break;
       default: j->isa->colsum[j->ct]((const StlColsumArgs *)j->args, i0, i1, scr); break;
     }
   }
@@ -222,28 +223,54 @@ static void store_doubles(StlDtype dt, const double *v, int64_t n, void *out, in
 #define ATW(base, dt, elems) ((char *)(base) + (elems) * stl_dtype_size(dt))
 
 /* --------------------------------------------------------------------------------- forward */
+/* Per block of tile-rows: encode Xe (all products) once, then work items = (panel of STL_KB output
+ * tile-columns, group of rows), each one the r GEMMs of its panel (gemm primitive: the panel of Wt
+ * packed, a register-blocked micro-kernel) into a cache-resident Z tile, decoded right away into
+ * y (and copied to the Z output when autograd keeps it). Z never leaves the cache; Xe is read from
+ * it by every panel. */
 typedef struct {
-  int64_t Mt, Nt, Pt, mb;
-  void *E, *D, *bias, *wt, *xe, *z, *scratch;
-  size_t slot;
+  int64_t Mt, Nt, Pt, mb, mp, rows_g, panels, groups, pieces;
+  void *E, *D, *bias, *wpack, *xe, *scratch;
+  size_t slot, zbuf;
 } FwdWs;
+
+static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 static size_t fwd_layout(const StlForward *f, FwdWs *w, char *base) {
   const int t = f->t, r = f->r, t2 = t * t;
   const size_t e = (size_t)esz_of(f->dt);
   w->Mt = (f->M + t - 1) / t, w->Nt = f->N / t, w->Pt = f->P / t;
-  const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt, (size_t)w->Pt) == SIZE_MAX ? SIZE_MAX : mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
-  const size_t per_row = mul3((size_t)r, (size_t)(w->Nt + w->Pt), e);
-  w->mb = block_rows(w->Mt, per_row, wt_bytes);
-  w->slot = slot_bytes(t, r, f->dt, false);
+  /* a block's Xe stays in the last-level cache: it is read once per panel */
+  const size_t per_row = mul3((size_t)r, (size_t)w->Nt, e);
+  w->mb = w->Mt;
+  if (per_row && (size_t)w->Mt > stl_cpu_block_bytes() / per_row) w->mb = (int64_t)(stl_cpu_block_bytes() / per_row);
+  if (w->mb < STL_MR) w->mb = STL_MR;
+  w->mp = round_up(w->mb, STL_MR);
+  /* work items: every panel, and the rows split so that each thread gets several items, but each
+   * group at least 48 tile-rows (packing a panel of Wt costs 1/group of its GEMM) */
+  const int64_t T = threads();
+  w->panels = (w->Pt + STL_KB - 1) / STL_KB;
+  int64_t groups = (4 * T + w->panels - 1) / w->panels;
+  if (groups > w->mp / 48) groups = w->mp / 48;
+  if (groups < 1) groups = 1;
+  w->rows_g = round_up((w->mp + groups - 1) / groups, STL_MR);
+  w->groups = (w->mp + w->rows_g - 1) / w->rows_g;
+  w->pieces = w->panels * w->groups;
+  if (w->pieces > 4 * T) w->pieces = 4 * T;
+  if (w->pieces > SLOTS) w->pieces = SLOTS;
+  w->zbuf = mul3((size_t)r, (size_t)w->rows_g, STL_KB * e);
+  const size_t dec = stl_cpu_decode_scratch(t, r, (int64_t)e), enc = stl_cpu_encode_scratch(t, r, (int64_t)e);
+  w->slot = (w->zbuf + dec + 2 * 63) & ~(size_t)63;
+  if (w->slot < enc) w->slot = (enc + 63) & ~(size_t)63; /* the encode's run() uses the same slots */
+  if (w->zbuf == SIZE_MAX) w->slot = SIZE_MAX;
+  const int64_t nslots = 4 * T < SLOTS ? 4 * T : SLOTS; /* >= pieces, and what run() may use */
   Carver c = {base, 0};
   w->E = carve(&c, (size_t)r * t2 * e);
   w->D = carve(&c, (size_t)t2 * r * e);
   w->bias = f->bias ? carve(&c, (size_t)f->P * e) : NULL;
-  w->wt = native(f->dt) ? NULL : carve(&c, wt_bytes);
-  w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * e));
-  w->z = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * e));
-  w->scratch = carve(&c, mul3(SLOTS, w->slot, 1));
+  w->wpack = carve(&c, mul3((size_t)r * (size_t)w->panels, (size_t)w->Nt * STL_KB, e));
+  w->xe = carve(&c, mul3((size_t)r, (size_t)w->mp, (size_t)w->Nt * e));
+  w->scratch = carve(&c, mul3((size_t)nslots, w->slot, 1));
   return c.used;
 }
 
@@ -257,13 +284,55 @@ static size_t cpu_forward_ws_bytes(const StlForward *f) {
   return fwd_layout(f, &w, NULL);
 }
 
+typedef struct {
+  const StlForward *f;
+  const FwdWs *w;
+  int64_t I0, nb, row0, Mb;
+  const StlCpuIsa *isa;
+  int ct;
+} PanelJob;
+
+static void panel_range(int64_t s0, int64_t s1, void *ctx) {
+  const PanelJob *j = (const PanelJob *)ctx;
+  const StlForward *f = j->f;
+  const FwdWs *w = j->w;
+  const int t = f->t, r = f->r;
+  const int64_t e = esz_of(f->dt), items = w->panels * w->groups;
+  char *zbuf = (char *)w->scratch + (size_t)s0 * w->slot;
+  void *dscr = zbuf + ((w->zbuf + 63) & ~(size_t)63);
+  for (int64_t s = s0; s < s1; s++)
+    for (int64_t it = s * items / w->pieces; it < (s + 1) * items / w->pieces; it++) {
+      const int64_t pn = it / w->groups, g = it % w->groups;
+      const int64_t lo = g * w->rows_g, rows = w->mp - lo < w->rows_g ? w->mp - lo : w->rows_g;
+      const int64_t rv = j->nb - lo < rows ? j->nb - lo : rows; /* tile-rows with real rows */
+      if (rv <= 0) continue;
+      const int64_t j0 = pn * STL_KB, nc = w->Pt - j0 < STL_KB ? w->Pt - j0 : STL_KB;
+      const int64_t slab = w->Nt * STL_KB; /* packed panel pn of product l: wpack[l][pn] */
+      StlGemmArgs ga = {(const char *)w->xe + (size_t)(lo * w->Nt * e), w->mp * w->Nt, rows, w->Nt,
+                        (const char *)w->wpack + (size_t)(pn * slab * e), w->panels * slab, r, zbuf};
+      j->isa->gemm[j->ct](&ga);
+      const int64_t orow = j->row0 + (int64_t)t * lo;
+      StlDecodeArgs da = {f->dt, zbuf, rows * STL_KB, STL_KB, j->Mb - (int64_t)t * lo, (int64_t)t * nc, t, r, w->D,
+                          w->bias ? (const char *)w->bias + (size_t)((int64_t)t * j0 * e) : NULL,
+                          ATW(f->y, f->dt, orow * f->P + (int64_t)t * j0), f->P};
+      j->isa->decode[j->ct](&da, 0, rv, dscr);
+      if (f->z) /* the products, kept for the backward */
+        for (int l = 0; l < r; l++)
+          for (int64_t i = 0; i < rv; i++) {
+            const char *src = (const char *)zbuf + (size_t)(((int64_t)l * rows + i) * STL_KB * e);
+            const int64_t off = (int64_t)l * w->Mt * w->Pt + (j->I0 + lo + i) * w->Pt + j0;
+            if (native(f->dt)) memcpy(ATW(f->z, f->dt, off), src, (size_t)(nc * e));
+            else stl_store_f(f->dt, f->z, off, nc, (const float *)src);
+          }
+    }
+}
+
 static void cpu_forward(const StlForward *f, void *ws, size_t ws_bytes, void *stream) {
   (void)stream;
   FwdWs w;
   if (fwd_layout(f, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU forward: workspace too small");
   fwd_layout(f, &w, (char *)ws);
   const int t = f->t, r = f->r, t2 = t * t;
-  const StlDtype ct = f->dt == STL_F64 ? STL_F64 : STL_F32;
   const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, e = esz_of(f->dt);
   load_small(f->dt, f->enc, r, t2, w.E);
   load_small(f->dt, f->dec, t2, r, w.D);
@@ -271,26 +340,18 @@ static void cpu_forward(const StlForward *f, void *ws, size_t ws_bytes, void *st
     StlSmallMat b = {f->bias, 0, 1};
     load_small(f->dt, b, 1, f->P, w.bias);
   }
-  const void *wt = f->wt;
-  if (!native(f->dt)) {
-    convert(f->dt, f->wt, w.wt, (int64_t)r * Nt * Pt, true);
-    wt = w.wt;
-  }
+  StlPackArgs pa = {f->dt, f->wt, Nt, Pt, w.panels, w.wpack};
+  run(JOB_PACK, &pa, f->dt, (int64_t)r * w.panels, false, NULL, 0);
   for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
     const int64_t nb = Mt - I0 < w.mb ? Mt - I0 : w.mb, row0 = (int64_t)t * I0;
     const int64_t Mb = f->M - row0 < (int64_t)t * nb ? f->M - row0 : (int64_t)t * nb;
-    StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt};
+    StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, w.mp * Nt};
     run(JOB_ENCODE, &ea, f->dt, nb, false, (char *)w.scratch, w.slot);
-    gemms(ct, r, nb, Pt, Nt, (Mat){w.xe, nb * Nt, Nt, 1}, (Mat){wt, Nt * Pt, Pt, 1}, (Mat){w.z, nb * Pt, Pt, 1}, false);
-    if (f->z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */
-      for (int l = 0; l < r; l++) {
-        const char *src = (const char *)w.z + (size_t)l * nb * Pt * e;
-        void *dst = ATW(f->z, f->dt, (int64_t)l * Mt * Pt + I0 * Pt);
-        if (native(f->dt)) memcpy(dst, src, (size_t)(nb * Pt * e));
-        else stl_store_f(f->dt, dst, 0, nb * Pt, (const float *)src);
-      }
-    StlDecodeArgs da = {f->dt, w.z, nb * Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P)};
-    run(JOB_DECODE, &da, f->dt, nb, false, (char *)w.scratch, w.slot);
+    if (nb < w.mp) /* the micro-kernel's rows past the block read zeros */
+      for (int l = 0; l < r; l++)
+        memset((char *)w.xe + (size_t)((l * w.mp + nb) * Nt * e), 0, (size_t)((w.mp - nb) * Nt * e));
+    PanelJob pj = {f, &w, I0, nb, row0, Mb, stl_cpu_isa(), ct_index(f->dt)};
+    stl_parallel_for(w.pieces, 1, panel_range, &pj);
   }
 }
 
@@ -393,7 +454,7 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
     gemms(ct, r, Nt, Pt, nb, (Mat){w.xe, nb * Nt, 1, Nt}, (Mat){w.gz, nb * Pt, Pt, 1}, (Mat){dwt, Nt * Pt, Pt, 1},
           I0 > 0);
     /* dX = decode(dXe, E^T);  dE[l, j] += sum dXe[l] x X tiles;  db += column sums of G */
-    StlDecodeArgs dx = {dt, w.dxe, nb * Nt, Mb, b->N, t, r, w.Et, NULL, ATW(b->dx, dt, row0 * b->N)};
+    StlDecodeArgs dx = {dt, w.dxe, nb * Nt, Nt, Mb, b->N, t, r, w.Et, NULL, ATW(b->dx, dt, row0 * b->N), b->N};
     run(JOB_DECODE, &dx, dt, nb, false, (char *)w.scratch, w.slot);
     correlate_block(b, &w, w.dxe, nb * Nt, xb, Mb, b->N, nb, w.dE);
     if (w.db) {
@@ -468,7 +529,7 @@ static void dec_cpu(StlDtype dt, const void *in, int64_t M, int64_t P, int t, in
     load_small(dt, bm, 1, P, b);
   }
   if (!native(dt)) convert(dt, in, z, (int64_t)r * Mt * Pt, true);
-  StlDecodeArgs a = {dt, z, Mt * Pt, M, P, t, r, D, bias ? b : NULL, out};
+  StlDecodeArgs a = {dt, z, Mt * Pt, Pt, M, P, t, r, D, bias ? b : NULL, out, P};
   run(JOB_DECODE, &a, dt, Mt, false, scr, slot);
   stl_cpu_workspace_release(m.p, m.token);
 }

@@ -22,5 +22,7 @@
 const StlCpuIsa stl_cpu_isa_avx2 = {"avx2", STL_VBYTES, {encode_f_avx2, encode_d_avx2},
                                       {decode_f_avx2, decode_d_avx2},
                                       {correlate_f_avx2, correlate_d_avx2},
-                                      {colsum_f_avx2, colsum_d_avx2}};
+                                      {colsum_f_avx2, colsum_d_avx2},
+                                      {gemm_f_avx2, gemm_d_avx2},
+                                      {pack_f_avx2, pack_d_avx2}};
 #endif

@@ -22,5 +22,7 @@
 const StlCpuIsa stl_cpu_isa_avx512 = {"avx512", STL_VBYTES, {encode_f_avx512, encode_d_avx512},
                                       {decode_f_avx512, decode_d_avx512},
                                       {correlate_f_avx512, correlate_d_avx512},
-                                      {colsum_f_avx512, colsum_d_avx512}};
+                                      {colsum_f_avx512, colsum_d_avx512},
+                                      {gemm_f_avx512, gemm_d_avx512},
+                                      {pack_f_avx512, pack_d_avx512}};
 #endif

@@ -21,4 +21,6 @@
 const StlCpuIsa stl_cpu_isa_baseline = {"baseline", STL_VBYTES, {encode_f_baseline, encode_d_baseline},
                                       {decode_f_baseline, decode_d_baseline},
                                       {correlate_f_baseline, correlate_d_baseline},
-                                      {colsum_f_baseline, colsum_d_baseline}};
+                                      {colsum_f_baseline, colsum_d_baseline},
+                                      {gemm_f_baseline, gemm_d_baseline},
+                                      {pack_f_baseline, pack_d_baseline}};

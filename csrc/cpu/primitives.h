@@ -34,18 +34,19 @@ typedef struct {
 } StlEncodeArgs;
 
 /* decode: out[t*I+a, t*J+b] = sum_l coef[j*r + l] * in[l, I, J] (+ bias[t*J+b])     (j = a*t + b)
- *   in: compute-type planes (plane stride in_ps, row length P/t); coef: t2 x r compute type;
- *   bias: P values in compute type or NULL; out: rows of an (M x P) matrix in storage dtype dt,
- *   rows >= M never written. */
+ *   for J < P/t. in: compute-type planes (plane stride in_ps, rows of in_ld >= P/t elements); coef:
+ *   t2 x r compute type; bias: P values in compute type or NULL; out: rows of P elements, out_ld
+ *   apart, storage dtype dt, rows >= M never written. */
 typedef struct {
   StlDtype dt;
   const void *in;
-  int64_t in_ps;
+  int64_t in_ps, in_ld;
   int64_t M, P;
   int t, r;
   const void *coef;
   const void *bias;
   void *out;
+  int64_t out_ld;
 } StlDecodeArgs;
 
 /* correlate: part q of nparts sums, over its tile-rows I (a fixed split of ceil(M/t)) and all K,
@@ -70,10 +71,36 @@ typedef struct {
   double *acc;
 } StlColsumArgs;
 
+/* pack: Wt (r, K, P/t) in storage dtype dt -> packed panels in the compute type, item q = l*panels + p:
+ *   out[q*K*KB + m*K*NR + k*NR + c] = Wt[l, k, p*KB + m*NR + c]   (zero past P/t)
+ * with NR = 2 vectors of the level (the micro-kernel's width). Items [q0, q1). */
+typedef struct {
+  StlDtype dt;
+  const void *wt;
+  int64_t K, Pt, panels;
+  void *out;
+} StlPackArgs;
+
+/* gemm: one panel of the r products, Z_l = Xe_l @ Wt_l restricted to STL_KB columns:
+ *   z[(l*mp + i)*KB + c] = sum_{k < K} a[l*a_ps + i*K + k] * Wt[l, k, panel column c]
+ * for l < r, i < mp (a multiple of STL_MR: rows past the real ones must be zero in a), from the
+ * panel packed by pack (b: the panel's packed data for l = 0, b_ps between products). */
+#define STL_MR 6
+typedef struct {
+  const void *a;
+  int64_t a_ps, mp, K;
+  const void *b;
+  int64_t b_ps;
+  int r;
+  void *z;
+} StlGemmArgs;
+
 typedef void (*StlEncodeFn)(const StlEncodeArgs *p, int64_t i0, int64_t i1, void *scratch);
 typedef void (*StlDecodeFn)(const StlDecodeArgs *p, int64_t i0, int64_t i1, void *scratch);
 typedef void (*StlCorrelateFn)(const StlCorrelateArgs *p, int64_t q0, int64_t q1, void *scratch);
 typedef void (*StlColsumFn)(const StlColsumArgs *p, int64_t c0, int64_t c1, void *scratch);
+typedef void (*StlGemmFn)(const StlGemmArgs *p);
+typedef void (*StlPackFn)(const StlPackArgs *p, int64_t q0, int64_t q1);
 
 /* One ISA level: the four primitives for each compute type ([0] float, [1] double). */
 typedef struct {
@@ -83,6 +110,8 @@ typedef struct {
   StlDecodeFn decode[2];
   StlCorrelateFn correlate[2];
   StlColsumFn colsum[2];
+  StlGemmFn gemm[2];
+  StlPackFn pack[2];
 } StlCpuIsa;
 
 /* Scratch bytes one worker needs for each primitive (same for every level: sized for the widest). */
