@@ -180,7 +180,8 @@ def main(argv=None):
     data_src = a.data or RX.default_text_dir()
     if data_src is None:
         raise SystemExit("no --data and no CPython docs (apt-get install -y python3.11-doc)")
-    workers = a.tokenize_workers if a.tokenize_workers >= 0 else min(32, len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = a.tokenize_workers if a.tokenize_workers >= 0 else min(32, cores or 1)
     try:  # one process tokenises (a file lock), the other ranks wait for its token files
         toks = SH.prepare_token_files(
             data_src, tok, a.token_cache, eval_frac=a.eval_frac, split_seed=a.split_seed,

@@ -183,15 +183,28 @@ DATA_KEYS = ("preset", "aug_impl", "rand_augment", "reprob", "remode", "mixup", 
              "mixup_switch_prob", "mixup_prob", "interpolation", "model_ema_decay")
 
 
+class TimmTransform:
+    """timm's transform behind ImageFolder's (image, rng) interface: timm draws from the global
+    generators, which DataLoader seeds per worker and epoch (picklable for any start method)."""
+
+    def __init__(self, tf):
+        self.tf = tf
+
+    def __call__(self, im, rng):
+        return self.tf(im)
+
+    def __repr__(self):
+        return f"timm {self.tf!r}"
+
+
 def train_transform(a):
     """The ImageFolder training transform that the flags ask for (builtin or timm)."""
     mean, std = D.IMAGENET_MEAN, D.IMAGENET_STD
     if a.aug_impl == "timm":
         from timm.data import create_transform
-        tf = create_transform(a.img_size, is_training=True, auto_augment=a.rand_augment,
-                              interpolation=a.interpolation, re_prob=a.reprob, re_mode=a.remode,
-                              re_count=1, mean=mean, std=std)
-        return lambda im, rng: tf(im)
+        return TimmTransform(create_transform(
+            a.img_size, is_training=True, auto_augment=a.rand_augment, interpolation=a.interpolation,
+            re_prob=a.reprob, re_mode=a.remode, re_count=1, mean=mean, std=std))
     ra = None
     if a.rand_augment:
         ra = AU.RandAugment(a.rand_augment, img_mean=tuple(min(255, round(255 * m)) for m in mean),
