@@ -58,7 +58,7 @@ from stl_torch.recipes.llama import (DEFAULT_TARGETS, eval_ppl, lm_head_tied, lo
 # settings that change the model, data or step size: a checkpoint only resumes under the same ones
 MODEL_KEYS = ("model", "gguf_file", "tiny", "data", "max_docs", "eval_frac", "split_seed",
               "text_field", "windows", "seq_len", "method",
-              "targets", "tile", "rank", "init", "causal", "calibrate_seqs", "calibration",
+              "targets", "tile", "rank", "init", "causal", "calibrate_seqs", "calibration", "sparse_scores",
               "distill_steps", "batch_size", "seed")
 
 
@@ -109,6 +109,9 @@ def parse_args(argv=None):
     g.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
                    help="causal-safe STL (--no-causal leaks future tokens within a tile)")
     g.add_argument("--ed-lr-mult", type=float, default=1.0, help="lr multiplier for STL's E, D")
+    g.add_argument("--sparse-scores", choices=["magnitude", "wanda"], default="magnitude",
+                   help="sparse24: which weights each group of 4 keeps: the largest |W|, or the "
+                        "largest |W| x ||input feature|| over --calibrate-seqs training sequences (Wanda)")
     g.add_argument("--calibrate-seqs", type=int, default=0,
                    help="stl: fit each layer to the dense layer's outputs on N training sequences "
                         "(sequential, in execution order, on the converted model's own "
@@ -213,12 +216,14 @@ def main(argv=None):
 
     include = RM.name_regex(a.targets)
     changed, report = [], None
+    calib = None
+    if a.calibrate_seqs > 0 and not ck:  # training sequences only; on resume the weights are loaded
+        cs = train_windows.first(a.calibrate_seqs)[:, :-1]
+        calib = [{"input_ids": cs[i:i + micro].to(d.device), "use_cache": False}
+                 for i in range(0, len(cs), micro)]
+    if a.method == "sparse24" and a.sparse_scores == "wanda" and a.calibrate_seqs < 1:
+        raise SystemExit("--sparse-scores wanda needs --calibrate-seqs N (N >= 1)")
     if a.method == "stl":
-        calib = None
-        if a.calibrate_seqs > 0 and not ck:  # training sequences only; on resume Wt is loaded
-            cs = train_windows.first(a.calibrate_seqs)[:, :-1]
-            calib = [{"input_ids": cs[i:i + micro].to(d.device), "use_cache": False}
-                     for i in range(0, len(cs), micro)]
         t_conv = time.time()
         cfg = stl_torch.STLConfig(tile=a.tile, rank=a.rank, init=a.init, causal=a.causal)
         ccfg = stl_torch.CalibrationConfig(method=a.calibration, distill_steps=a.distill_steps,
@@ -234,7 +239,7 @@ def main(argv=None):
                   + (f" ({a.calibration} calibration on {len(cs)} sequences)" if calib else ""),
                   flush=True)
     elif a.method == "sparse24":
-        changed = RS.apply_24_sparsity(model, include)
+        changed = RS.apply_24_sparsity(model, include, calib if a.sparse_scores == "wanda" else None)
     model.to(d.device)
     a.amp = RT.resolve_amp(model, d.device, a.amp)
     amp = RT.autocast_ctx(d.device, a.amp)
