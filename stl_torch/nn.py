@@ -119,8 +119,11 @@ class STLinear(nn.Module):
         """An STLinear whose ``Wt`` encodes ``linear.weight`` (so it starts as close to ``linear``
         as the rank allows) and which copies its bias. ``init`` defaults to ``"fitted"``."""
         cfg = _config(config, overrides, converting=True)
+        # built on meta and materialised: the init runs once, on linear's weight, not also on a random one
         m = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                device=linear.weight.device, dtype=linear.weight.dtype, config=cfg)
+                device="meta", dtype=linear.weight.dtype, config=cfg)
+        if not linear.weight.is_meta:
+            m = m.to_empty(device=linear.weight.device)
         with torch.no_grad():
             m.reset_parameters(weight=linear.weight.detach())
             if linear.bias is not None:
