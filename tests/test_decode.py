@@ -240,7 +240,7 @@ def test_smollm2_generates_the_same_tokens_with_and_without_cache():
     report = convert(model, STLConfig(causal=True))
     assert len(report.converted) == 210
     mix_rows(model, scale=0.05)
-    ids = torch.tensor([[504, 5905, 38353, 30, 5905, 314, 354, 2807, 288]])  # "The Python Tutorial. Python is an easy to"
+    ids = torch.tensor([[504, 5905, 38353, 30, 5905, 314, 354, 2807, 288]])  # The Python Tutorial. Python is an easy to
     with torch.no_grad():
         a = model.generate(ids, max_new_tokens=4, do_sample=False)
         b = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False)
