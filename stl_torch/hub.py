@@ -98,7 +98,9 @@ def from_pretrained(path, model_class=None, **kwargs):
     ``kwargs`` go to ``model_class.from_pretrained`` (``dtype``, ``device_map``, ...). The recorded
     layers are STLinear before the weights are loaded, so no initialisation runs for them."""
     import transformers
-    config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(path)
+    where = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only", "subfolder",
+                                    "trust_remote_code") if k in kwargs}  # how to find the config too
+    config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(path, **where)
     rec = conversion_record(config)
     if rec is None:
         raise ValueError(f"from_pretrained: {path} has no '{KEY}' record in its config: it was not saved from a "

@@ -74,6 +74,7 @@ def test_incremental_logits_equal_the_full_forward(chunks):
     assert (torch.cat(out, 1) - full).abs().max() < 1e-8
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 def test_plain_loop_with_a_user_cache_and_past_key_values():
     model = tiny_llama(4)
     ids = prompt(4, 9)
