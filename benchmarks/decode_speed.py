@@ -80,11 +80,14 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--tile", type=int, default=4)
     ap.add_argument("--rank", type=int, default=24)
     ap.add_argument("--out", default=os.path.join("docs", "results", "decode_speed_cpu.json"))
     a = ap.parse_args()
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     dense, tok, src = load_model(a.model, tiny=a.tiny)
     dense.eval()
     stl = copy.deepcopy(dense)
@@ -114,7 +117,8 @@ def main():
     print(table)
     result = {"benchmark": "decode_speed", "model": src, "converted_layers": len(report.converted),
               "tile": a.tile, "rank": a.rank, "new_tokens": a.new_tokens, "repeats": a.repeats,
-              "cpu": cpu_model(), "threads": torch.get_num_threads(),
+              "cpu": cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+              "load_average_1_5_15": os.getloadavg(),  # other work on the machine slows every number
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "stl_torch": stl_torch.__version__,
               "stl_torch_build": stl_torch._C.abi_info(), "rows": rows, "table": table}

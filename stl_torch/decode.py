@@ -165,10 +165,13 @@ class _Context:
         self.calls, self.new_rows, self._shift = {}, {}, {}
 
     def shift(self, t):
-        """(shift (B,), all zero): rows of each sequence's current tile that precede this call's first row."""
+        """(shift, all zero): rows of each sequence's current tile that precede this call's first row;
+        an int when every sequence has the same (no padding: the common case, laid out by slicing),
+        else a (B,) tensor."""
         if t not in self._shift:
             sh = torch.where(self.first < 0, 0, (self.start - self.first).remainder(t))
-            self._shift[t] = (sh, not bool(sh.any()))
+            lo, hi = (int(v) for v in sh.aminmax()) if sh.numel() else (0, 0)
+            self._shift[t] = (lo if lo == hi else sh, hi == 0)
         return self._shift[t]
 
     def _fits(self, x):
@@ -198,7 +201,7 @@ class _Context:
             y = tiling.from_tiles(layer.rows_forward(tiling.to_tiles(x, t)), x.shape, t)
         else:
             rows, _ = tiling.to_shifted_tiles(x, t, shift, hist)
-            y = tiling.from_shifted_tiles(layer.rows_forward(rows), shift, self.S)
+            y = tiling.from_shifted_tiles(layer.rows_forward(rows), shift, self.S, self.B)
         if self.record:  # the last t-1 inputs: every later call's partial tile starts among them
             k = t - 1
             if x.shape[1] >= k:
@@ -212,7 +215,8 @@ class _Context:
     def processed_rows(self, layer, shape):
         t = layer.tile
         if t > 1 and len(shape) == 3 and shape[0] == self.B and shape[1] == self.S and not self.shift(t)[1]:
-            return self.B * (-(-(self.S + t - 1) // t) * t)
+            sh = self.shift(t)[0]
+            return self.B * (-(-(self.S + (sh if isinstance(sh, int) else t - 1)) // t) * t)
         return tiling.padded_rows(shape, t)
 
 

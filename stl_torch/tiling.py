@@ -71,10 +71,18 @@ def to_shifted_tiles(x, t, shift, history=None):
     """Rows for the operator when sequence b's current tile opened ``shift[b]`` rows before
     ``x[b, 0]`` (0 <= shift < t): those rows are ``history[b, -shift[b]:]`` (the last inputs of an
     earlier call, ``history`` (B, t-1, N)), or zeros when ``history`` is None (rows of padding
-    before a sequence's first real token). x: (B, S, N). Returns (rows (B*L, N), L), every sequence
-    laid out from its tile start and zero-padded to L rows, a multiple of t; one gather, no loop.
-    L covers the largest possible shift, so it depends only on S (no host sync)."""
+    before a sequence's first real token). x: (B, S, N); ``shift``: a (B,) tensor, or an int when
+    every sequence has the same shift (then slices do what the gather does). Returns
+    (rows (B*L, N), L), every sequence laid out from its tile start and zero-padded to L rows, a
+    multiple of t: no Python loop. With a tensor shift, L covers the largest possible shift, so it
+    depends only on S (no host sync)."""
     B, S, N = x.shape
+    if isinstance(shift, int):
+        L = -(-(S + shift) // t) * t
+        parts = [x, x.new_zeros(B, L - S - shift, N)]
+        if shift:
+            parts.insert(0, history[:, t - 1 - shift:] if history is not None else x.new_zeros(B, shift, N))
+        return torch.cat(parts, dim=1).reshape(B * L, N), L
     if history is None:
         history = x.new_zeros(B, t - 1, N)
     L = -(-(S + t - 1) // t) * t
@@ -84,8 +92,11 @@ def to_shifted_tiles(x, t, shift, history=None):
     return rows.reshape(B * L, N), L
 
 
-def from_shifted_tiles(y, shift, S):
-    """Inverse of :func:`to_shifted_tiles` for the output: (B*L, P) -> (B, S, P), the rows of x."""
+def from_shifted_tiles(y, shift, S, B=None):
+    """Inverse of :func:`to_shifted_tiles` for the output: (B*L, P) -> (B, S, P), the rows of x.
+    ``B`` is needed when ``shift`` is an int."""
+    if isinstance(shift, int):
+        return y.reshape(B, -1, y.shape[-1])[:, shift:shift + S].contiguous()
     B = shift.shape[0]
     y = y.reshape(B, -1, y.shape[-1])
     idx = shift[:, None] + torch.arange(S, device=y.device)[None, :]

@@ -100,3 +100,9 @@ def test_shifted_tiles_match_a_loop():
             assert torch.equal(rows[b, :s + S], want) and not rows[b, s + S:].any()
         back = from_shifted_tiles(rows.reshape(B * L, N) * 2, shift, S)
         assert torch.equal(back, x * 2)
+    for s, h in ((s, h) for s in range(t) for h in (hist, None)):  # one shift for all: slices, same rows
+        rows, L = to_shifted_tiles(x, t, s, h)
+        ref, L_ref = to_shifted_tiles(x, t, torch.full((B,), s), h)
+        assert L % t == 0 and torch.equal(rows.reshape(B, L, N), ref.reshape(B, L_ref, N)[:, :L])
+        assert not ref.reshape(B, L_ref, N)[:, L:].any()
+        assert torch.equal(from_shifted_tiles(rows * 3, s, S, B), x * 3)
