@@ -13,7 +13,7 @@ at t=4, r=24 (plus encode and decode, t*r*(N+P)), and reads Wt, 1.5x the dense w
 where a dense decode step is bound by reading the weights. The t^3/r saving applies to prefill
 and training, whose tiles are full.
 
-  python benchmarks/decode_speed.py                  # writes docs/results/decode_speed_cpu.json
+  python benchmarks/decode_speed.py --threads 1 --out docs/results/decode_speed_cpu_1thread.json
 """
 import argparse
 import copy
