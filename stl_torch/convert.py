@@ -10,9 +10,12 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence, Union
 
+import torch
 from torch import nn
 
 from . import calibrate as stl_calib
+from . import decode, hub
+from ._call import call_model
 from .config import CalibrationConfig, STLConfig
 from .flops import linear_macs, stl_macs
 from .nn import STLinear
@@ -120,10 +123,40 @@ def _make_filter(filter):
                      f"callable (module, fqn) -> bool, got {type(filter).__name__}")
 
 
+@torch.no_grad()
+def _input_dims(model, example_input, linears):
+    """{id(linear): largest input dim it saw} over one call of ``model`` on ``example_input``."""
+    seen = {}
+
+    def hook(mod, args):
+        seen[id(mod)] = max(seen.get(id(mod), 0), args[0].dim())
+
+    handles = [m.register_forward_pre_hook(hook) for m in linears]
+    was_training = model.training
+    model.eval()
+    try:
+        call_model(model, example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _output_embedding(model):
+    get = getattr(model, "get_output_embeddings", None)
+    if not callable(get):
+        return None
+    try:
+        return get()
+    except (NotImplementedError, AttributeError):
+        return None
+
+
 def convert(model: nn.Module, config: Optional[STLConfig] = None,
             filter: Union[None, Sequence[str], Callable[[nn.Module, str], bool]] = None, *,
             calibration_data=None, calibration: Optional[CalibrationConfig] = None,
-            only_if_cheaper: bool = True, progress: bool = False) -> ConversionReport:
+            only_if_cheaper: bool = True, example_input=None, progress: bool = False) -> ConversionReport:
     """Replace every selected ``nn.Linear`` of ``model`` by an ``STLinear`` (in place).
 
     ``config``: the ``STLConfig`` of every converted layer (default ``STLConfig()``; ``init=None``
@@ -131,8 +164,10 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
     fnmatch patterns on the qualified name (``"*.mlp.*"``), or a callable ``(module, fqn) -> bool``.
     Selected layers are skipped, with the reason in the report, when in/out features do not
     divide by the tile, when the weight is tied to another module's parameter (converting would
-    silently untie it: untie first if you mean it), or when the parent is
-    ``nn.MultiheadAttention`` (it reads ``out_proj.weight`` directly), and, with
+    silently untie it: untie first if you mean it), when the parent is
+    ``nn.MultiheadAttention`` (it reads ``out_proj.weight`` directly), when the layer is the model's
+    output embedding (``model.get_output_embeddings()``, read through ``.weight`` by transformers'
+    ``resize_token_embeddings`` / ``tie_weights``; an STLinear has no ``.weight``), and, with
     ``only_if_cheaper`` (the default), when STL would need at least as many multiply-adds per
     token as the dense layer (narrow layers: encode and decode cost r*(N+P) per row, see
     docs/operator.md). A module reachable under several names is converted once and replaced
@@ -144,6 +179,16 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
     (a ``CalibrationConfig``, default ``CalibrationConfig()``: least squares) says. Layers the
     data never reaches stay data-free. ``progress``: a tqdm bar per layer.
     Without calibration data the conversion is data-free: ``Wt = encode_weight(W, F)``.
+
+    ``example_input`` (optional; default: the first calibration batch, if any): a model input (as
+    for ``calibration_data``). The model runs on it once, and layers that only ever see inputs of
+    at most 2 dims, ``(batch, features)`` with no token axis (a classifier head), are skipped: STL
+    computes such inputs row by row, each row padded to a tile, costing more than dense.
+
+    The conversion is recorded in ``model.config.stl_torch`` when the model has a Hugging Face
+    config (``save_pretrained`` writes it, ``stl_torch.from_pretrained`` reads it back), and the
+    model's tile cache is enabled (``stl_torch.decode.enable``): tiles start at each sequence's
+    first real token (``attention_mask``) and ``generate()`` decodes incrementally.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"convert: argument 'model' must be an nn.Module, got {type(model).__name__}")
@@ -160,6 +205,13 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
                          f"{type(calibration).__name__}")
     keep = _make_filter(filter)
     t, r = config.tile, config.rank
+    batches = None if calibration_data is None else list(calibration_data)
+    if example_input is None and batches:
+        example_input = batches[0]
+    dims = None
+    if example_input is not None:
+        dims = _input_dims(model, example_input, [m for m in model.modules() if isinstance(m, nn.Linear)])
+    out_emb = _output_embedding(model)
     report = ConversionReport(config, params_before=_param_count(model))
 
     owners = {}  # parameter id -> first qualified name (to spot tied weights)
@@ -188,6 +240,11 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
             entry.reason = f"weight tied to {tied[0]}"
         elif issubclass(parents.get(id(mod), nn.Module), nn.MultiheadAttention):
             entry.reason = "inside nn.MultiheadAttention (weight read directly)"
+        elif mod is out_emb:
+            entry.reason = "output embedding (read through .weight by resize_token_embeddings/tie_weights)"
+        elif dims is not None and 0 < dims.get(id(mod), 0) <= 2:
+            entry.reason = ("2-D input (batch, features): STL would compute it row by row, costing more "
+                            "than dense")
         elif only_if_cheaper and stl_macs(t, n, p, t, r) >= linear_macs(t, n, p):
             entry.reason = (f"STL would cost {stl_macs(t, n, p, t, r) / t:,.0f} multiply-adds per token, "
                             f"dense {linear_macs(1, n, p):,} (only_if_cheaper=False converts it anyway)")
@@ -201,8 +258,7 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
         return STLinear.from_linear(mod, config)
 
     pending = {fqn: (mod, entry) for fqn, mod, entry in chosen}
-    if calibration_data is not None and pending:
-        batches = list(calibration_data)
+    if batches is not None and pending:
         bar = stl_calib.progress_bar(len(pending), progress)
         while pending:
             caps = stl_calib.capture_next_group(model, {f: m for f, (m, _) in pending.items()},
@@ -224,5 +280,8 @@ def convert(model: nn.Module, config: Optional[STLConfig] = None,
             bar.close()
     _swap(model, {id(mod): make(mod) for mod, _ in pending.values()})
     report.params_after = _param_count(model)
+    if report.converted:
+        hub.record_conversion(model, {x.name: config for x in report.converted})
+        decode.enable(model)
     return report
 

@@ -4,9 +4,10 @@ For one call on M rows (M = all leading dims of the input flattened):
   dense  nn.Linear(N -> P):  M*N*P
   STL (tile t, rank r):      r*M*N (encode) + r*M*N*P/t^3 (r batched GEMMs) + r*M*P (decode)
 (encode: r*(M/t)*(N/t) outputs of t^2 terms each; decode: M*P outputs of r terms each)
-with M the *padded* row count the operator really processes (``stl_torch.tiling.padded_rows``). Biases and the
-padding copies are not counted. A layer called several times (weight sharing, a loop) is
-counted once per call.
+with M the *padded* row count the operator really processes (``STLinear.processed_rows``: the tiling
+rule of ``stl_torch.tiling``, where a 2-D input's every row fills a tile, or the shifted layout of a
+left-padded or decoding call). Biases and the padding copies are not counted. A layer called several
+times (weight sharing, a loop) is counted once per call.
 """
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
@@ -16,7 +17,6 @@ from torch import nn
 
 from ._call import call_model
 from .nn import STLinear
-from .tiling import padded_rows
 
 __all__ = ["flops", "FlopReport", "LayerFlops", "linear_macs", "stl_macs"]
 
@@ -106,7 +106,7 @@ def flops(model: nn.Module, example_input, **kwargs) -> FlopReport:
             entry.rows += rows
             entry.dense_macs += linear_macs(rows, mod.in_features, mod.out_features)
             if isinstance(mod, STLinear):
-                entry.macs += stl_macs(padded_rows(shape, mod.tile), mod.in_features,
+                entry.macs += stl_macs(mod.processed_rows(shape), mod.in_features,
                                        mod.out_features, mod.tile, mod.rank)
             else:
                 entry.macs += linear_macs(rows, mod.in_features, mod.out_features)

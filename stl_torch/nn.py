@@ -34,11 +34,23 @@ class STLinear(nn.Module):
     ``stl_torch.tiling``: for inputs with 3 or more dims the second-to-last dim is the token dim,
     tiles group ``tile`` consecutive tokens of one sequence, and a token count not divisible by
     ``tile`` is zero-padded per sequence, so a tile never spans two sequences. A 2-D input
-    ``(M, in_features)`` is tiled along its rows.
+    ``(B, in_features)`` has no token axis: each row is computed alone (padded to one tile), so
+    samples never mix, at ``tile`` times the rows' cost. The output is always contiguous.
 
-    With ``causal=True`` E and D are masked by row (see ``stl_torch.init.causal_masks``) so that
-    no output row depends on a later row of its tile.
+    With ``causal=True`` E and D are masked by row (buffers ``mask_E``, ``mask_D``; see
+    ``stl_torch.init.causal_masks``) so that no output row depends on a later row of its tile.
+    Inside a model whose tile cache is enabled (``stl_torch.decode``, done by ``convert()``), tiles
+    start at each sequence's first real token and a decode step continues its partial tile.
+
+    There is no dense ``weight``: the weight lives in encoded form, ``Wt`` (rank, in/tile,
+    out/tile). Reading ``layer.weight`` raises an AttributeError that says so (``hasattr`` is
+    False); :meth:`dense_weight` gives the equivalent matrix when the layer has one.
+
+    Built on the meta device (``device="meta"``, or under ``torch.device("meta")``), the layer
+    skips its initialisation; ``to_empty()`` then :meth:`reset_parameters` (or loading a state
+    dict) makes it usable.
     """
+    _stl_ctx = None  # the tile-cache context of the model forward in progress (stl_torch.decode)
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  config=None, **overrides):
@@ -56,13 +68,13 @@ class STLinear(nn.Module):
         self.Wt = nn.Parameter(torch.empty(r, in_features // t, out_features // t, **fk))
         self.D = nn.Parameter(torch.empty(t * t, r, **fk))
         self.bias = nn.Parameter(torch.empty(out_features, **fk)) if bias else None
-        if cfg.causal:
-            mE, mD = stl_init.causal_masks(t, r)
-            self.register_buffer("mask_E", mE.to(device=device, dtype=self.E.dtype))
-            self.register_buffer("mask_D", mD.to(device=device, dtype=self.E.dtype))
+        if cfg.causal:  # recomputed by reset_parameters (after to_empty, the values are garbage)
+            self.register_buffer("mask_E", torch.empty(r, t * t, **fk))
+            self.register_buffer("mask_D", torch.empty(t * t, r, **fk))
         else:
             self.mask_E = self.mask_D = None
-        self.reset_parameters()
+        if not self.E.is_meta:  # a meta layer is a skeleton: weights come from to_empty + reset or a load
+            self.reset_parameters()
 
     tile = property(lambda self: self.config.tile)
     rank = property(lambda self: self.config.rank)
@@ -74,7 +86,13 @@ class STLinear(nn.Module):
     def reset_parameters(self, weight=None):
         """(Re)initialise from ``init``; ``Wt`` encodes ``weight`` (P x N) or a fresh
         nn.Linear-style random dense weight, so the layer starts as close to that dense
-        map as the rank allows."""
+        map as the rank allows. The causal masks are recomputed too. A no-op on the meta device."""
+        if self.E.is_meta:
+            return
+        if self.causal:
+            mE, mD = stl_init.causal_masks(self.tile, self.rank)
+            self.mask_E.copy_(mE)
+            self.mask_D.copy_(mD)
         seed = self.config.seed
         if seed is None and self.init == "random":
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
@@ -101,8 +119,11 @@ class STLinear(nn.Module):
         """An STLinear whose ``Wt`` encodes ``linear.weight`` (so it starts as close to ``linear``
         as the rank allows) and which copies its bias. ``init`` defaults to ``"fitted"``."""
         cfg = _config(config, overrides, converting=True)
+        # built on meta and materialised: the init runs once, on linear's weight, not also on a random one
         m = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                device=linear.weight.device, dtype=linear.weight.dtype, config=cfg)
+                device="meta", dtype=linear.weight.dtype, config=cfg)
+        if not linear.weight.is_meta:
+            m = m.to_empty(device=linear.weight.device)
         with torch.no_grad():
             m.reset_parameters(weight=linear.weight.detach())
             if linear.bias is not None:
@@ -119,9 +140,61 @@ class STLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"STLinear: input last dim is {x.shape[-1]}, expected "
                              f"in_features={self.in_features}")
+        if self._stl_ctx is not None:  # inside a model forward with a tile context: stl_torch.decode
+            return self._stl_ctx.run(self, x)
+        return tiling.from_tiles(self.rows_forward(tiling.to_tiles(x, self.tile)), x.shape, self.tile)
+
+    def rows_forward(self, rows):
+        """The operator on 2-D ``rows`` (M, in_features), tiled in order: t consecutive rows form a tile."""
         E, D = self.effective_encoders()
-        y = stl_linear(tiling.to_tiles(x, self.tile), E, self.Wt, D, self.bias, self.tile)
-        return tiling.from_tiles(y, x.shape, self.tile)
+        return stl_linear(rows, E, self.Wt, D, self.bias, self.tile)
+
+    def processed_rows(self, shape):
+        """Rows the operator runs for an input of ``shape``, padding included (what
+        ``stl_torch.flops`` counts): the tiling rule, or the tile context's layout when active."""
+        if self._stl_ctx is not None:
+            return self._stl_ctx.processed_rows(self, shape)
+        return tiling.padded_rows(shape, self.tile)
+
+    def __getattr__(self, name):
+        if name == "weight" and "weight" not in self.__dict__.get("_parameters", {}):
+            raise AttributeError(
+                "STLinear has no dense 'weight': STL keeps its weight in encoded form, 'Wt' of shape "
+                "(rank, in_features/tile, out_features/tile), and mixes the rows of a tile, so in general no "
+                "(out_features, in_features) matrix computes the same function. Use layer.dense_weight() for "
+                "the equivalent matrix of an exact decomposition, or keep layers that are read through "
+                "'.weight' dense (convert's filter).")
+        return super().__getattr__(name)
+
+    @torch.no_grad()
+    def dense_weight(self, tol=1e-5):
+        """The (out_features, in_features) matrix W with ``layer(x) == x @ W.T + bias``, when the layer
+        has one: only an exact decomposition (e.g. ``init="strassen"`` with tile=2, rank=7 or tile=4,
+        rank=49, before training changes it) acts on each row alone. Otherwise raises ValueError
+        with the relative deviation from the closest row-wise map (above ``tol``).
+
+        How: row a' of an input tile reaches row a of the output tile through the (N, P) block
+        ``B[a', a][t*K+c, t*J+b] = sum_l E[l, a'*t+c] D[a*t+b, l] Wt[l, K, J]``; the layer is dense
+        exactly when every off-diagonal block is 0 and the t diagonal blocks are equal (= W^T).
+        Costs t^2 * rank * in * out multiply-adds, in float64."""
+        t, r = self.tile, self.rank
+        E, D = self.effective_encoders()
+        E3, D3, Wt = E.double().reshape(r, t, t), D.double().reshape(t, t, r), self.Wt.double()
+        N, P = self.in_features, self.out_features
+
+        def block(a_in, a_out):
+            return torch.einsum("lc,bl,lkj->kcjb", E3[:, a_in], D3[a_out], Wt).reshape(N, P)
+
+        diag = [block(a, a) for a in range(t)]
+        W = sum(diag) / t
+        dev = sum((d - W).square().sum() for d in diag)
+        dev = dev + sum(block(i, o).square().sum() for i in range(t) for o in range(t) if i != o)
+        rel = (dev.sqrt() / (W.norm() * t ** 0.5).clamp_min(1e-300)).item()
+        if not rel <= tol:
+            raise ValueError(f"STLinear.dense_weight: this layer is not a dense linear map (relative deviation "
+                             f"{rel:.3g} > tol={tol:g}): STL mixes the {t} rows of a tile unless its "
+                             "decomposition is exact")
+        return W.t().to(self.Wt.dtype).contiguous()
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

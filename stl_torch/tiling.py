@@ -1,11 +1,18 @@
 """The one home of how STL tiles rows, and of its float64 formulas (docs/operator.md).
 
 Tiling rule (``STLinear``, ``stl_torch.flops``, calibration and the tile cache all use it):
-a tile groups ``t`` consecutive tokens of one sequence. For an input ``(*, S, N)`` with 3 or
-more dims, the second-to-last dim ``S`` is the token dim: each of the ``prod(*)`` sequences is
-zero-padded at its end to a multiple of ``t`` tokens, so a tile never spans two sequences and
-padding never changes a real token's output. An input ``(M, N)`` is tiled along its M rows; a
-1-D input is one row.
+a tile groups ``t`` consecutive tokens of one sequence.
+
+- An input ``(*, S, N)`` with 3 or more dims: the second-to-last dim ``S`` is the token dim. Each
+  of the ``prod(*)`` sequences is zero-padded at its end to a multiple of ``t`` tokens, so a tile
+  never spans two sequences and padding never changes a real token's output.
+- A 2-D input ``(B, N)`` has no token axis (a classifier head, a pooled vector): each row is its
+  own sequence of one token, padded to one tile, so samples never mix. This costs ``t`` rows per
+  row: such layers are better left dense (``convert(..., example_input=...)`` skips them).
+- A 1-D input ``(N,)`` is one row, the same as ``(1, N)``.
+- A sequence can start its tiles later than its first row (left padding, or a decode step that
+  continues a partial tile): :func:`to_shifted_tiles` prepends, per sequence, the rows that open
+  its current tile (``stl_torch.decode`` uses it).
 
 Float64 formulas, tile t, rank r (index ``a*t+c`` is row-major inside a tile):
   E  (r, t*t)       activation encoder, column a*t + c (a: row inside the X tile, c: column)
@@ -18,8 +25,8 @@ used by the initialisations and the calibration (never a hot path of training).
 import torch
 import torch.nn.functional as Fn
 
-__all__ = ["padded_rows", "to_tiles", "from_tiles", "pad_rows", "encode_activations", "encode_weight", "decode",
-           "stl_reference", "tensor_error", "matmul_tensor"]
+__all__ = ["padded_rows", "to_tiles", "from_tiles", "to_shifted_tiles", "from_shifted_tiles", "pad_rows",
+           "encode_activations", "encode_weight", "decode", "stl_reference", "tensor_error", "matmul_tensor"]
 
 
 # ------------------------------------------------------------------------------- tiling rule
@@ -31,21 +38,22 @@ def _seq_dims(shape):
         for s in shape[:-2]:
             seqs *= s
         return seqs, shape[-2]
-    return 1, (shape[0] if len(shape) == 2 else 1)
+    return (shape[0] if len(shape) == 2 else 1), 1  # no token axis: every row is its own sequence
 
 
 def padded_rows(shape, t):
     """Rows the operator processes for an input of ``shape`` (..., N): every sequence padded to
-    a multiple of ``t`` tokens."""
+    a multiple of ``t`` tokens (a 2-D input's rows: one tile each)."""
     seqs, s = _seq_dims(shape)
     return seqs * (-(-s // t) * t)
 
 
 def to_tiles(x, t):
-    """``x`` (..., N) -> 2-D rows for the operator, tiled by the rule: sequences of a >= 3-D input
-    are padded one by one; a single sequence (<= 2-D) is passed as is, the operator itself
-    zero-pads its last partial tile."""
-    if x.dim() >= 3 and x.shape[-2] % t:
+    """``x`` (..., N) -> 2-D rows for the operator, tiled by the rule: every sequence is padded at
+    its end to a multiple of ``t`` tokens (a row of a <= 2-D input to one tile)."""
+    if x.dim() < 3:
+        x = x.reshape(-1, 1, x.shape[-1])  # (B, N) -> B sequences of one token
+    if x.shape[-2] % t:
         x = Fn.pad(x, (0, 0, 0, (-x.shape[-2]) % t))
     return x.reshape(-1, x.shape[-1])
 
@@ -53,11 +61,46 @@ def to_tiles(x, t):
 def from_tiles(y, shape, t):
     """Inverse of :func:`to_tiles` for the output: (rows, P) -> (*shape[:-1], P), padded rows
     dropped. Always contiguous, as ``nn.Linear``'s output is."""
-    shape = tuple(shape)
-    if len(shape) >= 3 and shape[-2] % t:
-        seqs = y.shape[0] // (-(-shape[-2] // t) * t)
-        y = y.reshape(seqs, -1, y.shape[-1])[:, :shape[-2]]
-    return y.reshape(*shape[:-1], y.shape[-1]).contiguous()
+    seqs, s = _seq_dims(shape)
+    if s % t:
+        y = y.reshape(seqs, -(-s // t) * t, y.shape[-1])[:, :s]
+    return y.reshape(*tuple(shape)[:-1], y.shape[-1]).contiguous()
+
+
+def to_shifted_tiles(x, t, shift, history=None):
+    """Rows for the operator when sequence b's current tile opened ``shift[b]`` rows before
+    ``x[b, 0]`` (0 <= shift < t): those rows are ``history[b, -shift[b]:]`` (the last inputs of an
+    earlier call, ``history`` (B, t-1, N)), or zeros when ``history`` is None (rows of padding
+    before a sequence's first real token). x: (B, S, N); ``shift``: a (B,) tensor, or an int when
+    every sequence has the same shift (then slices do what the gather does). Returns
+    (rows (B*L, N), L), every sequence laid out from its tile start and zero-padded to L rows, a
+    multiple of t: no Python loop. With a tensor shift, L covers the largest possible shift, so it
+    depends only on S (no host sync)."""
+    B, S, N = x.shape
+    if isinstance(shift, int):
+        L = -(-(S + shift) // t) * t
+        parts = [x, x.new_zeros(B, L - S - shift, N)]
+        if shift:
+            parts.insert(0, history[:, t - 1 - shift:] if history is not None else x.new_zeros(B, shift, N))
+        return torch.cat(parts, dim=1).reshape(B * L, N), L
+    if history is None:
+        history = x.new_zeros(B, t - 1, N)
+    L = -(-(S + t - 1) // t) * t
+    window = torch.cat([history, x, x.new_zeros(B, L - S, N)], dim=1)  # (B, t-1+L, N)
+    idx = (t - 1 - shift)[:, None] + torch.arange(L, device=x.device)[None, :]
+    rows = window.gather(1, idx[:, :, None].expand(B, L, N))
+    return rows.reshape(B * L, N), L
+
+
+def from_shifted_tiles(y, shift, S, B=None):
+    """Inverse of :func:`to_shifted_tiles` for the output: (B*L, P) -> (B, S, P), the rows of x.
+    ``B`` is needed when ``shift`` is an int."""
+    if isinstance(shift, int):
+        return y.reshape(B, -1, y.shape[-1])[:, shift:shift + S].contiguous()
+    B = shift.shape[0]
+    y = y.reshape(B, -1, y.shape[-1])
+    idx = shift[:, None] + torch.arange(S, device=y.device)[None, :]
+    return y.gather(1, idx[:, :, None].expand(B, S, y.shape[-1]))
 
 
 # ---------------------------------------------------------------------------- float64 formulas

@@ -1,5 +1,6 @@
 """torch.compile(fullgraph=True) through the custom ops: no graph break, same numbers as eager
 (float64, so inductor's fused LayerNorm/GELU rounding does not hide a real mismatch)."""
+import pytest
 import torch
 from torch import nn
 
@@ -34,3 +35,87 @@ def test_compile_fullgraph_matches_eager():
     # and under no_grad (need_z=False path) as well
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), ref_out, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ fake kernels check like the C op
+fwd = torch.ops.stl_torch.stl_forward.default
+bwd = torch.ops.stl_torch.stl_backward.default
+
+
+def _meta(*shape, dtype=torch.float32):
+    return torch.empty(*shape, dtype=dtype, device="meta")
+
+
+def _good_forward():  # M=8, N=8, P=12, t=4, r=6
+    return [_meta(8, 8), _meta(6, 16), _meta(6, 2, 3), _meta(16, 6), _meta(12), 4, False]
+
+
+FORWARD_BAD = [  # (argument index, value, message) as csrc/ops.c words them
+    (0, _meta(8, 8, dtype=torch.int64), r"'x' has dtype torch.int64"),
+    (1, _meta(6, 16, dtype=torch.float64), r"'E' has dtype torch.float64 but 'x' has dtype torch.float32"),
+    (0, _meta(8, 6), r"'x' has N=6 columns; expected a positive multiple of tile=4"),
+    (0, _meta(8, 0), r"'x' has N=0 columns"),
+    (0, _meta(8), r"'x' has shape \(8\); expected a 2-D"),
+    (0, _meta(2, 8, 8), r"'x' has shape \(2, 8, 8\); expected a 2-D"),
+    (0, _meta(8, 16)[:, ::2], r"'x' must be contiguous"),
+    (1, _meta(6, 9), r"'E' has shape \(6, 9\); expected \(rank, tile\*tile\)"),
+    (1, _meta(0, 16), r"'E' has rank 0"),
+    (2, _meta(6, 3, 3), r"'Wt' has shape \(6, 3, 3\); expected \(rank, N/tile, P/tile\) = \(6, 2, P/4\)"),
+    (2, _meta(5, 2, 3), r"'Wt' has shape \(5, 2, 3\)"),
+    (2, _meta(6, 2, 0), r"'Wt' has P/tile=0"),
+    (2, _meta(6, 3, 2).transpose(1, 2), r"'Wt' must be contiguous"),
+    (3, _meta(6, 16), r"'D' has shape \(6, 16\); expected \(tile\*tile, rank\) = \(16, 6\)"),
+    (3, _meta(16, 6, dtype=torch.bfloat16), r"'D' has dtype torch.bfloat16"),
+    (4, _meta(7), r"'bias' has shape \(7\); expected \(P,\) = \(12,\)"),
+    (4, _meta(12, dtype=torch.float64), r"'bias' has dtype"),
+    (1, torch.empty(6, 16), r"'E' is on cpu but 'x' is on meta"),
+    (5, 0, r"'tile' is 0"),
+    (5, 17, r"'tile' is 17"),
+]
+
+
+@pytest.mark.parametrize("i,value,pattern", FORWARD_BAD)
+def test_fake_forward_checks_like_the_kernel(i, value, pattern):
+    args = _good_forward()
+    args[i] = value
+    with pytest.raises(RuntimeError, match=pattern):
+        fwd(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_fake_forward_accepts_good_calls(dtype):
+    x, E, Wt, D, b, t, _ = [a.to(dtype) if torch.is_tensor(a) else a for a in _good_forward()]
+    y, z = fwd(x, E, Wt, D, b, t, True)
+    assert y.shape == (8, 12) and z.shape == (6, 2, 3) and y.dtype == dtype
+    assert fwd(x, E, Wt, D, b[:0], t, False)[1].numel() == 0  # empty bias / no z
+
+
+def test_fake_backward_checks_like_the_kernel():
+    x, E, Wt, D, _, t, _ = _good_forward()
+    g, nob = _meta(8, 12), _meta(0)
+    outs = bwd(g, nob, x, E, Wt, D, _meta(6, 2, 3), True, t)
+    assert [o.shape for o in outs] == [(8, 8), (6, 16), (6, 2, 3), (16, 6), (12,)]
+    cases = [
+        ((_meta(8, 11), nob, x, E, Wt, D, nob), r"'grad_y' has shape \(8, 11\); expected \(M, P\) = \(8, 12\)"),
+        ((g, nob, x, E, Wt, D, _meta(6, 2, 2)),
+         r"'z' has shape \(6, 2, 2\); expected \(rank, ceil\(M/tile\), P/tile\)"),
+        ((g, _meta(6, 2, 3, dtype=torch.float64), x, E, Wt, D, nob), r"'grad_z' has dtype torch.float64"),
+        ((g, _meta(5, 2, 3), x, E, Wt, D, nob), r"'grad_z' has shape \(5, 2, 3\)"),
+        ((_meta(12, 8).t(), nob, x, E, Wt, D, nob), r"'grad_y' must be contiguous"),
+        ((g, nob, x, _meta(6, 9), Wt, D, nob), r"stl_backward: argument 'E' has shape \(6, 9\)"),
+    ]
+    for args, pattern in cases:
+        with pytest.raises(RuntimeError, match=pattern):
+            bwd(*args, True, t)
+
+
+def test_compile_rejects_a_malformed_call_at_trace_time():
+    """With the checks in the fake kernel, dynamo fails while tracing (TorchRuntimeError), before
+    anything runs; without them the trace succeeds and only the C kernel would catch it."""
+    torch._dynamo.reset()
+    x, E, Wt, D, b = torch.randn(8, 8), torch.randn(6, 16), torch.randn(6, 3, 3), torch.randn(16, 6), torch.randn(12)
+    f = torch.compile(lambda x, E, Wt, D, b: fwd(x, E, Wt, D, b, 4, False)[0] * 2, fullgraph=True)
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=r"'Wt' has shape \(6, 3, 3\)"):
+        f(x, E, Wt, D, b)
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=r"'bias' has shape \(7\)"):
+        f(x, E, torch.randn(6, 2, 3), D, torch.randn(7))

@@ -211,7 +211,7 @@ def test_llama_exact_and_fitted_conversion(capsys):
     with torch.no_grad():
         ref = model(ids).logits
         report = convert(model, STLConfig(tile=2, rank=7, init="strassen"), only_if_cheaper=False)
-        assert len(report.converted) == 15 and not report.skipped
+        assert len(report.converted) == 14 and [x.name for x in report.skipped] == ["lm_head"]
         assert rel_err(model(ids).logits, ref) < 1e-10
         errs = {}
         for init in ("fitted", "random"):
@@ -291,3 +291,63 @@ def test_calibration_options_are_checked(kw, msg):
     with pytest.raises(ValueError, match="'calibration' must be a CalibrationConfig"):
         convert(model, STLConfig(tile=4, rank=8), calibration_data=[torch.randn(4, 8)], calibration="lstsq")
     assert isinstance(model[0], nn.Linear)  # nothing converted
+
+
+class Pooled(nn.Module):
+    """Token layers (3-D inputs) and a head on the pooled vector (2-D input: no token axis)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(128, 256), nn.Linear(256, 128)
+        self.head = nn.Linear(128, 256)
+
+    def forward(self, x):
+        return self.head(self.fc2(torch.relu(self.fc1(x))).mean(1))
+
+
+def test_example_input_skips_layers_that_only_see_2d_inputs():
+    x = torch.randn(2, 8, 128)
+    reason = "2-D input (batch, features): STL would compute it row by row, costing more than dense"
+    for kw in ({"example_input": x}, {"calibration_data": [x]}):
+        torch.manual_seed(0)
+        model = Pooled()
+        report = convert(model, STLConfig(tile=4, rank=24), **kw)
+        assert {x.name: x.reason for x in report.skipped} == {"head": reason}
+        assert isinstance(model.head, nn.Linear) and isinstance(model.fc1, STLinear)
+    torch.manual_seed(0)
+    model = Pooled()  # without an example the head cannot be told apart: converted
+    assert not convert(model, STLConfig(tile=4, rank=24)).skipped and isinstance(model.head, STLinear)
+
+
+def test_output_embedding_is_skipped():
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.out = nn.Linear(64, 64), nn.Linear(64, 128)
+
+        def get_output_embeddings(self):
+            return self.out
+
+        def forward(self, x):
+            return self.out(self.body(x))
+
+    model = LM()
+    report = convert(model, STLConfig(tile=4, rank=8, init="random"), only_if_cheaper=False)
+    assert {x.name: x.reason for x in report.skipped} == {
+        "out": "output embedding (read through .weight by resize_token_embeddings/tie_weights)"}
+    assert isinstance(model.body, STLinear) and isinstance(model.out, nn.Linear)
+    llama = tiny_llama()  # untied lm_head: transformers reads llama.lm_head.weight
+    report = convert(llama, STLConfig(tile=4, rank=24), only_if_cheaper=False)
+    assert [x.name for x in report.skipped] == ["lm_head"] and llama.get_output_embeddings().weight is not None
+
+
+def test_conversion_is_recorded_in_the_hf_config():
+    llama = tiny_llama()
+    cfg = STLConfig(tile=4, rank=24, causal=True)
+    convert(llama, cfg, filter=["*.mlp.*"], only_if_cheaper=False)
+    convert(llama, STLConfig(tile=2, rank=7, init="strassen"), filter=["*.self_attn.*"], only_if_cheaper=False)
+    rec = llama.config.stl_torch
+    assert rec["root"] == "LlamaForCausalLM" and len(rec["layers"]) == 14
+    assert rec["configs"][rec["layers"]["model.layers.0.mlp.up_proj"]] == cfg.resolved(True).to_dict()
+    assert rec["configs"][rec["layers"]["model.layers.1.self_attn.q_proj"]]["tile"] == 2
+    assert "stl_torch" in llama.config.to_dict()  # what save_pretrained writes into config.json

@@ -26,8 +26,9 @@ def test_stl_counts_with_padding():
     assert x.dense_macs == 21 * 16 * 32 == 10752  # the dense layer on the 21 real rows
     assert x.kind == "STLinear" and x.tile == 4 and x.rank == 24
     assert rep.ratio == pytest.approx(10752 / 32256)  # tiny layers: STL costs more
-    # 2-D input: rows padded as one sequence (10 -> 12); 1-D: one row -> one tile
-    assert flops(m, torch.randn(10, 16)).total_macs == 12 * (24 * 16 + 24 * 16 * 32 // 64 + 24 * 32)
+    # 2-D input: every row its own sequence, padded to one tile (10 -> 40 rows); 1-D: one row -> one tile
+    two_d = flops(m, torch.randn(10, 16))
+    assert two_d.total_macs == 40 * (24 * 16 + 24 * 16 * 32 // 64 + 24 * 32) and two_d.dense_macs == 10 * 16 * 32
     assert flops(m, torch.randn(16)).total_macs == 4 * (384 + 192 + 768)
 
 
@@ -35,7 +36,7 @@ def test_large_shape_matches_stl_md_ratio():
     """GEMM stage alone is t^3/r cheaper; encode/decode add r (N + P) per row."""
     M, N, P, t, r = 4096, 1024, 1024, 4, 24
     m = STLinear(N, P, tile=t, rank=r, init="random", device="meta")
-    rep = flops(m, torch.empty(M, N, device="meta"))
+    rep = flops(m, torch.empty(1, M, N, device="meta"))
     gemm = r * M * N * P // t ** 3
     assert rep.total_macs == gemm + r * M * (N + P)
     assert rep.dense_macs == M * N * P
@@ -56,13 +57,15 @@ def test_converted_model_report_and_repeated_calls():
 
     net = Net()
     convert(net, STLConfig(tile=2, rank=7, init="strassen"), only_if_cheaper=False)  # head: 3 not divisible by 2
-    rep = flops(net, (torch.randn(4, 8),))                     # tuple input is unpacked
+    rep = flops(net, (torch.randn(1, 4, 8),))                  # tuple input is unpacked
     by = {x.name: x for x in rep.layers}
     assert by["a"].calls == 2 and by["head"].kind == "Linear"
     per_call = 7 * 4 * 8 + 7 * 4 * 8 * 8 // 8 + 7 * 4 * 8  # encode 224 + GEMMs 224 + decode 224
     assert by["a"].macs == 2 * per_call and by["b"].macs == per_call
     assert by["a"].dense_macs == 2 * 4 * 64 and by["head"].macs == 4 * 8 * 3
     assert rep.total_macs == 3 * per_call + 96
+    rep2 = flops(net, torch.randn(4, 8))  # 2-D: each of the 4 rows fills a tile of 2: twice the rows
+    assert {x.name: x.macs for x in rep2.layers}["b"] == 2 * per_call
     text = str(rep)
     assert "STLinear t=2 r=7" in text and "**total**" in text
     assert rep.to_dict()["total_macs"] == rep.total_macs

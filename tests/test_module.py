@@ -1,10 +1,12 @@
 """STLinear: nn.Linear's contract, padding, exactness with Strassen, state_dict, from_linear."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stl_torch import STLinear
+from stl_torch import STLConfig, STLinear
 from stl_torch.tiling import tensor_error, encode_weight, stl_reference
 
 from conftest import rel_err
@@ -73,13 +75,107 @@ def test_leading_dims_and_per_sequence_padding():
     assert not torch.equal(y2[1, 2], y[1, 2])
 
 
-def test_2d_input_tiles_rows_and_1d_input():
-    m = STLinear(8, 4, rank=6, init="random", dtype=torch.float64)
-    x = torch.randn(9, 8, dtype=torch.float64)
-    assert rel_err(m(x), stl_reference(x, m.E, m.Wt, m.D, m.bias, tile=4)) < 1e-13
-    v = torch.randn(8, dtype=torch.float64)
-    assert m(v).shape == (4,)
-    assert rel_err(m(v), stl_reference(v[None], m.E, m.Wt, m.D, m.bias, tile=4)[0]) < 1e-13
+def test_output_is_contiguous_like_nn_linear():
+    """nn.Linear's output is contiguous, so code calls .view() on it: STL's must be too, also when
+    padded rows were dropped (19 tokens) and for 2-D / 1-D inputs."""
+    m = STLinear(64, 256)
+    for x in (torch.randn(2, 19, 64), torch.randn(5, 64), torch.randn(64), torch.randn(3, 2, 6, 64),
+              torch.randn(0, 7, 64)):
+        y = m(x)
+        assert y.is_contiguous() and y.shape == x.shape[:-1] + (256,)
+        y.view(-1, 256)
+
+
+def test_2d_input_rows_never_mix():
+    """A 2-D input (B, C) has no token axis: each row is its own sequence, padded to one tile, so a
+    sample's output never depends on its batch-mates (docs/operator.md section 7)."""
+    m = STLinear(8, 12, rank=6, init="random", dtype=torch.float64)
+    x = torch.randn(4, 8, dtype=torch.float64)
+    y = m(x)
+    for i in range(4):  # each row as one sequence of one token (the operator zero-pads its tile)
+        assert rel_err(y[i], stl_reference(x[i:i + 1], m.E, m.Wt, m.D, m.bias, tile=4)[0]) < 1e-14
+        alone = m(x[i:i + 1])
+        assert (alone[0] - y[i]).abs().max() <= 1e-15
+    x2 = x.clone()
+    x2[1] = torch.randn(8, dtype=torch.float64) * 100
+    y2 = m(x2)
+    assert torch.equal(y2[0], y[0]) and torch.equal(y2[2:], y[2:]) and not torch.equal(y2[1], y[1])
+    v = x[2]  # 1-D: one row
+    assert m(v).shape == (12,) and (m(v) - y[2]).abs().max() <= 1e-15
+    assert m(torch.zeros(0, 8, dtype=torch.float64)).shape == (0, 12)
+
+
+def test_meta_device_then_to_empty_and_reset_parameters():
+    """A layer built on the meta device skips its init; to_empty + reset_parameters must rebuild the
+    causal masks (buffers), not leave to_empty's garbage in them."""
+    torch.manual_seed(0)
+    m = STLinear(64, 64, causal=True, device="meta")
+    assert m.E.is_meta and m.mask_E.is_meta
+    m = m.to_empty(device="cpu")
+    with torch.no_grad():  # what uninitialised memory may hold
+        m.mask_E.fill_(float("nan"))
+        m.mask_D.fill_(7.0)
+    m.reset_parameters()
+    from stl_torch.init import causal_masks
+    mE, mD = causal_masks(4, 24)
+    assert torch.equal(m.mask_E, mE.float()) and torch.equal(m.mask_D, mD.float())
+    x = torch.randn(2, 8, 64)
+    y = m(x)
+    assert torch.isfinite(y).all()
+    x2 = x.clone()
+    x2[:, 5:] += 1
+    assert torch.equal(m(x2)[:, :5], y[:, :5])  # causal: later tokens change nothing before them
+    # the meta skeleton + load_state_dict path (how checkpoints are loaded without an init)
+    ref = STLinear(64, 64, causal=True, init="random")
+    n = nn.Module.to_empty(STLinear(64, 64, causal=True, device="meta"), device="cpu")
+    n.load_state_dict(ref.state_dict())
+    assert torch.equal(n(x), ref(x))
+
+
+@pytest.mark.parametrize("kw,name", [
+    ({"tile": 0}, "tile"), ({"tile": -4}, "tile"), ({"tile": 2.0}, "tile"), ({"tile": 32}, "tile"),
+    ({"tile": True}, "tile"), ({"tile": 2, "rank": 9}, "rank"), ({"rank": 65}, "rank"), ({"rank": 0}, "rank"),
+    ({"in_features": 8.0}, "in_features"), ({"in_features": 0}, "in_features"), ({"out_features": -8}, "out_features"),
+    ({"out_features": "8"}, "out_features"),
+])
+def test_constructor_validation_names_the_argument(kw, name):
+    args = {"in_features": 8, "out_features": 8}
+    args.update(kw)
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        STLinear(args.pop("in_features"), args.pop("out_features"), **args)
+    if name in ("tile", "rank"):
+        cfg = {k: v for k, v in kw.items() if k in ("tile", "rank")}
+        with pytest.raises(ValueError, match=f"'{name}'"):
+            STLConfig(**cfg)
+
+
+def test_weight_is_a_clear_attribute_error_and_module_machinery_works():
+    m = STLinear(16, 8, rank=6, init="random")
+    with pytest.raises(AttributeError, match=r"no dense 'weight'.*'Wt'.*dense_weight\(\)"):
+        m.weight
+    assert not hasattr(m, "weight")
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        m.nope  # any other missing attribute: nn.Module's usual error
+    assert set(m.state_dict()) == {"E", "Wt", "D", "bias"}
+    assert [n for n, _ in m.named_parameters()] == ["E", "Wt", "D", "bias"]
+    assert "in_features=16" in repr(m) and m.E.shape == (6, 16)
+    assert isinstance(copy.deepcopy(m), STLinear)
+
+
+@pytest.mark.parametrize("t,r", [(2, 7), (4, 49)])
+def test_dense_weight_of_an_exact_layer(t, r):
+    lin = nn.Linear(16, 8, dtype=torch.float64)
+    m = STLinear.from_linear(lin, tile=t, rank=r, init="strassen")
+    W = m.dense_weight()
+    assert W.shape == (8, 16) and (W - lin.weight).abs().max() < 1e-12
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    assert rel_err(m(x), F.linear(x, W, m.bias)) < 1e-13
+
+
+def test_dense_weight_refuses_a_layer_that_mixes_rows():
+    m = STLinear.from_linear(nn.Linear(16, 8), tile=4, rank=24, init="fitted")
+    with pytest.raises(ValueError, match=r"not a dense linear map \(relative deviation 0\.[0-9]+"):
+        m.dense_weight()
 
 
 def test_constructor_contract():

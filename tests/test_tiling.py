@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from stl_torch.tiling import (decode, encode_activations, encode_weight, from_tiles, padded_rows, stl_reference,
-                              tensor_error, to_tiles)
+from stl_torch.tiling import (decode, encode_activations, encode_weight, from_shifted_tiles, from_tiles, padded_rows,
+                              stl_reference, tensor_error, to_shifted_tiles, to_tiles)
 
 
 def naive_decomposition(t):
@@ -64,8 +64,8 @@ def test_encode_weight_matches_loops():
     assert encode_weight(W.float(), F, t).dtype == torch.float32
 
 
-@pytest.mark.parametrize("shape,rows", [((7, 8), 8), ((8, 8), 8), ((8,), 4), ((2, 3, 8), 8), ((2, 3, 5, 8), 48),
-                                        ((3, 0, 8), 0)])
+@pytest.mark.parametrize("shape,rows", [((7, 8), 28), ((8, 8), 32), ((8,), 4), ((0, 8), 0), ((2, 3, 8), 8),
+                                        ((2, 3, 5, 8), 48), ((3, 0, 8), 0)])
 def test_padded_rows_rule(shape, rows):
     assert padded_rows(shape, 4) == rows
 
@@ -77,5 +77,32 @@ def test_to_and_from_tiles_pad_each_sequence():
     assert torch.equal(rows[3], torch.zeros(4, dtype=torch.float64)) and torch.equal(rows[4], x[1, 0])
     back = from_tiles(rows[:, :3] * 2, x.shape[:-1] + (3,), 2)
     assert back.shape == (2, 3, 3) and back.is_contiguous() and torch.equal(back, x[..., :3] * 2)
-    flat = torch.randn(5, 4)
-    assert to_tiles(flat, 4) is flat or torch.equal(to_tiles(flat, 4), flat)
+    flat = torch.randn(5, 4)  # 2-D: every row its own sequence, one tile each
+    rows = to_tiles(flat, 4)
+    assert rows.shape == (20, 4) and torch.equal(rows[::4], flat) and not rows.reshape(5, 4, 4)[:, 1:].any()
+    assert torch.equal(from_tiles(rows, flat.shape, 4), flat)
+    assert torch.equal(from_tiles(to_tiles(flat[0], 4), (4,), 4), flat[0])
+
+
+def test_shifted_tiles_match_a_loop():
+    """Row b's tile opens shift[b] rows before x[b, 0]: those rows come from the history (or are zero)."""
+    t, B, S, N = 4, 3, 6, 2
+    x, hist = torch.randn(B, S, N, dtype=torch.float64), torch.randn(B, t - 1, N, dtype=torch.float64)
+    shift = torch.tensor([0, 3, 1])
+    for h in (hist, None):
+        rows, L = to_shifted_tiles(x, t, shift, h)
+        assert L % t == 0 and rows.shape == (B * L, N)
+        rows = rows.reshape(B, L, N)
+        for b in range(B):
+            s = int(shift[b])
+            prev = h[b, t - 1 - s:] if h is not None else torch.zeros(s, N, dtype=torch.float64)
+            want = torch.cat([prev, x[b]])
+            assert torch.equal(rows[b, :s + S], want) and not rows[b, s + S:].any()
+        back = from_shifted_tiles(rows.reshape(B * L, N) * 2, shift, S)
+        assert torch.equal(back, x * 2)
+    for s, h in ((s, h) for s in range(t) for h in (hist, None)):  # one shift for all: slices, same rows
+        rows, L = to_shifted_tiles(x, t, s, h)
+        ref, L_ref = to_shifted_tiles(x, t, torch.full((B,), s), h)
+        assert L % t == 0 and torch.equal(rows.reshape(B, L, N), ref.reshape(B, L_ref, N)[:, :L])
+        assert not ref.reshape(B, L_ref, N)[:, L:].any()
+        assert torch.equal(from_shifted_tiles(rows * 3, s, S, B), x * 3)

@@ -1,0 +1,347 @@
+"""Tiles that follow each sequence: left padding and incremental decoding (docs/operator.md
+section 9, docs/llm.md).
+
+Two things need more than one ``STLinear`` call can see, so the model, not the layer, sets them up:
+
+- **Where a sequence's tiles start.** In a left-padded batch, tiles must start at each row's first
+  real token (found in the ``attention_mask``), so padding never joins a real token's tile.
+- **What came before.** A decode step hands each layer only the newest tokens, but a causal tile's
+  row a depends on rows 0..a of its tile: the layer must see the rows that opened the current
+  partial tile, at most t-1 per sequence, like the state of a causal convolution.
+
+Design. :func:`enable` (``convert()`` and ``stl_torch.from_pretrained`` call it) puts a forward
+pre-hook and an always-called forward hook on the model (and on every Hugging Face
+``PreTrainedModel`` inside it). For one model call the pre-hook reads the call's
+``attention_mask``, ``cache`` / ``past_key_values`` and ``use_cache`` and hands every STL layer a
+context; the hook takes it away when the call ends. The per-sequence state, a :class:`TileCache`,
+lives on the transformers ``Cache`` object of the call: whatever generate() or a user loop does with
+that cache (pass it to the next call, reorder it for beam search, expand or select its batch,
+reset it) happens to the tile state too, because the cache's class is extended with those methods
+(:class:`TileCacheMixin`). So ``generate()`` and a plain loop of
+``out = model(ids, cache=out.cache)`` calls both decode exactly, with no extra API.
+
+Without an attention mask and without a cache, a call runs exactly as a bare ``STLinear`` does.
+"""
+import inspect
+import sys
+
+import torch
+from torch import nn
+
+from . import tiling
+from .nn import STLinear
+
+__all__ = ["enable", "disable", "TileCache", "TileCacheMixin", "tile_cache"]
+
+
+class TileCache:
+    """The tile state of one batch of sequences, for every STL layer of one model.
+
+    length: positions processed so far (padding included). first: (B,) position of each row's
+    first real token (-1: none yet). rows: per layer call, its last t-1 inputs (B, t-1, N)."""
+
+    def __init__(self):
+        self.length = 0
+        self.first = None
+        self.rows = {}
+
+    def _map(self, fn):
+        if self.first is not None:
+            self.first = fn(self.first)
+        self.rows = {k: fn(v) for k, v in self.rows.items()}
+
+    def reorder(self, beam_idx):
+        self._map(lambda v: v.index_select(0, beam_idx.to(v.device)))
+
+    def repeat_interleave(self, repeats):
+        self._map(lambda v: v.repeat_interleave(repeats, dim=0))
+
+    def select(self, indices):
+        self._map(lambda v: v[indices.to(v.device) if torch.is_tensor(indices) else indices])
+
+    def check_crop(self, tokens_to_remove):
+        if tokens_to_remove != 0 and self.length > 0:
+            raise NotImplementedError(
+                "stl_torch: cropping a cache (assisted / speculative decoding) is not supported with STL layers: "
+                "the tile cache keeps only the current partial tile and cannot roll back")
+
+    def reset(self):
+        self.length, self.first, self.rows = 0, None, {}
+
+
+class TileCacheMixin:
+    """Mixed into the class of a transformers ``Cache`` that carries a :class:`TileCache`
+    (``cache.stl_tiles``): the batch edits generate() makes also apply to the tile state."""
+
+    def reorder_cache(self, beam_idx):
+        super().reorder_cache(beam_idx)
+        self.stl_tiles.reorder(beam_idx)
+
+    def batch_repeat_interleave(self, repeats):
+        super().batch_repeat_interleave(repeats)
+        self.stl_tiles.repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices):
+        super().batch_select_indices(indices)
+        self.stl_tiles.select(indices)
+
+    def crop(self, tokens_to_remove):
+        self.stl_tiles.check_crop(tokens_to_remove)
+        super().crop(tokens_to_remove)
+
+    def reset(self):
+        super().reset()
+        self.stl_tiles.reset()
+
+
+_WITH_TILES = {}
+
+
+def _attach(cache, tiles):
+    """Give a transformers cache a tile state: its class gains :class:`TileCacheMixin` (same name)."""
+    cls = type(cache)
+    if not isinstance(cache, TileCacheMixin):
+        if cls not in _WITH_TILES:
+            _WITH_TILES[cls] = type(cls.__name__, (TileCacheMixin, cls), {"__module__": cls.__module__,
+                                                                          "__qualname__": cls.__qualname__})
+        cache.__class__ = _WITH_TILES[cls]
+    cache.stl_tiles = tiles
+    return cache
+
+
+def tile_cache(cache):
+    """The :class:`TileCache` a transformers cache carries, or None."""
+    return getattr(cache, "stl_tiles", None)
+
+
+def _is_hf_cache(v):
+    tf = sys.modules.get("transformers.cache_utils")
+    return tf is not None and isinstance(v, tf.Cache)
+
+
+def _find_cache(output):
+    if isinstance(output, dict):  # transformers' ModelOutput is an OrderedDict
+        values = output.values()
+    elif isinstance(output, (tuple, list)):
+        values = output
+    else:
+        return None
+    return next((v for v in values if _is_hf_cache(v)), None)
+
+
+def _seq_length(cache):
+    try:
+        return int(cache.get_seq_length())
+    except Exception:  # caches without a sequence length (linear attention only): nothing to check
+        return None
+
+
+_POSITIONAL = {}
+
+
+def _call_args(module, args, kwargs):
+    """The call's arguments by name (positional ones through the forward's signature)."""
+    cls = type(module)
+    if cls not in _POSITIONAL:
+        try:
+            params = inspect.signature(module.forward).parameters.values()
+            _POSITIONAL[cls] = [p.name for p in params
+                                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            _POSITIONAL[cls] = []
+    named = dict(zip(_POSITIONAL[cls], args))
+    named.update(kwargs)
+    if "input_ids" not in named and "inputs_embeds" not in named and args and torch.is_tensor(args[0]):
+        named["input_ids"] = args[0]  # a plain model called as model(tokens)
+    return named
+
+
+class _Context:
+    """One model call: where each row's current tile opened, and the tile state to read and update."""
+
+    def __init__(self, tiles, cache, B, S, first, record, names):
+        self.tiles, self.cache, self.B, self.S, self.first = tiles, cache, B, S, first
+        self.start, self.record, self.names = tiles.length, record, names
+        self.calls, self.new_rows, self._shift = {}, {}, {}
+
+    def shift(self, t):
+        """(shift, all zero): rows of each sequence's current tile that precede this call's first row;
+        an int when every sequence has the same (no padding: the common case, laid out by slicing),
+        else a (B,) tensor."""
+        if t not in self._shift:
+            sh = torch.where(self.first < 0, 0, (self.start - self.first).remainder(t))
+            lo, hi = (int(v) for v in sh.aminmax()) if sh.numel() else (0, 0)
+            self._shift[t] = (lo if lo == hi else sh, hi == 0)
+        return self._shift[t]
+
+    def _fits(self, x):
+        return x.dim() == 3 and x.shape[0] == self.B and x.shape[1] == self.S
+
+    def run(self, layer, x):
+        n = self.calls.get(layer, 0)
+        self.calls[layer] = n + 1
+        name = self.names.get(layer, "?")
+        key = name if n == 0 else f"{name}#{n}"  # a layer called twice per forward keeps two states
+        t = layer.tile
+        if t == 1:  # tiles of one row: nothing to share, nothing to keep
+            return tiling.from_tiles(layer.rows_forward(tiling.to_tiles(x, t)), x.shape, t)
+        shift, aligned = self.shift(t)
+        if not self._fits(x):
+            if self.start == 0 and aligned:  # nothing to shift or continue: the plain rule is exact
+                return tiling.from_tiles(layer.rows_forward(tiling.to_tiles(x, t)), x.shape, t)
+            raise RuntimeError(
+                f"stl_torch: STLinear '{name}' got an input of shape {tuple(x.shape)}, but the model call is a batch "
+                f"of {self.B} sequences of {self.S} tokens: the tile cache and left padding need (batch, tokens, "
+                "features) inputs")
+        hist = self.tiles.rows.get(key)
+        if self.start > 0 and hist is None:
+            raise RuntimeError(f"stl_torch: STLinear '{key}' has no tile state from the earlier calls of this cache "
+                               "(it did not run on their tokens), so it cannot continue their tiles")
+        if aligned:  # every sequence starts a new tile here
+            y = tiling.from_tiles(layer.rows_forward(tiling.to_tiles(x, t)), x.shape, t)
+        else:
+            rows, _ = tiling.to_shifted_tiles(x, t, shift, hist)
+            y = tiling.from_shifted_tiles(layer.rows_forward(rows), shift, self.S, self.B)
+        if self.record:  # the last t-1 inputs: every later call's partial tile starts among them
+            k = t - 1
+            if x.shape[1] >= k:
+                tail = x[:, x.shape[1] - k:]
+            else:
+                prev = hist if hist is not None else x.new_zeros(self.B, k, x.shape[2])
+                tail = torch.cat([prev, x], dim=1)[:, -k:]
+            self.new_rows[key] = tail.detach().clone()  # a copy: do not keep the whole activation alive
+        return y
+
+    def processed_rows(self, layer, shape):
+        t = layer.tile
+        if t > 1 and len(shape) == 3 and shape[0] == self.B and shape[1] == self.S and not self.shift(t)[1]:
+            sh = self.shift(t)[0]
+            return self.B * (-(-(self.S + (sh if isinstance(sh, int) else t - 1)) // t) * t)
+        return tiling.padded_rows(shape, t)
+
+
+def _stl_layers(module):
+    return [(fqn, m) for fqn, m in module.named_modules() if isinstance(m, STLinear)]
+
+
+def _pre_hook(module, args, kwargs):
+    layers = _stl_layers(module)
+    if not layers or layers[0][1]._stl_ctx is not None:
+        return None  # no STL layer, or an enclosing model's call already set the context
+    a = _call_args(module, args, kwargs)
+    tokens = a.get("input_ids")
+    if tokens is None:
+        tokens = a.get("inputs_embeds")
+    if not torch.is_tensor(tokens) or tokens.dim() < 2:
+        return None
+    B, S = tokens.shape[0], tokens.shape[1]
+    cache = a.get("cache")
+    if cache is None:
+        cache = a.get("past_key_values")
+    cache = cache if _is_hf_cache(cache) else None
+    mask = a.get("attention_mask")
+    use_cache = a.get("use_cache")
+    if use_cache is None:
+        use_cache = bool(getattr(getattr(module, "config", None), "use_cache", False))
+    record = cache is not None or bool(use_cache)
+    if mask is None and cache is None and not record:
+        return None  # a plain call: every layer runs the plain tiling rule
+
+    tiles = tile_cache(cache) if cache is not None else None
+    if cache is not None and tiles is None:
+        held = _seq_length(cache)
+        if held:
+            raise RuntimeError(f"stl_torch: the cache passed to {type(module).__name__} holds {held} tokens but no STL "
+                               "tile state: it was filled by a model call without stl_torch's tile cache, so the STL "
+                               "layers cannot continue its tiles. Start from an empty cache.")
+        tiles = TileCache()
+        _attach(cache, tiles)
+    if tiles is None:
+        tiles = TileCache()
+    start = tiles.length
+    if cache is not None:
+        held = _seq_length(cache)
+        if held is not None and held != start:
+            raise RuntimeError(f"stl_torch: the cache holds {held} tokens but its STL tile state {start}: it was "
+                               "changed in a way the tile state did not follow (crop?)")
+    if start > 0:
+        for fqn, m in layers:
+            if not m.causal and m.tile > 1:
+                raise RuntimeError(
+                    f"stl_torch: STLinear '{fqn}' is not causal, so it cannot decode incrementally: a step that "
+                    "continues a cache would need later tokens of its tile. Convert with STLConfig(causal=True), or "
+                    "run without a cache (generate(..., use_cache=False)).")
+        if tiles.first is not None and tiles.first.shape[0] != B:
+            raise RuntimeError(f"stl_torch: the cache's tile state holds {tiles.first.shape[0]} sequences but this "
+                               f"call has {B}: change a cache's batch through its methods (reorder_cache, "
+                               "batch_select_indices, batch_repeat_interleave)")
+
+    dev = tokens.device
+    first = tiles.first if tiles.first is not None else torch.full((B,), -1, dtype=torch.long, device=dev)
+    if mask is not None:
+        if not torch.is_tensor(mask) or mask.dim() != 2:
+            what = f"{mask.dim()}-D" if torch.is_tensor(mask) else type(mask).__name__
+            raise ValueError(f"stl_torch: STL layers need a 2-D attention_mask (batch, tokens) to find each row's "
+                             f"first real token, got {what} (static caches, which pass 4-D masks, are not supported)")
+        if mask.shape[0] != B or mask.shape[1] not in (S, start + S):
+            raise ValueError(f"stl_torch: attention_mask has shape {tuple(mask.shape)}; expected ({B}, {start + S}) "
+                             f"(past and new tokens) or ({B}, {S})")
+        real = mask[:, mask.shape[1] - S:] != 0
+        has, pos = real.any(1), real.int().argmax(1)  # argmax: the first real token of the row
+    else:
+        has = torch.ones(B, dtype=torch.bool, device=dev)
+        pos = torch.zeros(B, dtype=torch.long, device=dev)
+    first = torch.where((first < 0) & has.to(first.device), start + pos.to(first.device), first)
+
+    ctx = _Context(tiles, cache, B, S, first, record, {m: fqn for fqn, m in layers})
+    for _, m in layers:
+        m._stl_ctx = ctx
+    module.__dict__["_stl_ctx_owned"] = ctx
+    return None
+
+
+def _post_hook(module, args, output):
+    ctx = module.__dict__.pop("_stl_ctx_owned", None)
+    if ctx is None:
+        return None
+    for m in ctx.names:
+        m._stl_ctx = None
+    if output is None or not ctx.record:  # the call raised, or keeps no state
+        return None
+    tiles = ctx.tiles
+    tiles.rows.update(ctx.new_rows)
+    tiles.first, tiles.length = ctx.first, ctx.start + ctx.S
+    if ctx.cache is None:  # the model made its own cache (use_cache=True): the tile state goes with it
+        cache = _find_cache(output)
+        if cache is not None:
+            _attach(cache, tiles)
+    return None
+
+
+def _is_pretrained(m):
+    return any(c.__name__ == "PreTrainedModel" for c in type(m).__mro__)
+
+
+def enable(model: nn.Module) -> nn.Module:
+    """Make ``model``'s STL layers follow each sequence: tiles start at each row's first real token
+    (``attention_mask``), and calls that pass a transformers cache continue their tiles (incremental
+    decoding). Hooks ``model`` and every Hugging Face ``PreTrainedModel`` inside it; idempotent.
+    ``convert()`` and ``stl_torch.from_pretrained`` call it. Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"enable: argument 'model' must be an nn.Module, got {type(model).__name__}")
+    for m in [model] + [m for m in model.modules() if m is not model and _is_pretrained(m)]:
+        if not any(h is _pre_hook for h in m._forward_pre_hooks.values()):
+            m.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+            m.register_forward_hook(_post_hook, always_call=True)
+    return model
+
+
+def disable(model: nn.Module) -> nn.Module:
+    """Undo :func:`enable`: STL layers tile each call on its own again."""
+    for m in model.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for k in [k for k, h in hooks.items() if h in (_pre_hook, _post_hook)]:
+                del hooks[k]
+                m._forward_pre_hooks_with_kwargs.pop(k, None)
+                m._forward_hooks_always_called.pop(k, None)
+    return model
