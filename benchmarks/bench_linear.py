@@ -1,17 +1,23 @@
-"""STL (t=4, r=24) vs dense F.linear vs plain-PyTorch STL (einsum+bmm+einsum) [vs 2:4 on CUDA].
+"""One STL layer (t=4, r=24) against dense F.linear, side by side in one run.
 
-When the build has a fused forward for the device (stl_torch._C.abi_info()["fused_forward"]), the
-unfused composition (torch.ops.stl_torch.stl_forward_unfused) is timed beside it.
-Every row of one run is measured side by side in the same process: medians after warm-up
-(CPU: perf_counter; CUDA: CUDA events). Writes a Markdown table, JSON and a PNG bar chart.
+Rows, forward and forward+backward: dense F.linear; STL (stl_torch); the plain-PyTorch STL of
+the paper (einsum encode, bmm, einsum decode), eager and torch.compile'd; the r batched GEMMs
+alone (what STL's GEMM stage would cost with free encode/decode); on CUDA also 2:4 sparse
+F.linear, and the unfused composition (torch.ops.stl_torch.stl_forward_unfused) when the build
+runs a fused forward there. Every row of a shape is timed in interleaved rounds (A B C A B C ...:
+a machine that slows down for a while slows all rows alike); each figure is the median.
+Also the minor page faults per forward call (fresh pages for temporaries cost more than the
+encode and decode themselves). Writes Markdown, JSON and a PNG; the table names the CPU model,
+the ISA level the kernels use, the dtype, torch and the date.
 
-  python benchmarks/bench_linear.py                     # CPU, float32, M=N=P in {512,1024,2048}
-  python benchmarks/bench_linear.py --device cuda       # bf16, the LLM and ViT shapes
+  python benchmarks/bench_linear.py                          # CPU, float32, the default shapes
+  python benchmarks/bench_linear.py --dtype bfloat16
+  python benchmarks/bench_linear.py --device cuda            # bf16, the LLM and ViT shapes
 """
 import argparse
 import json
 import os
-import platform
+import resource
 import statistics
 import sys
 import time
@@ -20,15 +26,18 @@ import torch
 import torch.nn.functional as F
 
 import stl_torch
+from stl_torch.recipes.metrics import cpu_info
 
-CPU_SHAPES = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048)]
+# (M, N, P): a square layer at two sizes, the SmolLM2-135M MLP (up, down; 32 x 256 tokens), the
+# T2T-ViT-7 MLP (32 images x 196 tokens), TinyLlama-1.1B's MLP up (2 x 2048 tokens)
+CPU_SHAPES = [(512, 512, 512), (2048, 2048, 2048), (8192, 576, 1536), (8192, 1536, 576), (6272, 256, 512),
+              (4096, 2048, 5632)]
 CUDA_SHAPES = [(8192, 8192, 8192), (16384, 2048, 5632), (16384, 5632, 2048), (16384, 2048, 2048),
                (25216, 256, 512)]
 
 
 def timer(device, reps, warmup):
-    """run({name: fn}) -> {name: median ms}. The functions are timed in interleaved rounds
-    (A B C A B C ...), so a machine that slows down for a while slows all of them alike."""
+    """run({name: fn}) -> {name: median ms}, interleaved rounds."""
     def once(fn):
         if device == "cuda":
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -55,6 +64,15 @@ def timer(device, reps, warmup):
     return run
 
 
+def minor_faults(fn, calls=3):
+    """Minor page faults per call of fn (CPU)."""
+    fn()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / calls
+
+
 def plain_stl(x, E, Wt, D, t):
     """The paper's plain-PyTorch formulation: einsum encode, bmm, einsum decode."""
     M, N = x.shape
@@ -69,13 +87,14 @@ def unfused_stl(x, E, Wt, D, t):
     return torch.ops.stl_torch.stl_forward_unfused(x, E, Wt, D, x.new_empty(0), t, False)[0]
 
 
-def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
+def bench_shape(M, N, P, t, r, dtype, device, run, do_sparse):
     g = torch.Generator(device="cpu").manual_seed(0)
     mk = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
     x, W = mk(M, N), mk(P, N) / N ** 0.5
     E, Wt, D = mk(r, t * t) / t, mk(r, N // t, P // t) / (N / t) ** 0.5, mk(t * t, r) / r ** 0.5
     params = [W, E, Wt, D]
     gy = mk(M, P)
+    compiled = torch.compile(plain_stl)
 
     def fwd_bwd(f, *ins):
         def step():
@@ -84,18 +103,14 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
             f().backward(gy)
         return step
 
-    fused = stl_torch._C.abi_info()["fused_forward"].get(device, False)
-    stl_fwd = {"STL (stl_torch)": lambda: stl_torch.stl_linear(x, E, Wt, D, None, t)}
-    if fused:
-        stl_fwd["STL unfused composition"] = lambda: unfused_stl(x, E, Wt, D, t)
     xe = mk(r, M // t, N // t)
     fwd = {"dense F.linear": lambda: F.linear(x, W),
-           **stl_fwd,
+           "STL (stl_torch)": lambda: stl_torch.stl_linear(x, E, Wt, D, None, t),
            "plain-PyTorch STL": lambda: plain_stl(x, E, Wt, D, t),
+           "plain-PyTorch STL, compiled": lambda: compiled(x, E, Wt, D, t),
            "r batched GEMMs alone": lambda: torch.bmm(xe, Wt)}
-    if do_compile:
-        cp = torch.compile(plain_stl)
-        fwd["plain-PyTorch STL, compiled"] = lambda: cp(x, E, Wt, D, t)
+    if stl_torch._C.abi_info()["fused_forward"].get(device, False) and device == "cuda":
+        fwd["STL unfused composition"] = lambda: unfused_stl(x, E, Wt, D, t)
     if do_sparse:
         from torch.sparse import to_sparse_semi_structured
         mask = torch.tensor([1, 1, 0, 0], device=device, dtype=torch.bool).tile(P, N // 4)
@@ -103,13 +118,16 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
         fwd["2:4 sparse F.linear"] = lambda: F.linear(x, Ws)
     with torch.no_grad():
         rows = {k: {"fwd": v} for k, v in run(fwd).items()}
+        if device == "cpu":
+            for k in ("dense F.linear", "STL (stl_torch)", "plain-PyTorch STL"):
+                rows[k]["page_faults_per_fwd"] = minor_faults(fwd[k])
     xg = x.clone().requires_grad_()
     for v in params:
         v.requires_grad_()
-    stl_both = {"STL (stl_torch)": fwd_bwd(lambda: stl_torch.stl_linear(xg, E, Wt, D, None, t), xg, E, Wt, D)}
     both = run({"dense F.linear": fwd_bwd(lambda: F.linear(xg, W), xg, W),
-                **stl_both,
-                "plain-PyTorch STL": fwd_bwd(lambda: plain_stl(xg, E, Wt, D, t), xg, E, Wt, D)})
+                "STL (stl_torch)": fwd_bwd(lambda: stl_torch.stl_linear(xg, E, Wt, D, None, t), xg, E, Wt, D),
+                "plain-PyTorch STL": fwd_bwd(lambda: plain_stl(xg, E, Wt, D, t), xg, E, Wt, D),
+                "plain-PyTorch STL, compiled": fwd_bwd(lambda: compiled(xg, E, Wt, D, t), xg, E, Wt, D)})
     for k, v in both.items():
         rows[k]["fwd+bwd"] = v
     dense_macs = M * N * P
@@ -117,7 +135,7 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
     stl_macs = r * M * N + gemm_macs + r * M * P  # encode + GEMMs + decode
     for name, row in rows.items():
         macs = dense_macs if "dense" in name or "2:4" in name else gemm_macs if "alone" in name else stl_macs
-        row["fwd_tflops"] = 2 * macs / (row["fwd"] * 1e-3) / 1e12
+        row["fwd_gflops"] = 2 * macs / (row["fwd"] * 1e-3) / 1e9
         row["fwd_speedup_vs_dense"] = rows["dense F.linear"]["fwd"] / row["fwd"]
         if "fwd+bwd" in row:
             row["fwd+bwd_speedup_vs_dense"] = rows["dense F.linear"]["fwd+bwd"] / row["fwd+bwd"]
@@ -125,8 +143,8 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_compile, do_sparse):
 
 
 def markdown(results, meta):
-    out = [f"{meta['device_name']}, {meta['dtype']}, torch {meta['torch']}, t={meta['tile']}, r={meta['rank']}, "
-           f"{meta['threads']} threads, {meta['date']}", "",
+    out = [f"{meta['device_name']} (kernels: {meta.get('cpu_isa_used', 'cuda')}), {meta['dtype']}, torch {meta['torch']}, "
+           f"t={meta['tile']}, r={meta['rank']}, {meta['threads']} threads, {meta['date']}", "",
            "| shape M×N→P | implementation | fwd ms | fwd × vs dense | fwd+bwd ms | fwd+bwd × vs dense |",
            "|---|---|---:|---:|---:|---:|"]
     for shape, rows in results.items():
@@ -142,18 +160,20 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     shapes = list(results)
-    names = list(dict.fromkeys(n for rows in results.values() for n in rows))  # a path may skip a shape
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(shapes)), 4))
+    names = list(dict.fromkeys(n for rows in results.values() for n in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 3.2 * len(shapes)), 4.2))
     w = 0.8 / len(names)
-    for i, n in enumerate(names):
-        ax.bar([j + i * w for j in range(len(shapes))],
-               [results[s][n]["fwd_speedup_vs_dense"] if n in results[s] else 0 for s in shapes], w, label=n)
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(shapes))], shapes)
-    ax.set_ylabel("forward speed-up vs dense F.linear (×)")
-    ax.legend(fontsize=7)
+    for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
+        for i, n in enumerate(names):
+            ax.bar([j + i * w for j in range(len(shapes))],
+                   [results[s][n].get(f"{mode}_speedup_vs_dense", 0) if n in results[s] else 0 for s in shapes],
+                   w, label=n)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks([j + 0.4 - w / 2 for j in range(len(shapes))], shapes, fontsize=7, rotation=15)
+        ax.set_ylabel(f"{mode} speed-up vs dense F.linear (×)")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def add_common_args(ap):
@@ -161,7 +181,7 @@ def add_common_args(ap):
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     ap.add_argument("--tile", type=int, default=4)
     ap.add_argument("--rank", type=int, default=24)
-    ap.add_argument("--reps", type=int, default=None, help="timed calls per row")
+    ap.add_argument("--reps", type=int, default=None, help="timed rounds per shape")
     ap.add_argument("--shapes", default=None, help="MxNxP,...: e.g. 512x512x512,16384x2048x5632")
     ap.add_argument("--out", default=os.path.join("runs", "bench"), help="folder for the JSON, Markdown and PNG")
 
@@ -173,6 +193,18 @@ def dtype_and_shapes(a, cuda, cpu_shapes):
     shapes = ([tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes
               else CUDA_SHAPES if cuda else cpu_shapes)
     return dtype, shapes
+
+
+def machine_meta(device):
+    meta = {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0],
+            "build": stl_torch._C.abi_info(), "threads": torch.get_num_threads()}
+    if device == "cuda":
+        meta["device_name"] = torch.cuda.get_device_name()
+    else:
+        info = cpu_info()
+        meta.update(info, device_name=f"{info['cpu']} ({info['machine']}, {info['logical_cpus']} logical CPUs, "
+                                      f"ISA up to {info['cpu_isa_supported']})")
+    return meta
 
 
 def write_outputs(stem, meta, results, markdown_fn, plot_fn):
@@ -194,18 +226,17 @@ def main():
     a = ap.parse_args()
     cuda = a.device == "cuda"
     dtype, shapes = dtype_and_shapes(a, cuda, CPU_SHAPES)
-    run = timer(a.device, a.reps or (20 if cuda else 15), 5 if cuda else 2)
-    meta = {"device": a.device, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
-            "tile": a.tile, "rank": a.rank, "threads": torch.get_num_threads(),
-            "device_name": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()) + " CPU",
-            "date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0],
-            "build": stl_torch._C.abi_info()}
+    run = timer(a.device, a.reps or (20 if cuda else 9), 5 if cuda else 2)
+    meta = {"device": a.device, "dtype": str(dtype).replace("torch.", ""), "tile": a.tile, "rank": a.rank,
+            **machine_meta(a.device)}
     results = {}
     for M, N, P in shapes:
         key = f"{M}×{N}→{P}"
         print(f"[bench] {key} ...", flush=True)
-        results[key] = bench_shape(M, N, P, a.tile, a.rank, dtype, a.device, run, do_compile=cuda, do_sparse=cuda)
-    write_outputs(os.path.join(a.out, f"bench_linear_{a.device}"), meta, results, markdown, plot)
+        results[key] = bench_shape(M, N, P, a.tile, a.rank, dtype, a.device, run, do_sparse=cuda)
+        print(json.dumps({k: {m: round(v, 2) for m, v in r.items()} for k, r in results[key].items()}), flush=True)
+    name = f"bench_linear_{a.device}_{meta['dtype']}"
+    write_outputs(os.path.join(a.out, name), meta, results, markdown, plot)
 
 
 if __name__ == "__main__":

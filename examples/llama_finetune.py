@@ -56,6 +56,10 @@ from stl_torch.recipes.llama import (DEFAULT_TARGETS, eval_ppl, lm_head_tied, lo
 
 
 # settings that change the model, data or step size: a checkpoint only resumes under the same ones
+# settings a saved conversion (--conversion-cache) depends on
+CONVERSION_KEYS = ("model", "gguf_file", "tiny", "data", "text_field", "split_seed", "seq_len", "method", "targets",
+                   "tile", "rank", "init", "causal", "calibrate_seqs", "calibration", "distill_steps",
+                   "sparse_scores", "windows", "seed")
 MODEL_KEYS = ("model", "gguf_file", "tiny", "data", "max_docs", "eval_frac", "split_seed",
               "text_field", "windows", "seq_len", "method",
               "targets", "tile", "rank", "init", "causal", "calibrate_seqs", "calibration", "sparse_scores",
@@ -109,6 +113,10 @@ def parse_args(argv=None):
     g.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
                    help="causal-safe STL (--no-causal leaks future tokens within a tile)")
     g.add_argument("--ed-lr-mult", type=float, default=1.0, help="lr multiplier for STL's E, D")
+    g.add_argument("--conversion-cache", default=None, metavar="PATH",
+                   help="reuse a conversion (calibrated STL weights, or 2:4 masks) across runs: loaded "
+                        "from PATH when it exists and was made with the same settings, else made and "
+                        "saved there (e.g. for a learning-rate grid)")
     g.add_argument("--sparse-scores", choices=["magnitude", "wanda"], default="magnitude",
                    help="sparse24: which weights each group of 4 keeps: the largest |W|, or the "
                         "largest |W| x ||input feature|| over --calibrate-seqs training sequences (Wanda)")
@@ -216,8 +224,15 @@ def main(argv=None):
 
     include = RM.name_regex(a.targets)
     changed, report = [], None
+    conv_key = {k: vars(a)[k] for k in CONVERSION_KEYS}
+    conv = None  # a saved conversion: rebuild the layout data-free, then load its weights
+    if a.conversion_cache and os.path.exists(a.conversion_cache) and not ck and a.method != "dense":
+        conv = torch.load(a.conversion_cache, map_location="cpu", weights_only=False)
+        if conv["key"] != conv_key:
+            raise SystemExit(f"--conversion-cache {a.conversion_cache} was made with other settings: "
+                             f"{conv['key']} vs {conv_key}")
     calib = None
-    if a.calibrate_seqs > 0 and not ck:  # training sequences only; on resume the weights are loaded
+    if a.calibrate_seqs > 0 and not ck and conv is None:  # on resume (or from the cache) the weights are loaded
         cs = train_windows.first(a.calibrate_seqs)[:, :-1]
         calib = [{"input_ids": cs[i:i + micro].to(d.device), "use_cache": False}
                  for i in range(0, len(cs), micro)]
@@ -240,6 +255,14 @@ def main(argv=None):
                   flush=True)
     elif a.method == "sparse24":
         changed = RS.apply_24_sparsity(model, include, calib if a.sparse_scores == "wanda" else None)
+    if conv is not None:
+        model.load_state_dict(conv["state"])  # weights (and 2:4 masks) of the saved conversion
+        report = conv["report"]
+        if d.main:
+            print(f"conversion loaded from {a.conversion_cache}", flush=True)
+    elif a.conversion_cache and a.method != "dense" and not ck and d.main:
+        os.makedirs(os.path.dirname(os.path.abspath(a.conversion_cache)), exist_ok=True)
+        RT.atomic_torch_save({"key": conv_key, "state": model.state_dict(), "report": report}, a.conversion_cache)
     model.to(d.device)
     a.amp = RT.resolve_amp(model, d.device, a.amp)
     amp = RT.autocast_ctx(d.device, a.amp)

@@ -95,3 +95,24 @@ def test_module_rejects():
     assert y.shape == (0, 12)
     y.sum().backward()
     assert torch.count_nonzero(m.Wt.grad) == 0
+
+
+def test_sizes_are_64_bit_and_bounded():
+    """A rank that does not fit in 32 bits is rejected, not truncated (2^32 + 3 rows once read as
+    rank 3); ranks past t^3 of the largest tile are refused with the bound."""
+    x, E, Wt, D, b, t, nz = good()
+    huge = torch.zeros(1, 16).expand(2 ** 32 + 3, 16)  # no memory behind it: only its size matters
+    with pytest.raises(RuntimeError, match=r"'E' has rank 4294967299; expected at most 65536 products"):
+        fwd(x, huge, Wt, D, b, t, nz)
+    with pytest.raises(RuntimeError, match=r"'E' has rank 65537; expected at most 65536"):
+        fwd(x, torch.zeros(65537, 16), torch.zeros(65537, 2, 3), torch.zeros(16, 65537), b, t, nz)
+
+
+def test_wide_layers_keep_their_bias():
+    """Bias and output columns are indexed in 64 bits (a P >= 2^31 once dropped the bias): checked
+    at a width past every chunk and panel of the kernels instead of 2^31."""
+    M, N, P, t, r = 5, 8, 4 * 1000, 4, 3
+    x, E, Wt, D, b = operands(M, N, P, t, r, torch.float32)
+    y, _ = fwd(x, E, Wt, D, b, t, False)
+    y0, _ = fwd(x, E, Wt, D, torch.empty(0), t, False)
+    torch.testing.assert_close(y - y0, b.expand(M, P), rtol=0, atol=1e-5)

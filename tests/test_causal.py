@@ -136,10 +136,6 @@ def test_llama_causal_conversion():
 # Non-finite values at a later token (docs/operator.md section 8, "Skip masked terms"). The causal
 # masks zero E and D entries; 0 * NaN is NaN, so only kernels that skip zero-coefficient terms keep
 # a later token's NaN / inf out of earlier rows. With kernels that multiply by the zeros these fail.
-NEEDS_SKIP = pytest.mark.xfail(strict=True, reason="needs the kernels' zero-coefficient skip")
-
-
-@NEEDS_SKIP
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("pos", [2, 6])
 def test_non_finite_later_token_never_reaches_earlier_rows(bad, pos):
@@ -153,7 +149,6 @@ def test_non_finite_later_token_never_reaches_earlier_rows(bad, pos):
     assert not torch.isfinite(y[0, pos]).all()  # the row itself does see it
 
 
-@NEEDS_SKIP
 def test_non_finite_gradient_of_a_row_never_reaches_later_inputs():
     """dx row a' collects the gradients of the output rows >= a' of its tile only."""
     torch.manual_seed(0)
@@ -194,7 +189,6 @@ def test_llama_nan_probe_is_clean_on_the_dense_model():
     assert torch.isfinite(logits[:, :2]).all() and not torch.isfinite(logits[:, 2]).all()
 
 
-@NEEDS_SKIP
 def test_llama_nan_at_a_later_token_leaves_earlier_logits_finite():
     model = _tiny_llama()
     convert(model, STLConfig(tile=4, rank=24, init="fitted", causal=True), only_if_cheaper=False)

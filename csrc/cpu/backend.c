@@ -102,15 +102,27 @@ static void job_range(int64_t s0, int64_t s1, void *ctx) {
   }
 }
 
-/* Runs a primitive over n items in at most SLOTS pieces (exactly n pieces when `exact`: a
- * correlation's parts), each piece with its own scratch slot. */
-static void run(int kind, const void *args, StlDtype dt, int64_t n, bool exact, char *scratch, size_t slot_bytes) {
+/* Smallest work (multiply-adds or element operations) worth handing to another thread: below it
+ * the hand-off costs more than the work, and far more when the cores are shared. */
+#define MIN_WORK (1 << 17)
+
+/* stl_parallel_for over `pieces` pieces of `work` total, each thread getting >= MIN_WORK of it */
+static void parallel(int64_t pieces, double work, StlRangeFn fn, void *ctx) {
+  const double per = work / (double)(pieces > 0 ? pieces : 1);
+  int64_t grain = per >= MIN_WORK ? 1 : (int64_t)(MIN_WORK / (per > 1 ? per : 1)) + 1;
+  stl_parallel_for(pieces, grain, fn, ctx);
+}
+
+/* Runs a primitive over n items of `work` each in at most SLOTS pieces (exactly n pieces when
+ * `exact`: a correlation's parts), each piece with its own scratch slot. */
+static void run(int kind, const void *args, StlDtype dt, int64_t n, double work, bool exact, char *scratch,
+                size_t slot_bytes) {
   if (n <= 0) return;
   int64_t pieces = exact ? n : 4 * threads();
   if (pieces > n) pieces = n;
   if (pieces > SLOTS) pieces = SLOTS;
   Job j = {kind, args, stl_cpu_isa(), ct_index(dt), n, pieces, scratch, slot_bytes};
-  stl_parallel_for(pieces, 1, job_range, &j);
+  parallel(pieces, work * (double)n, job_range, &j);
 }
 
 static size_t slot_bytes(int t, int r, StlDtype dt, bool backward) {
@@ -189,7 +201,7 @@ static void cvt_range(int64_t c0, int64_t c1, void *ctx) {
 
 static void convert(StlDtype dt, const void *src, void *dst, int64_t n, bool to_compute) {
   Cvt c = {dt, src, dst, n, to_compute};
-  stl_parallel_for((n + (1 << 16) - 1) >> 16, 1, cvt_range, &c);
+  parallel((n + (1 << 16) - 1) >> 16, (double)n, cvt_range, &c);
 }
 
 static void load_small(StlDtype dt, StlSmallMat m, int64_t rows, int64_t cols, void *dst) {
@@ -246,14 +258,13 @@ static size_t fwd_layout(const StlForward *f, FwdWs *w, char *base) {
   if (per_row && (size_t)w->Mt > stl_cpu_block_bytes() / per_row) w->mb = (int64_t)(stl_cpu_block_bytes() / per_row);
   if (w->mb < STL_MR) w->mb = STL_MR;
   w->mp = round_up(w->mb, STL_MR);
-  /* work items: every panel, and the rows split so that each thread gets several items, but each
-   * group at least 48 tile-rows (packing a panel of Wt costs 1/group of its GEMM) */
+  /* work items: (panel, group of rows), a group small enough that its Z tile (r x rows x KB) stays
+   * in L2 between the GEMMs that write it and the decode that reads it */
   const int64_t T = threads();
   w->panels = (w->Pt + STL_KB - 1) / STL_KB;
-  int64_t groups = (4 * T + w->panels - 1) / w->panels;
-  if (groups > w->mp / 48) groups = w->mp / 48;
-  if (groups < 1) groups = 1;
-  w->rows_g = round_up((w->mp + groups - 1) / groups, STL_MR);
+  w->rows_g = (int64_t)(((size_t)192 << 10) / mul3((size_t)r, STL_KB, e)) / STL_MR * STL_MR;
+  if (w->rows_g < STL_MR) w->rows_g = STL_MR;
+  if (w->rows_g > w->mp) w->rows_g = w->mp;
   w->groups = (w->mp + w->rows_g - 1) / w->rows_g;
   w->pieces = w->panels * w->groups;
   if (w->pieces > 4 * T) w->pieces = 4 * T;
@@ -279,10 +290,7 @@ static int cpu_forward_supported(const StlForward *f) {
   return 1;
 }
 
-static size_t cpu_forward_ws_bytes(const StlForward *f) {
-  FwdWs w;
-  return fwd_layout(f, &w, NULL);
-}
+
 
 typedef struct {
   const StlForward *f;
@@ -327,8 +335,7 @@ static void panel_range(int64_t s0, int64_t s1, void *ctx) {
     }
 }
 
-static void cpu_forward(const StlForward *f, void *ws, size_t ws_bytes, void *stream) {
-  (void)stream;
+static void forward_fused(const StlForward *f, void *ws, size_t ws_bytes) {
   FwdWs w;
   if (fwd_layout(f, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU forward: workspace too small");
   fwd_layout(f, &w, (char *)ws);
@@ -341,18 +348,109 @@ static void cpu_forward(const StlForward *f, void *ws, size_t ws_bytes, void *st
     load_small(f->dt, b, 1, f->P, w.bias);
   }
   StlPackArgs pa = {f->dt, f->wt, Nt, Pt, w.panels, w.wpack};
-  run(JOB_PACK, &pa, f->dt, (int64_t)r * w.panels, false, NULL, 0);
+  run(JOB_PACK, &pa, f->dt, (int64_t)r * w.panels, (double)Nt * STL_KB, false, NULL, 0);
   for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
     const int64_t nb = Mt - I0 < w.mb ? Mt - I0 : w.mb, row0 = (int64_t)t * I0;
     const int64_t Mb = f->M - row0 < (int64_t)t * nb ? f->M - row0 : (int64_t)t * nb;
     StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, w.mp * Nt};
-    run(JOB_ENCODE, &ea, f->dt, nb, false, (char *)w.scratch, w.slot);
+    run(JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
     if (nb < w.mp) /* the micro-kernel's rows past the block read zeros */
       for (int l = 0; l < r; l++)
         memset((char *)w.xe + (size_t)((l * w.mp + nb) * Nt * e), 0, (size_t)((w.mp - nb) * Nt * e));
     PanelJob pj = {f, &w, I0, nb, row0, Mb, stl_cpu_isa(), ct_index(f->dt)};
-    stl_parallel_for(w.pieces, 1, panel_range, &pj);
+    parallel(w.pieces, (double)r * w.mp * Nt * Pt, panel_range, &pj);
   }
+}
+
+/* The forward for a large Wt: the r GEMMs through torch's BLAS (MKL), per block of tile-rows
+ * encode -> GEMMs -> decode on the cached workspace. When Wt does not stay in the cache, re-reading
+ * it for each panel (the fused forward below) or block costs more than moving Xe and Z once. */
+typedef struct {
+  int64_t Mt, Nt, Pt, mb;
+  void *E, *D, *bias, *wt, *xe, *z, *scratch;
+  size_t slot;
+} MklWs;
+
+static size_t mkl_layout(const StlForward *f, MklWs *w, char *base) {
+  const int t = f->t, r = f->r, t2 = t * t;
+  const size_t e = (size_t)esz_of(f->dt);
+  w->Mt = (f->M + t - 1) / t, w->Nt = f->N / t, w->Pt = f->P / t;
+  const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt, (size_t)w->Pt) == SIZE_MAX ? SIZE_MAX : mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
+  const size_t per_row = mul3((size_t)r, (size_t)(w->Nt + w->Pt), e);
+  w->mb = block_rows(w->Mt, per_row, SIZE_MAX); /* Wt does not stay cached: one block (bounded) */
+  (void)wt_bytes;
+  w->slot = slot_bytes(t, r, f->dt, false);
+  Carver c = {base, 0};
+  w->E = carve(&c, (size_t)r * t2 * e);
+  w->D = carve(&c, (size_t)t2 * r * e);
+  w->bias = f->bias ? carve(&c, (size_t)f->P * e) : NULL;
+  w->wt = native(f->dt) ? NULL : carve(&c, wt_bytes);
+  w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * e));
+  w->z = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * e));
+  w->scratch = carve(&c, mul3(SLOTS, w->slot, 1));
+  return c.used;
+}
+
+static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
+  MklWs w;
+  if (mkl_layout(f, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU forward: workspace too small");
+  mkl_layout(f, &w, (char *)ws);
+  const int t = f->t, r = f->r, t2 = t * t;
+  const StlDtype ct = f->dt == STL_F64 ? STL_F64 : STL_F32;
+  const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, e = esz_of(f->dt);
+  load_small(f->dt, f->enc, r, t2, w.E);
+  load_small(f->dt, f->dec, t2, r, w.D);
+  if (f->bias) {
+    StlSmallMat b = {f->bias, 0, 1};
+    load_small(f->dt, b, 1, f->P, w.bias);
+  }
+  const void *wt = f->wt;
+  if (!native(f->dt)) {
+    convert(f->dt, f->wt, w.wt, (int64_t)r * Nt * Pt, true);
+    wt = w.wt;
+  }
+  for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
+    const int64_t nb = Mt - I0 < w.mb ? Mt - I0 : w.mb, row0 = (int64_t)t * I0;
+    const int64_t Mb = f->M - row0 < (int64_t)t * nb ? f->M - row0 : (int64_t)t * nb;
+    StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt};
+    run(JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
+    gemms(ct, r, nb, Pt, Nt, (Mat){w.xe, nb * Nt, Nt, 1}, (Mat){wt, Nt * Pt, Pt, 1}, (Mat){w.z, nb * Pt, Pt, 1}, false);
+    if (f->z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */
+      for (int l = 0; l < r; l++) {
+        const char *src = (const char *)w.z + (size_t)l * nb * Pt * e;
+        void *dst = ATW(f->z, f->dt, (int64_t)l * Mt * Pt + I0 * Pt);
+        if (native(f->dt)) memcpy(dst, src, (size_t)(nb * Pt * e));
+        else stl_store_f(f->dt, dst, 0, nb * Pt, (const float *)src);
+      }
+    StlDecodeArgs da = {f->dt, w.z, nb * Pt, Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P), f->P};
+    run(JOB_DECODE, &da, f->dt, nb, (double)r * t * f->P, false, (char *)w.scratch, w.slot);
+  }
+}
+
+
+/* Wt's bytes (compute type) up to which the fused forward runs: its panels are re-read per block
+ * and must stay in the last-level cache (a 2 MB share per core is assumed: VMs report the host's
+ * L3, not the slice they see). */
+static size_t fused_wt_limit(void) { return (size_t)8 << 20; }
+
+static bool use_fused(const StlForward *f) {
+  const size_t wt = mul3((size_t)f->r, (size_t)(f->N / f->t) * (size_t)(f->P / f->t), (size_t)esz_of(f->dt));
+  return wt <= fused_wt_limit();
+}
+
+static size_t cpu_forward_ws_bytes(const StlForward *f) {
+  if (use_fused(f)) {
+    FwdWs w;
+    return fwd_layout(f, &w, NULL);
+  }
+  MklWs w;
+  return mkl_layout(f, &w, NULL);
+}
+
+static void cpu_forward(const StlForward *f, void *ws, size_t ws_bytes, void *stream) {
+  (void)stream;
+  if (use_fused(f)) forward_fused(f, ws, ws_bytes);
+  else forward_mkl(f, ws, ws_bytes);
 }
 
 /* -------------------------------------------------------------------------------- backward */
@@ -369,8 +467,10 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
   w->Mt = (b->M + t - 1) / t, w->Nt = b->N / t, w->Pt = b->P / t;
   const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
   const size_t per_row = mul3((size_t)r, (size_t)(2 * w->Nt + 2 * w->Pt), e);
-  /* dWt accumulates over blocks: in place for float32/64 (baddbmm), else in a float32 copy */
-  w->mb = stl_abi.cpu_baddbmm_out ? block_rows(w->Mt, per_row, wt_bytes) : w->Mt;
+  /* dWt accumulates over blocks (baddbmm). Blocks are only a bound on the workspace: each one
+   * re-reads and re-writes dWt, and MKL needs tall blocks to run its GEMMs near peak. */
+  w->mb = stl_abi.cpu_baddbmm_out ? block_rows(w->Mt, per_row, SIZE_MAX) : w->Mt;
+  (void)wt_bytes;
   w->slot = slot_bytes(t, r, b->dt, true);
   Carver c = {base, 0};
   w->E = carve(&c, (size_t)r * t2 * e);
@@ -399,7 +499,7 @@ static void correlate_block(const StlBackward *b, BwdWs *w, const void *a, int64
                             int64_t N, int64_t nb, double *acc) {
   const int64_t nparts = corr_parts(nb), n = (int64_t)b->r * b->t * b->t;
   StlCorrelateArgs ca = {b->dt, a, a_ps, x, Mb, N, b->t, b->r, nparts, w->parts};
-  run(JOB_CORRELATE, &ca, b->dt, nparts, true, (char *)w->scratch, w->slot);
+  run(JOB_CORRELATE, &ca, b->dt, nparts, (double)b->r * Mb * N / nparts, true, (char *)w->scratch, w->slot);
   add_parts(acc, w->parts, nparts, n);
 }
 
@@ -430,7 +530,7 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
     const void *xb = AT(b->x, dt, row0 * b->N), *gb = AT(b->g, dt, row0 * b->P);
     /* Xe = encode(x, E), recomputed: cheaper than keeping it */
     StlEncodeArgs ex = {dt, xb, Mb, b->N, t, r, w.E, NULL, 0, w.xe, nb * Nt};
-    run(JOB_ENCODE, &ex, dt, nb, false, (char *)w.scratch, w.slot);
+    run(JOB_ENCODE, &ex, dt, nb, (double)r * t * b->N, false, (char *)w.scratch, w.slot);
     /* Z: the saved one (read in place when it is the compute type), or recomputed */
     const void *z = w.z;
     int64_t z_ps = nb * Pt;
@@ -446,7 +546,7 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
     }
     /* Gz = encode(G, D^T) (+ dL/dZ);  dD[j, l] += sum Z[l] x G tiles */
     StlEncodeArgs eg = {dt, gb, Mb, b->P, t, r, w.Dt, b->gz ? AT(b->gz, dt, I0 * Pt) : NULL, Mt * Pt, w.gz, nb * Pt};
-    run(JOB_ENCODE, &eg, dt, nb, false, (char *)w.scratch, w.slot);
+    run(JOB_ENCODE, &eg, dt, nb, (double)r * t * b->P, false, (char *)w.scratch, w.slot);
     correlate_block(b, &w, z, z_ps, gb, Mb, b->P, nb, w.dD);
     /* dXe = Gz @ Wt^T;  dWt (+)= Xe^T @ Gz */
     gemms(ct, r, nb, Nt, Pt, (Mat){w.gz, nb * Pt, Pt, 1}, (Mat){wt, Nt * Pt, 1, Pt}, (Mat){w.dxe, nb * Nt, Nt, 1},
@@ -455,11 +555,11 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
           I0 > 0);
     /* dX = decode(dXe, E^T);  dE[l, j] += sum dXe[l] x X tiles;  db += column sums of G */
     StlDecodeArgs dx = {dt, w.dxe, nb * Nt, Nt, Mb, b->N, t, r, w.Et, NULL, ATW(b->dx, dt, row0 * b->N), b->N};
-    run(JOB_DECODE, &dx, dt, nb, false, (char *)w.scratch, w.slot);
+    run(JOB_DECODE, &dx, dt, nb, (double)r * t * b->N, false, (char *)w.scratch, w.slot);
     correlate_block(b, &w, w.dxe, nb * Nt, xb, Mb, b->N, nb, w.dE);
     if (w.db) {
       StlColsumArgs cs = {dt, gb, Mb, b->P, w.db};
-      run(JOB_COLSUM, &cs, dt, (b->P + STL_KB - 1) / STL_KB, false, (char *)w.scratch, w.slot);
+      run(JOB_COLSUM, &cs, dt, (b->P + STL_KB - 1) / STL_KB, (double)Mb * STL_KB, false, (char *)w.scratch, w.slot);
     }
   }
   if (Mt == 0) memset(dwt, 0, (size_t)(r * Nt * Pt * e));
@@ -503,7 +603,7 @@ static void enc_cpu(StlDtype dt, const void *in, int64_t M, int64_t N, int t, in
   char *scr = carve(&c, mul3(SLOTS, slot, 1));
   load_small(dt, enc, r, t * t, E);
   StlEncodeArgs a = {dt, in, M, N, t, r, E, extra, Mt * Nt, o, Mt * Nt};
-  run(JOB_ENCODE, &a, dt, Mt, false, scr, slot);
+  run(JOB_ENCODE, &a, dt, Mt, (double)r * t * N, false, scr, slot);
   if (!native(dt)) convert(dt, o, out, (int64_t)r * Mt * Nt, false);
   stl_cpu_workspace_release(m.p, m.token);
 }
@@ -530,7 +630,7 @@ static void dec_cpu(StlDtype dt, const void *in, int64_t M, int64_t P, int t, in
   }
   if (!native(dt)) convert(dt, in, z, (int64_t)r * Mt * Pt, true);
   StlDecodeArgs a = {dt, z, Mt * Pt, Pt, M, P, t, r, D, bias ? b : NULL, out, P};
-  run(JOB_DECODE, &a, dt, Mt, false, scr, slot);
+  run(JOB_DECODE, &a, dt, Mt, (double)r * t * P, false, scr, slot);
   stl_cpu_workspace_release(m.p, m.token);
 }
 
@@ -556,7 +656,7 @@ static void cor_cpu(StlDtype dt, const void *a, const void *x, int64_t M, int64_
   memset(acc, 0, sizeof(double) * (size_t)n);
   const int64_t nparts = corr_parts(Mt);
   StlCorrelateArgs ca = {dt, ac, Mt * Nt, x, M, N, t, r, nparts, parts};
-  run(JOB_CORRELATE, &ca, dt, nparts, true, scr, slot);
+  run(JOB_CORRELATE, &ca, dt, nparts, (double)r * M * N / nparts, true, scr, slot);
   add_parts(acc, parts, nparts, n);
   store_doubles(dt, acc, n, out, s0, s1, r, (int64_t)t * t);
   stl_cpu_workspace_release(m.p, m.token);
@@ -579,7 +679,7 @@ static void colsum_cpu(StlDtype dt, const void *g, int64_t M, int64_t P, void *o
   char *scr = carve(&c, mul3(SLOTS, slot, 1));
   memset(acc, 0, sizeof(double) * (size_t)P);
   StlColsumArgs a = {dt, g, M, P, acc};
-  run(JOB_COLSUM, &a, dt, (P + STL_KB - 1) / STL_KB, false, scr, slot);
+  run(JOB_COLSUM, &a, dt, (P + STL_KB - 1) / STL_KB, (double)M * STL_KB, false, scr, slot);
   store_doubles(dt, acc, P, out, 0, 1, 1, P);
   stl_cpu_workspace_release(m.p, m.token);
 }

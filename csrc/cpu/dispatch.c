@@ -31,8 +31,9 @@ static const StlCpuIsa *best_supported(void) {
 
 size_t stl_cpu_block_bytes(void) { return block_bytes; }
 
-/* A quarter of the last-level cache (within 1..16 MB): what one block's Xe and Z may take so they
- * stay cached. STL_TORCH_CPU_BLOCK_BYTES overrides it (tuning, and tests that need many blocks). */
+/* What one block's temporaries may take so that they stay in the last-level cache: a quarter of it,
+ * within 1..4 MB (a VM may report its host's whole L3, not the slice it shares).
+ * STL_TORCH_CPU_BLOCK_BYTES overrides it (tuning, and tests that need many blocks). */
 static const char *init_block_bytes(void) {
   static char msg[160];
   const char *e = getenv("STL_TORCH_CPU_BLOCK_BYTES");
@@ -52,7 +53,7 @@ static const char *init_block_bytes(void) {
 #endif
   size_t b = l3 > 0 ? (size_t)l3 / 4 : (size_t)8 << 20;
   if (b < ((size_t)1 << 20)) b = (size_t)1 << 20;
-  if (b > ((size_t)16 << 20)) b = (size_t)16 << 20;
+  if (b > ((size_t)4 << 20)) b = (size_t)4 << 20;
   block_bytes = b;
   return NULL;
 }

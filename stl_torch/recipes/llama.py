@@ -94,22 +94,37 @@ def eval_ppl(model, chunks, d, micro, amp):
     return loss, math.exp(min(loss, 50))
 
 
+def _next_cache(out):
+    """The cache a transformers output carries (5.x names it ``cache``, 4.x ``past_key_values``)."""
+    return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else out.past_key_values
+
+
 @torch.no_grad()
 def token_by_token_check(model, seqs, device):
     """Scores every next token twice on the same sequences: teacher-forced (one forward over the
-    whole sequence) and inference-faithful (one forward per position over the prefix only, so no
-    later token exists anywhere in the input). float32, no KV cache. O(T^2) forwards."""
+    whole sequence) and as generation sees them, one token per call. With a causal model that is
+    one call per token through the KV cache (and STL's tile cache): O(T). A model with non-causal
+    STL layers cannot decode incrementally; there each token is scored by a forward over its
+    prefix alone (O(T^2) forwards), which shows what it leaks. float32."""
+    from ..nn import STLinear
     model.eval()
+    incremental = not any(isinstance(m, STLinear) and not m.causal for m in model.modules())
     tf_lp, tbt_lp = [], []
     for seq in seqs:
         seq = seq.to(device)[None]
         logp = torch.log_softmax(model(input_ids=seq[:, :-1], use_cache=False).logits.float(), -1)
         tf_lp.append(logp[0].gather(-1, seq[0, 1:, None])[:, 0])
-        row = []
+        row, cache = [], None
         for i in range(1, seq.shape[1]):
-            lg = model(input_ids=seq[:, :i], use_cache=False).logits[0, -1].float()
-            row.append(torch.log_softmax(lg, -1)[seq[0, i]])
+            if incremental:
+                kw = {"past_key_values": cache} if cache is not None else {}
+                out = model(input_ids=seq[:, i - 1:i], use_cache=True, **kw)
+                cache = _next_cache(out)
+            else:
+                out = model(input_ids=seq[:, :i], use_cache=False)
+            row.append(torch.log_softmax(out.logits[0, -1].float(), -1)[seq[0, i]])
         tbt_lp.append(torch.stack(row))
     tf, tbt = torch.cat(tf_lp), torch.cat(tbt_lp)
     return {"tf_ppl": math.exp(-tf.mean().item()), "tbt_ppl": math.exp(-tbt.mean().item()),
-            "max_abs_logprob_diff": (tf - tbt).abs().max().item(), "tokens": tf.numel()}
+            "max_abs_logprob_diff": (tf - tbt).abs().max().item(), "tokens": tf.numel(),
+            "mode": "kv_cache" if incremental else "prefix"}

@@ -3,6 +3,7 @@ environment, parameter counts, linear-layer FLOPs (through ``stl_torch.flops``),
 import csv
 import json
 import os
+import platform
 import re
 import sys
 import time
@@ -14,7 +15,7 @@ from ..flops import flops
 from ..nn import STLinear
 from .training import atomic_write_text
 
-__all__ = ["Metrics", "plot_metrics", "env_info", "progress", "report_to_json", "param_counts",
+__all__ = ["Metrics", "plot_metrics", "env_info", "cpu_info", "progress", "report_to_json", "param_counts",
            "linear_flops", "name_regex"]
 
 
@@ -82,6 +83,25 @@ def plot_metrics(history, path, x, panels, title="", logy=()):
     os.replace(path + ".tmp.png", path)
 
 
+def cpu_info():
+    """The CPU as benchmarks must name it: model, ISA level the CPU supports, the level stl_torch's
+    kernels use, cores torch uses."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from .. import _C
+    info = _C.abi_info()
+    return {"cpu": model, "machine": platform.machine(), "cpu_isa_supported": info["cpu_isa_supported"],
+            "cpu_isa_used": info["cpu_isa"], "threads": torch.get_num_threads(),
+            "logical_cpus": os.cpu_count()}
+
+
 def env_info(d):
     info = {"torch": torch.__version__, "device": str(d.device), "world_size": d.world,
             "python": sys.version.split()[0], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -90,6 +110,8 @@ def env_info(d):
     from .. import __version__, _C
     info["stl_torch"] = __version__
     info["stl_torch_build"] = _C.abi_info()
+    if d.device.type == "cpu":
+        info.update(cpu_info())
     return info
 
 
