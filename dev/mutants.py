@@ -24,7 +24,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-KERNEL_TESTS = ["tests/test_kernels.py", "tests/test_ops.py"]
+# the kernels' tests at the default block size, then (if they pass) at 256 KiB and 16 KiB blocks
+KERNEL_TESTS = ["tests/test_kernels.py", "tests/test_ops.py", "-k", "not every_isa"]
+SMALL_BLOCKS = (256 << 10, 16 << 10)
 # (id, file, old text (must occur exactly once), new text, tests that must catch it)
 MUTANTS = [
     # --- CPU primitives (csrc/cpu/primitives.inc): every ISA level compiles these lines
@@ -63,8 +65,21 @@ MUTANTS = [
     ("f16-subnormal-store", "csrc/cpu/convert.h", "if (d > 0.5f || (d == 0.5f && ((int32_t)r & 1))) r += 1.0f;",
      "if (d >= 0.5f) r += 1.0f;", KERNEL_TESTS),
     # --- the CPU backend (csrc/cpu/backend.c): blocks, the GEMMs, reductions
-    ("fwd-block-row-offset", "csrc/cpu/backend.c",
-     "StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb,", "StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, I0 * f->N), Mb,",
+    ("mkl-fwd-block-row-offset", "csrc/cpu/backend.c",
+     "AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt};",
+     "AT(f->x, f->dt, I0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt};", KERNEL_TESTS),
+    ("fused-fwd-block-row-offset", "csrc/cpu/backend.c",
+     "AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, w.mp * Nt};",
+     "AT(f->x, f->dt, I0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, w.mp * Nt};", KERNEL_TESTS),
+    ("fused-item-row-offset", "csrc/cpu/backend.c", "const int64_t orow = j->row0 + (int64_t)t * lo;",
+     "const int64_t orow = j->row0 + lo;", KERNEL_TESTS),
+    ("fused-pads-rows-with-garbage", "csrc/cpu/backend.c", "        memset((char *)w.xe + (size_t)((l * w.mp + nb) * Nt * e), 0,",
+     "        if (0) memset((char *)w.xe + (size_t)((l * w.mp + nb) * Nt * e), 0,", KERNEL_TESTS),
+    ("gemm-ignores-k-pass", "csrc/cpu/primitives.inc", "FN(micro_)(kc, a + i * K + k0, K,", "FN(micro_)(kc, a + i * K, K,",
+     KERNEL_TESTS),
+    ("pack-strip-offset", "csrc/cpu/primitives.inc", "memcpy(out + (m * K + k) * NR, row + m * NR, sizeof(A) * NR);",
+     "memcpy(out + (m * K + k) * NR, row, sizeof(A) * NR);", KERNEL_TESTS),
+    ("micro-kernel-row-stride", "csrc/cpu/primitives.inc", "*a4 = a3 + lda, *a5 = a4 + lda;", "*a4 = a3 + lda, *a5 = a3 + lda;",
      KERNEL_TESTS),
     ("bwd-dwt-overwrites-blocks", "csrc/cpu/backend.c", "(Mat){dwt, Nt * Pt, Pt, 1},\n          I0 > 0);",
      "(Mat){dwt, Nt * Pt, Pt, 1},\n          false);", KERNEL_TESTS),
@@ -94,8 +109,8 @@ MUTANTS = [
      "grad_z = _empty(x)", ["tests/test_ops.py"]),
     ("fake-output-width", "stl_torch/ops.py", "y = x.new_empty((m, pt * tile))", "y = x.new_empty((m, pt))",
      ["tests/test_ops.py", "tests/test_compile.py"]),
-    ("tiling-unpad-wrong-end", "stl_torch/tiling.py", "y = y.reshape(seqs, -1, y.shape[-1])[:, :shape[-2]]",
-     "y = y.reshape(seqs, -1, y.shape[-1])[:, -shape[-2]:]", ["tests/test_module.py", "tests/test_tiling.py"]),
+    ("tiling-unpad-wrong-end", "stl_torch/tiling.py", "y = y.reshape(seqs, -(-s // t) * t, y.shape[-1])[:, :s]",
+     "y = y.reshape(seqs, -(-s // t) * t, y.shape[-1])[:, -s:]", ["tests/test_module.py", "tests/test_tiling.py"]),
     ("causal-mask-off-by-one", "stl_torch/init.py", "mD = (rows[:, None] >= lev[None, :]).astype(np.float64)",
      "mD = (rows[:, None] + 1 >= lev[None, :]).astype(np.float64)", ["tests/test_causal.py", "tests/test_init.py"]),
     ("causal-masks-unused", "stl_torch/nn.py", "return self.E * self.mask_E, self.D * self.mask_D",
@@ -169,8 +184,13 @@ def main():
                 if not ok:
                     status = "caught (does not compile)"
             if not status:
-                r = sh([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], a.work, env=env)
-                status = "caught" if r.returncode != 0 else "MISSED"
+                status = "MISSED"
+                for bb in (None, *(SMALL_BLOCKS if tests is KERNEL_TESTS else ())):
+                    e = dict(env, **({"STL_TORCH_CPU_BLOCK_BYTES": str(bb)} if bb else {}))
+                    r = sh([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], a.work, env=e)
+                    if r.returncode != 0:
+                        status = "caught" + (f" (blocks of {bb} bytes)" if bb else "")
+                        break
         finally:
             open(path, "w").write(text)
         results.append({"id": mid, "file": rel, "status": status, "tests": tests, "seconds": round(time.time() - t0, 1)})

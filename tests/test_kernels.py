@@ -5,7 +5,7 @@ The kernels stream chunks of STL_KB = 64 tiles, split reductions into at most 64
 block the correlations' products by 4 and their tile elements by vector pairs, and process the
 rows in blocks sized to the cache. The shapes below exceed each of those sizes without being a
 multiple of it (ceil(M/t) = 134 > 64 parts, N/t = 70 and P/t = 67 > 64 tiles, r = 25 = 4*6 + 1),
-with a partial last tile and the gradient through Z. `test_every_isa_level` reruns this file at
+with a partial last tile and the gradient through Z; and N/t = 260 past the GEMM's k passes of 256. `test_every_isa_level` reruns this file at
 each lower ISA level and with blocks small enough that a call runs as many blocks, in
 subprocesses (the level and block size are chosen once, at import).
 
@@ -34,6 +34,7 @@ SHAPES = {  # (M, N, P, t, r)
     "t2": (2 * 131 + 1, 2 * 66, 2 * 130, 2, 7),
     "t8": (8 * 70 + 5, 8 * 9, 8 * 66, 8, 33),
     "t3": (3 * 67 + 2, 3 * 5, 3 * 66, 3, 10),
+    "wideK": (4 * 13 + 1, 4 * 260, 4 * 67, 4, 5),  # N/t = 260 > the GEMM's 256-deep k passes
 }
 # relative error in the Frobenius norm against float64 (worst measured here: float64 3.3e-15,
 # float32 2.7e-7)
@@ -148,24 +149,31 @@ def _levels_below():
     return LEVELS[: LEVELS.index(best) + 1] if best in LEVELS else ["baseline"]
 
 
+# (level, block bytes): every level this CPU has at the default block size; the best level also
+# with 256 KiB blocks (the fused forward of the t4 shape in 4 row blocks) and with 16 KiB blocks
+# (the forward through MKL, in 2 blocks, the backward in 4, the t3 shape fused in many)
+CONFIGS = [("baseline", None), ("avx2", None), ("avx512", None), ("best", 256 << 10), ("best", 16 << 10)]
+
+
 @pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_ISA") is not None, reason="already a per-level run")
-@pytest.mark.parametrize("level", ["baseline", "avx2", "avx512"])
-@pytest.mark.parametrize("blocks", ["default", "many"])
-def test_every_isa_level(level, blocks):
-    """This file and test_ops.py again in a subprocess at `level` (skipped when the CPU lacks it)
-    with the default block size or 256 KiB blocks: then the shapes above run as 3 to 15 row
-    blocks each, the last one partial (a block holds Xe and Z of budget/(r*(N+P)/t*4) tile-rows,
-    and the blocked path needs Wt <= 2 * budget)."""
+@pytest.mark.parametrize("level,block_bytes", CONFIGS)
+def test_every_isa_level(level, block_bytes):
+    """This file and test_ops.py again in a subprocess at `level` (skipped when the CPU lacks it),
+    with the default block size or small blocks. A block holds Xe (and Z) of
+    budget / (r * N/t * 4) tile-rows; the fused forward runs when Wt <= 2 * budget, the backward
+    and the MKL forward split at 64 * budget."""
+    best = stl_torch._C.abi_info()["cpu_isa_supported"]
+    level = best if level == "best" else level
     if level not in _levels_below():
-        pytest.skip(f"this CPU does not support {level} (best: {stl_torch._C.abi_info()['cpu_isa_supported']})")
-    if level == stl_torch._C.abi_info()["cpu_isa"] and blocks == "default":
+        pytest.skip(f"this CPU does not support {level} (best: {best})")
+    if level == stl_torch._C.abi_info()["cpu_isa"] and block_bytes is None:
         pytest.skip("that is this process")
     env = dict(os.environ, STL_TORCH_CPU_ISA=level)
-    if blocks == "many":
-        env["STL_TORCH_CPU_BLOCK_BYTES"] = str(256 << 10)
+    if block_bytes:
+        env["STL_TORCH_CPU_BLOCK_BYTES"] = str(block_bytes)
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(here, "test_kernels.py"),
-                        os.path.join(here, "test_ops.py")], env=env, capture_output=True, text=True, timeout=600)
+                        os.path.join(here, "test_ops.py")], env=env, capture_output=True, text=True, timeout=900)
     tail = (r.stdout + r.stderr)[-3000:]
     assert r.returncode == 0, tail
     assert " passed" in tail and "failed" not in tail, tail

@@ -65,7 +65,7 @@ static int64_t threads(void) {
 
 /* Tile-rows per block: per_row bytes of temporaries per tile-row, wt bytes of GEMM weight. */
 static int64_t block_rows(int64_t Mt, size_t per_row, size_t wt) {
-  const size_t budget = stl_cpu_block_bytes(), cap = (size_t)256 << 20;
+  const size_t budget = stl_cpu_block_bytes(), cap = 64 * budget; /* 256 MB by default */
   if (Mt <= 1 || per_row == 0) return Mt > 0 ? Mt : 1;
   int64_t mb = Mt;
   if ((size_t)Mt > budget / per_row && wt <= 2 * budget) mb = (int64_t)(budget / per_row); /* Wt stays cached */
@@ -428,10 +428,9 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
 }
 
 
-/* Wt's bytes (compute type) up to which the fused forward runs: its panels are re-read per block
- * and must stay in the last-level cache (a 2 MB share per core is assumed: VMs report the host's
- * L3, not the slice they see). */
-static size_t fused_wt_limit(void) { return (size_t)8 << 20; }
+/* Wt's bytes (compute type) up to which the fused forward runs: its packed panels are re-read per
+ * block and must stay in the last-level cache (twice a block's budget: 8 MB by default). */
+static size_t fused_wt_limit(void) { return 2 * stl_cpu_block_bytes(); }
 
 static bool use_fused(const StlForward *f) {
   const size_t wt = mul3((size_t)f->r, (size_t)(f->N / f->t) * (size_t)(f->P / f->t), (size_t)esz_of(f->dt));
