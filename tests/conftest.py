@@ -24,6 +24,17 @@ def operands(M, N, P, t, r, dtype=torch.float64, bias=True, seed=0, requires_gra
     return vals
 
 
+def tiny_llama(seed=0, **config):
+    """A tiny random float64 LlamaForCausalLM (vocab 64, hidden 32, 2 layers, GQA) in eval mode;
+    ``config`` overrides LlamaConfig fields. Skips the test when transformers is missing."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(**{**dict(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=64), **config})
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).double().eval()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)

@@ -10,6 +10,8 @@ from stl_torch import STLConfig, STLinear, convert
 from stl_torch.init import make_init
 from stl_torch.tiling import tensor_error
 
+from conftest import tiny_llama
+
 
 class CausalBlock(nn.Module):
     def __init__(self, d, heads):
@@ -117,12 +119,7 @@ def test_causal_cost_in_tensor_error():
 
 
 def test_llama_causal_conversion():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).double().eval()
+    model = tiny_llama()
     convert(model, STLConfig(tile=4, rank=24, init="fitted", causal=True), only_if_cheaper=False)
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
 
@@ -170,18 +167,9 @@ def _llama_with_nan_at(model, pos):
     return model.model.layers[-1].mlp.down_proj.register_forward_pre_hook(hook)
 
 
-def _tiny_llama():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).double().eval()
-
-
 def test_llama_nan_probe_is_clean_on_the_dense_model():
     """The probe below can only fail through STL: on the dense model earlier logits stay finite."""
-    model = _tiny_llama()
+    model = tiny_llama()
     h = _llama_with_nan_at(model, 2)
     with torch.no_grad():
         logits = model(torch.randint(0, 64, (2, 7)), use_cache=False).logits
@@ -190,7 +178,7 @@ def test_llama_nan_probe_is_clean_on_the_dense_model():
 
 
 def test_llama_nan_at_a_later_token_leaves_earlier_logits_finite():
-    model = _tiny_llama()
+    model = tiny_llama()
     convert(model, STLConfig(tile=4, rank=24, init="fitted", causal=True), only_if_cheaper=False)
     h = _llama_with_nan_at(model, 2)
     with torch.no_grad():

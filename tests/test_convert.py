@@ -6,7 +6,7 @@ from torch import nn
 
 from stl_torch import CalibrationConfig, ConversionReport, STLConfig, STLinear, convert
 
-from conftest import rel_err
+from conftest import rel_err, tiny_llama
 
 
 class Attention(nn.Module):
@@ -194,15 +194,6 @@ def test_calibration_keeps_an_exact_conversion_exact():
     report = convert(model, STLConfig(tile=2, rank=7, init="strassen"), calibration_data=[x], only_if_cheaper=False)
     assert all(x.err_data_free < 1e-6 for x in report.converted)
     assert rel_err(model(x), ref) < 1e-10
-
-
-def tiny_llama():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).double().eval()
 
 
 def test_llama_exact_and_fitted_conversion(capsys):

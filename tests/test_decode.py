@@ -13,15 +13,13 @@ from stl_torch.decode import tile_cache
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
+from conftest import tiny_llama as base_llama  # noqa: E402
+
 GEN = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
 
 
 def tiny_llama(seed=0, causal=True, tile=4, rank=24, convert_it=True):
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   tie_word_embeddings=False, pad_token_id=0)
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(cfg).double().eval()
+    model = base_llama(seed, max_position_embeddings=128, tie_word_embeddings=False, pad_token_id=0)
     if convert_it:
         convert(model, STLConfig(tile=tile, rank=rank, causal=causal), only_if_cheaper=False)
         mix_rows(model)

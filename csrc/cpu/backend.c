@@ -375,10 +375,9 @@ static size_t mkl_layout(const StlForward *f, MklWs *w, char *base) {
   const int t = f->t, r = f->r, t2 = t * t;
   const size_t e = (size_t)esz_of(f->dt);
   w->Mt = (f->M + t - 1) / t, w->Nt = f->N / t, w->Pt = f->P / t;
-  const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt, (size_t)w->Pt) == SIZE_MAX ? SIZE_MAX : mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
   const size_t per_row = mul3((size_t)r, (size_t)(w->Nt + w->Pt), e);
+  const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
   w->mb = block_rows(w->Mt, per_row, SIZE_MAX); /* Wt does not stay cached: one block (bounded) */
-  (void)wt_bytes;
   w->slot = slot_bytes(t, r, f->dt, false);
   Carver c = {base, 0};
   w->E = carve(&c, (size_t)r * t2 * e);
@@ -469,7 +468,6 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
   /* dWt accumulates over blocks (baddbmm). Blocks are only a bound on the workspace: each one
    * re-reads and re-writes dWt, and MKL needs tall blocks to run its GEMMs near peak. */
   w->mb = stl_abi.cpu_baddbmm_out ? block_rows(w->Mt, per_row, SIZE_MAX) : w->Mt;
-  (void)wt_bytes;
   w->slot = slot_bytes(t, r, b->dt, true);
   Carver c = {base, 0};
   w->E = carve(&c, (size_t)r * t2 * e);
