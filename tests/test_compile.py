@@ -1,10 +1,12 @@
-"""torch.compile(fullgraph=True) through the custom ops: no graph break, same numbers as eager
-(float64, so inductor's fused LayerNorm/GELU rounding does not hide a real mismatch)."""
+"""torch.compile(fullgraph=True) through the custom ops: no graph break, the numbers of the float64
+reference and of eager (float64, so inductor's fused LayerNorm/GELU rounding does not hide a real
+mismatch)."""
 import pytest
 import torch
 from torch import nn
 
 from stl_torch import STLinear
+from stl_torch.tiling import from_tiles, stl_reference, to_tiles
 
 
 class Block(nn.Module):
@@ -18,13 +20,28 @@ class Block(nn.Module):
         return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))
 
 
-def test_compile_fullgraph_matches_eager():
+def reference_block(model, x):
+    """Block's forward from the float64 formulas (stl_torch.tiling), differentiable by autograd."""
+    def stl(layer, h):
+        y = stl_reference(to_tiles(h, layer.tile), layer.E, layer.Wt, layer.D, layer.bias, layer.tile)
+        return from_tiles(y, h.shape[:-1] + (layer.out_features,), layer.tile)
+    return x + stl(model.fc2, torch.nn.functional.gelu(stl(model.fc1, model.norm(x))))
+
+
+def test_compile_fullgraph_matches_reference_and_eager():
     torch._dynamo.reset()
     model = Block()
     x = torch.randn(2, 7, 16, dtype=torch.float64)  # 7 tokens: exercises the per-sequence padding under compile
+    formula = reference_block(model, x)
+    formula.square().mean().backward()
+    formula_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
     ref_out = model(x)
     ref_out.square().mean().backward()
     ref_grads = [p.grad.clone() for p in model.parameters()]
+    torch.testing.assert_close(ref_out, formula, rtol=1e-10, atol=1e-10)
+    for g, f in zip(ref_grads, formula_grads):
+        torch.testing.assert_close(g, f, rtol=1e-10, atol=1e-10)
     model.zero_grad()
     compiled = torch.compile(model, fullgraph=True)
     out = compiled(x)

@@ -112,6 +112,16 @@ def test_filters():
         STLConfig(rank=0)
 
 
+def test_report_counts_layers_without_bias():
+    model = nn.Sequential(nn.Linear(32, 64, bias=False), nn.GELU(), nn.Linear(64, 32))
+    report = convert(model, STLConfig(tile=4, rank=8, init="random"), only_if_cheaper=False)
+    nob, wb = report.layers
+    assert nob.params_before == 32 * 64 and nob.params_after == 8 * 8 * 16 + 2 * 8 * 16
+    assert wb.params_before == 64 * 32 + 32 and wb.params_after == 8 * 16 * 8 + 2 * 8 * 16 + 32
+    assert report.params_before == 32 * 64 + 64 * 32 + 32
+    assert report.params_after == sum(p.numel() for p in model.parameters())
+
+
 def test_only_if_cheaper_skips_layers_where_stl_costs_more():
     model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 1024), nn.Linear(1024, 1024))
     report = convert(model, STLConfig(tile=4, rank=24, init="random"))
