@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # the kernels' tests at the default block size, then (if they pass) at 256 KiB and 16 KiB blocks
 KERNEL_TESTS = ["tests/test_kernels.py", "tests/test_ops.py", "-k", "not every_isa"]
-SMALL_BLOCKS = (256 << 10, 16 << 10)
+SMALL_BLOCKS = (256 << 10, 32 << 10)
 # (id, file, old text (must occur exactly once), new text, tests that must catch it)
 MUTANTS = [
     # --- CPU primitives (csrc/cpu/primitives.inc): every ISA level compiles these lines
@@ -73,8 +73,11 @@ MUTANTS = [
      "AT(f->x, f->dt, I0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, w.mp * Nt};", KERNEL_TESTS),
     ("fused-item-row-offset", "csrc/cpu/backend.c", "const int64_t orow = j->row0 + (int64_t)t * lo;",
      "const int64_t orow = j->row0 + lo;", KERNEL_TESTS),
-    ("fused-pads-rows-with-garbage", "csrc/cpu/backend.c", "        memset((char *)w.xe + (size_t)((l * w.mp + nb) * Nt * e), 0,",
-     "        if (0) memset((char *)w.xe + (size_t)((l * w.mp + nb) * Nt * e), 0,", KERNEL_TESTS),
+    # (not a mutant: dropping the zeroing of Xe's rows past the last block. Those rows' products are
+    # computed but never decoded nor stored, so no test can see it; the zeros only keep denormal
+    # garbage out of the micro-kernel.)
+    ("fused-z-block-offset", "csrc/cpu/backend.c", "(j->I0 + lo + i) * w->Pt + j0", "(lo + i) * w->Pt + j0",
+     KERNEL_TESTS),
     ("gemm-ignores-k-pass", "csrc/cpu/primitives.inc", "FN(micro_)(kc, a + i * K + k0, K,", "FN(micro_)(kc, a + i * K, K,",
      KERNEL_TESTS),
     ("pack-strip-offset", "csrc/cpu/primitives.inc", "memcpy(out + (m * K + k) * NR, row + m * NR, sizeof(A) * NR);",

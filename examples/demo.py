@@ -1,4 +1,4 @@
-"""stl-torch in one minute, on real data (Fashion-MNIST from the Debian package), on the CPU.
+"""stl-torch in a few minutes, on real data (Fashion-MNIST from the Debian package), on the CPU.
 
 1. Train a small patch transformer twice from scratch, dense nn.Linear vs STLinear (t=4, r=24),
    same steps and seed; print test accuracy, linear-layer multiply-adds and wall time.

@@ -38,6 +38,7 @@ def call_with(i, value, dtype=torch.float32):
     (2, torch.zeros(5, 2, 3), r"'Wt' has shape \(5, 2, 3\)"),
     (2, torch.zeros(6, 2, 0), r"'Wt' has P/tile=0"),
     (3, torch.zeros(6, 16), r"'D' has shape \(6, 16\); expected \(tile\*tile, rank\) = \(16, 6\)"),
+    (3, torch.zeros(16, 5), r"'D' has shape \(16, 5\); expected \(tile\*tile, rank\) = \(16, 6\)"),
     (4, torch.zeros(7), r"'bias' has shape \(7\); expected \(P,\) = \(12,\)"),
     (0, torch.zeros(8, 16)[:, ::2], r"'x' must be contiguous"),
     (2, torch.zeros(6, 3, 2).transpose(1, 2), r"'Wt' must be contiguous"),

@@ -33,7 +33,7 @@ SHAPES = {  # (M, N, P, t, r)
     "t4": (4 * 133 + 3, 4 * 70, 4 * 67, 4, 25),
     "t2": (2 * 131 + 1, 2 * 66, 2 * 130, 2, 7),
     "t8": (8 * 70 + 5, 8 * 9, 8 * 66, 8, 33),
-    "t3": (3 * 67 + 2, 3 * 5, 3 * 66, 3, 10),
+    "t3": (3 * 600 + 2, 3 * 5, 3 * 66, 3, 10),
     "wideK": (4 * 13 + 1, 4 * 260, 4 * 67, 4, 5),  # N/t = 260 > the GEMM's 256-deep k passes
 }
 # relative error in the Frobenius norm against float64 (worst measured here: float64 3.3e-15,
@@ -149,10 +149,11 @@ def _levels_below():
     return LEVELS[: LEVELS.index(best) + 1] if best in LEVELS else ["baseline"]
 
 
-# (level, block bytes): every level this CPU has at the default block size; the best level also
-# with 256 KiB blocks (the fused forward of the t4 shape in 4 row blocks) and with 16 KiB blocks
-# (the forward through MKL, in 2 blocks, the backward in 4, the t3 shape fused in many)
-CONFIGS = [("baseline", None), ("avx2", None), ("avx512", None), ("best", 256 << 10), ("best", 16 << 10)]
+# (level, block bytes): every level this CPU has at the default block size (the t4, t2, t8 shapes
+# fused in one block); the best level also with 256 KiB blocks (t4 and t2 through MKL, the backward
+# in blocks) and with 32 KiB blocks (the float32 t3 shape fused in 4 row blocks, the last one
+# partial; the MKL forward and the backward in several blocks)
+CONFIGS = [("baseline", None), ("avx2", None), ("avx512", None), ("best", 256 << 10), ("best", 32 << 10)]
 
 
 @pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_ISA") is not None, reason="already a per-level run")
@@ -160,7 +161,7 @@ CONFIGS = [("baseline", None), ("avx2", None), ("avx512", None), ("best", 256 <<
 def test_every_isa_level(level, block_bytes):
     """This file and test_ops.py again in a subprocess at `level` (skipped when the CPU lacks it),
     with the default block size or small blocks. A block holds Xe (and Z) of
-    budget / (r * N/t * 4) tile-rows; the fused forward runs when Wt <= 2 * budget, the backward
+    budget / (r * N/t * 4) tile-rows; the fused forward runs when Wt <= budget / 2, the backward
     and the MKL forward split at 64 * budget."""
     best = stl_torch._C.abi_info()["cpu_isa_supported"]
     level = best if level == "best" else level
@@ -177,3 +178,20 @@ def test_every_isa_level(level, block_bytes):
     tail = (r.stdout + r.stderr)[-3000:]
     assert r.returncode == 0, tail
     assert " passed" in tail and "failed" not in tail, tail
+
+
+def test_workspace_grows_for_a_larger_call():
+    """The cached workspace is reused only when it is big enough: a call needing more bytes than
+    any cached buffer holds gets a larger one (a smaller one would be overrun), and empty_cache()
+    frees them all."""
+    stl_torch._C.empty_cache()
+    assert stl_torch._C.workspace_bytes() == 0
+    sizes = []
+    for m in (4000, 6000):  # the second call needs about 1.25x the first one's bytes
+        x, E, Wt, D, b = operands(m, 64, 64, 4, 24, torch.float32)
+        y, _ = fwd(x, E, Wt, D, b, 4, False)
+        assert rel_err(y, stl_reference(*(v.double() for v in (x, E, Wt, D, b)), tile=4)) < TOL[torch.float32]
+        sizes.append(stl_torch._C.workspace_bytes())
+    assert sizes[0] > 0 and sizes[1] > sizes[0], sizes
+    stl_torch._C.empty_cache()
+    assert stl_torch._C.workspace_bytes() == 0
