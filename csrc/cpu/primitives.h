@@ -102,7 +102,7 @@ typedef void (*StlColsumFn)(const StlColsumArgs *p, int64_t c0, int64_t c1, void
 typedef void (*StlGemmFn)(const StlGemmArgs *p);
 typedef void (*StlPackFn)(const StlPackArgs *p, int64_t q0, int64_t q1);
 
-/* One ISA level: the four primitives for each compute type ([0] float, [1] double). */
+/* One ISA level: its primitives for each compute type ([0] float, [1] double). */
 typedef struct {
   const char *name;
   int vector_bytes;
