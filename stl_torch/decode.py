@@ -292,6 +292,12 @@ def _pre_hook(module, args, kwargs):
         has = torch.ones(B, dtype=torch.bool, device=dev)
         pos = torch.zeros(B, dtype=torch.long, device=dev)
     first = torch.where((first < 0) & has.to(first.device), start + pos.to(first.device), first)
+    if (mask is not None and start == 0 and module.training and torch.is_grad_enabled()
+            and getattr(module, "is_gradient_checkpointing", False) and bool((first > 0).any())):
+        raise RuntimeError("stl_torch: gradient checkpointing with a left-padded batch is not supported: a "
+                           "checkpointed block recomputes its forward outside the model call, where the STL layers "
+                           "cannot see where each row's tiles start. Pad on the right (or not at all) when training "
+                           "with gradient checkpointing, or turn checkpointing off.")
 
     ctx = _Context(tiles, cache, B, S, first, record, {m: fqn for fqn, m in layers})
     for _, m in layers:
