@@ -184,16 +184,16 @@ def test_every_isa_level(level, block_bytes):
                     reason="with small blocks a call's workspace is bounded by the block, whatever its size")
 def test_workspace_grows_for_a_larger_call():
     """The cached workspace is reused only when it is big enough: a call needing more bytes than
-    any cached buffer holds gets a larger one (a smaller one would be overrun), and empty_cache()
-    frees them all."""
+    any cached buffer holds gets a larger one (a smaller one would be overrun), also once every
+    cache slot is taken (the fifth growing call), and empty_cache() frees them all."""
     stl_torch._C.empty_cache()
     assert stl_torch._C.workspace_bytes() == 0
-    sizes = []
-    for m in (4000, 6000):  # the second call needs about 1.25x the first one's bytes
+    sizes = [0]
+    for m in (2000, 3000, 4000, 5000, 6000):  # each call needs more bytes than any before it
         x, E, Wt, D, b = operands(m, 64, 64, 4, 24, torch.float32)
         y, _ = fwd(x, E, Wt, D, b, 4, False)
         assert rel_err(y, stl_reference(*(v.double() for v in (x, E, Wt, D, b)), tile=4)) < TOL[torch.float32]
         sizes.append(stl_torch._C.workspace_bytes())
-    assert sizes[0] > 0 and sizes[1] > sizes[0], sizes
+    assert all(b > a for a, b in zip(sizes, sizes[1:])), sizes
     stl_torch._C.empty_cache()
     assert stl_torch._C.workspace_bytes() == 0
