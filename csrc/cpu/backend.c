@@ -63,13 +63,13 @@ static int64_t threads(void) {
   return c > 0 ? c : 1;
 }
 
-/* Tile-rows per block: per_row bytes of temporaries per tile-row, wt bytes of GEMM weight. */
-static int64_t block_rows(int64_t Mt, size_t per_row, size_t wt) {
-  const size_t budget = stl_cpu_block_bytes(), cap = 64 * budget; /* 256 MB by default */
+/* Tile-rows per block of the MKL forward and the backward, per_row bytes of temporaries per
+ * tile-row: all rows at once, up to 64 block budgets of workspace (256 MB by default). */
+static int64_t block_rows(int64_t Mt, size_t per_row) {
+  const size_t cap = 64 * stl_cpu_block_bytes();
   if (Mt <= 1 || per_row == 0) return Mt > 0 ? Mt : 1;
   int64_t mb = Mt;
-  if ((size_t)Mt > budget / per_row && wt <= 2 * budget) mb = (int64_t)(budget / per_row); /* Wt stays cached */
-  if (mb > 1 && (size_t)mb > cap / per_row) mb = (int64_t)(cap / per_row); /* bound the workspace */
+  if ((size_t)mb > cap / per_row) mb = (int64_t)(cap / per_row); /* bound the workspace */
   return mb > 0 ? mb : 1;
 }
 
@@ -377,7 +377,7 @@ static size_t mkl_layout(const StlForward *f, MklWs *w, char *base) {
   w->Mt = (f->M + t - 1) / t, w->Nt = f->N / t, w->Pt = f->P / t;
   const size_t per_row = mul3((size_t)r, (size_t)(w->Nt + w->Pt), e);
   const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
-  w->mb = block_rows(w->Mt, per_row, SIZE_MAX); /* Wt does not stay cached: one block (bounded) */
+  w->mb = block_rows(w->Mt, per_row);
   w->slot = slot_bytes(t, r, f->dt, false);
   Carver c = {base, 0};
   w->E = carve(&c, (size_t)r * t2 * e);
@@ -470,7 +470,7 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
   const size_t per_row = mul3((size_t)r, (size_t)(2 * w->Nt + 2 * w->Pt), e);
   /* dWt accumulates over blocks (baddbmm). Blocks are only a bound on the workspace: each one
    * re-reads and re-writes dWt, and MKL needs tall blocks to run its GEMMs near peak. */
-  w->mb = stl_abi.cpu_baddbmm_out ? block_rows(w->Mt, per_row, SIZE_MAX) : w->Mt;
+  w->mb = stl_abi.cpu_baddbmm_out ? block_rows(w->Mt, per_row) : w->Mt;
   w->slot = slot_bytes(t, r, b->dt, true);
   Carver c = {base, 0};
   w->E = carve(&c, (size_t)r * t2 * e);
