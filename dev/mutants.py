@@ -111,6 +111,8 @@ MUTANTS = [
     ("cuda-t8-launches-t4", "csrc/cuda/tile_kernels.cu", "if (t == 8) LAUNCH(grid, THREADS, smem, st, encode_tiles<D, 8>)",
      "if (t == 8) LAUNCH(grid, THREADS, smem, st, encode_tiles<D, 4>)", ["tests/test_cuda_emu.py"]),
     # --- Python: autograd, fake kernels, tiling, causal masks, conversion, FLOPs
+    ("autograd-materialises-grad-z", "stl_torch/ops.py", "    ctx.set_materialize_grads(False)\n", "",
+     ["tests/test_ops.py"]),
     ("autograd-drops-grad-z", "stl_torch/ops.py", "grad_z = _empty(x) if grad_z is None or z.numel() == 0 else grad_z.contiguous()",
      "grad_z = _empty(x)", ["tests/test_ops.py"]),
     ("fake-output-width", "stl_torch/ops.py", "y = x.new_empty((m, pt * tile))", "y = x.new_empty((m, pt))",

@@ -110,6 +110,9 @@ def _setup_context(ctx, inputs, output):
     _, z = output
     ctx.tile = tile
     ctx.has_bias = bias.numel() > 0
+    # an unused z (stl_linear never returns it) must reach the backward as None, not as a
+    # materialised Z-sized tensor of zeros that the backward would then read and add
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, E, Wt, D, z)
 
 

@@ -65,6 +65,24 @@ def test_z_output_is_the_product_and_its_grad_counts():
                              (x, E, Wt, D, b))
 
 
+def test_unused_z_reaches_the_backward_as_no_gradient(monkeypatch):
+    """stl_linear never returns z: its backward must get an empty grad_z, not a materialised
+    Z-sized tensor of zeros that the kernel would read and add (a whole extra pass)."""
+    import stl_torch.ops as ops
+    seen = []
+    real = ops._backward
+
+    def spy(grad_y, grad_z, *rest):
+        seen.append(grad_z.numel())
+        return real(grad_y, grad_z, *rest)
+    monkeypatch.setattr(ops, "_backward", spy)
+    x, E, Wt, D, b = operands(12, 8, 8, 4, 5, requires_grad=True)
+    stl_linear(x, E, Wt, D, b, 4).sum().backward()
+    assert seen == [0]
+    fwd(x, E, Wt, D, b, 4, True)[1].sum().backward()  # a used z still brings its gradient
+    assert seen[1] == 5 * 3 * 2
+
+
 @pytest.mark.parametrize("shape", [(5, 4, 6, 2, 3), (6, 8, 4, 4, 5), (3, 3, 3, 1, 2)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_gradcheck(shape, bias):
