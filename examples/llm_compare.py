@@ -19,6 +19,7 @@ Conversions are made once per method and reused by the grid and the comparison
 (llama_finetune --conversion-cache). Other llama_finetune arguments go after `--`.
 """
 import argparse
+import glob
 import json
 import math
 import os
@@ -61,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join("runs", "llm_compare"))
     p.add_argument("--results", default=None, help="folder for the JSON/Markdown/PNG (default: --out)")
     p.add_argument("--collect-only", action="store_true", help="only tabulate finished runs")
+    p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR",
+                   help="run METHOD at LR instead of the grid's choice; its run folder gets an -lr suffix, so "
+                        "runs of one method at several rates sit side by side (repeatable)")
     p.add_argument("extra", nargs="*", help="more llama_finetune arguments (after --)")
     a = p.parse_args(argv)
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -68,6 +72,15 @@ def parse_args(argv=None):
     if bad:
         p.error(f"unknown methods {bad}; choose from {list(METHODS)}")
     a.results = a.results or a.out
+    a.lr_override = {}
+    for item in a.lr:
+        name, _, lr = item.rpartition("=")
+        if name not in METHODS:
+            p.error(f"--lr {item!r}: expected METHOD=LR with METHOD one of {list(METHODS)}")
+        try:
+            a.lr_override[name] = float(lr)
+        except ValueError:
+            p.error(f"--lr {item!r}: {lr!r} is not a number")
     return a
 
 
@@ -116,23 +129,32 @@ def compare(a, chosen):
     for name in a.methods:
         margs, lrs = METHODS[name]
         lr = chosen.get(name, {}).get("lr", lrs[len(lrs) // 2])
+        folder = slug(name)
+        if name in a.lr_override:
+            lr = a.lr_override[name]
+            folder += f"-lr{lr:g}"
         run_recipe([*common(a, margs, name), "--lr", lr, "--tokens", a.tokens, "--eval-every", every,
                     "--eval-tokens", a.eval_tokens, "--tbt-seqs", a.tbt_seqs, "--tbt-len", a.tbt_len,
-                    "--out-dir", os.path.join(a.out, "runs", slug(name))], os.path.join(a.out, "log.txt"))
+                    "--out-dir", os.path.join(a.out, "runs", folder)], os.path.join(a.out, "log.txt"))
 
 
 def collect(a, chosen):
     rows, curves = [], {}
+    runs = []  # (label, method, folder): each method's run, then its runs at --lr rates
     for name in a.methods:
-        path = os.path.join(a.out, "runs", slug(name))
+        base = os.path.join(a.out, "runs", slug(name))
+        runs.append((name, name, base))
+        runs += [(None, name, p) for p in sorted(glob.glob(base + "-lr*"))]
+    for label, method, path in runs:
         if not os.path.exists(os.path.join(path, "metrics.json")):
             continue
         m = metrics(path)
         meta, hist = m["meta"], m["history"]
+        name = label or f"{method}, lr {meta['args']['lr']:g}"
         curves[name] = [(r["tokens"], r["eval_ppl"]) for r in hist]
         speeds = [r["train_tokens_per_s"] for r in hist if r.get("train_tokens_per_s")]
         rows.append({
-            "method": name, "lr": meta["args"]["lr"], "grid": chosen.get(name, {}).get("grid"),
+            "method": name, "lr": meta["args"]["lr"], "grid": chosen.get(method, {}).get("grid"),
             "ppl_by_tokens": {str(t): p for t, p in curves[name]},
             "base_ppl": meta["base"]["eval_ppl"], "final_ppl": hist[-1]["eval_ppl"],
             "tokens": hist[-1]["tokens"], "done": hist[-1]["step"] >= meta["total_steps"],

@@ -422,3 +422,35 @@ def test_smollm2_gguf_loads_tied_and_sane(tmp_path):
         s, c = RL.nll_sum(model, ids, RT.autocast_ctx(torch.device("cpu"), "none"))
     ppl = float(torch.exp(s / c))
     assert 1.5 < ppl < 100, ppl
+
+
+def test_llm_compare_tabulates_each_method_and_its_runs_at_other_rates(tmp_path):
+    """llm_compare --collect-only: one row per finished run, a method's --lr runs beside its own,
+    budgets as columns, and the JSON/Markdown/PNG written."""
+    lc = _load("llm_compare", EX / "llm_compare.py")
+
+    def fake_run(folder, lr, ppls, reduction):
+        d = tmp_path / "runs" / folder
+        d.mkdir(parents=True)
+        hist = [{"step": 12 * i, "tokens": 24576 * i, "eval_ppl": p, "train_tokens_per_s": 100.0 + i}
+                for i, p in enumerate(ppls)]
+        meta = {"args": {"lr": lr, "seq_len": 256}, "base": {"eval_ppl": ppls[0]}, "total_steps": 24,
+                "target_flops_per_seq": 2 * 256 * 1e8 / reduction, "target_flops_per_seq_if_dense": 2 * 256 * 1e8,
+                "target_flop_reduction": reduction, "params_total": 1e6, "params_linear": 9e5, "env": {}}
+        (d / "metrics.json").write_text(json.dumps({"meta": meta, "history": hist}))
+
+    fake_run("dense", 1e-4, [18.0, 14.0, 13.0], 1.0)
+    fake_run("stl-r24", 1e-3, [3e4, 2e3], 2.25)
+    fake_run("stl-r24-lr0.0003", 3e-4, [3e4, 900.0, 400.0], 2.25)
+    fake_run("stl-r32", 1e-3, [1e4], 1.69)  # not asked for below: must not appear
+    with pytest.raises(SystemExit):
+        lc.parse_args(["--lr", "STL r=24=fast"])
+    a = lc.parse_args(["--methods", "dense,STL r=24", "--out", str(tmp_path), "--collect-only"])
+    lc.collect(a, {})
+    rows = json.loads((tmp_path / "llm_compare.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["dense", "STL r=24", "STL r=24, lr 0.0003"]
+    assert [r["done"] for r in rows] == [True, False, True]
+    assert rows[2]["final_ppl"] == 400.0 and rows[2]["converted_flop_reduction"] == 2.25
+    table = (tmp_path / "llm_compare.md").read_text().splitlines()
+    assert len(table) == 2 + 3 and "| STL r=24 | 0.001 | 30000.00 | 2000.00 | – |" in table[3]
+    assert (tmp_path / "llm_compare.png").stat().st_size > 0
