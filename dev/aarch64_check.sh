@@ -10,13 +10,14 @@ cd "$(dirname "$0")/.."
 PYINC=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
-common=(-O2 -fPIC -fvisibility=hidden -Wall -Wno-unused-function -Werror -Icsrc)
+common=(-O2 -fPIC -fexceptions -fvisibility=hidden -Wall -Wno-unused-function -Werror -Icsrc)
 for f in csrc/*.c csrc/cpu/*.c; do
-  aarch64-linux-gnu-gcc -c "${common[@]}" -O3 -std=gnu11 -D_GNU_SOURCE -DPy_LIMITED_API=0x03090000 \
+  opt=(); [[ $f == csrc/cpu/isa_*.c ]] && opt=(-O3)  # the kernels, as setup.py builds them (no x86 flags)
+  aarch64-linux-gnu-gcc -c "${common[@]}" "${opt[@]}" -std=gnu11 -D_GNU_SOURCE -DPy_LIMITED_API=0x03090000 \
     -I"$PYINC" "$f" -o "$OUT/$(basename "$f").o"
 done
 for f in csrc/*.cpp; do
-  aarch64-linux-gnu-g++ -c "${common[@]}" -std=c++17 -fexceptions "$f" -o "$OUT/$(basename "$f").o"
+  aarch64-linux-gnu-g++ -c "${common[@]}" -std=c++17 "$f" -o "$OUT/$(basename "$f").o"
 done
 aarch64-linux-gnu-g++ -shared -o "$OUT/_C.abi3.so" "$OUT"/*.o -lpthread
 file "$OUT/_C.abi3.so"
