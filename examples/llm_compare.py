@@ -15,6 +15,9 @@ where it stopped when started again).
   python examples/llm_compare.py --out runs/llm_compare --results docs/results/llm_finetune
   python examples/llm_compare.py --tokens 2e6 --batch-size 32 --seq-len 512 ...   # on a GPU
 
+Runs made on another machine join the table with --collect-only --merge EARLIER/llm_compare.json
+(each row keeps the env it ran in).
+
 Conversions are made once per method and reused by the grid and the comparison
 (llama_finetune --conversion-cache). Other llama_finetune arguments go after `--`.
 """
@@ -62,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join("runs", "llm_compare"))
     p.add_argument("--results", default=None, help="folder for the JSON/Markdown/PNG (default: --out)")
     p.add_argument("--collect-only", action="store_true", help="only tabulate finished runs")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="an earlier llm_compare.json whose rows are kept for runs not found under --out "
+                        "(runs made elsewhere: each row keeps its own env, machine and time)")
     p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR",
                    help="run METHOD at LR instead of the grid's choice; its run folder gets an -lr suffix, so "
                         "runs of one method at several rates sit side by side (repeatable)")
@@ -164,6 +170,8 @@ def collect(a, chosen):
             "params_total": meta["params_total"], "params_linear": meta["params_linear"],
             "train_tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
             "tbt": meta.get("tbt", {}), "env": meta["env"]})
+    if a.merge:
+        rows = merged(a, rows, curves)
     os.makedirs(a.results, exist_ok=True)
     with open(os.path.join(a.results, "llm_compare.json"), "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%d"), "settings": {k: v for k, v in vars(a).items()
@@ -194,6 +202,30 @@ def collect(a, chosen):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(a.results, "llm_compare.png"), dpi=120)
+
+
+def base_method(label):
+    """The METHODS key a row's label starts with ("STL r=24, lr 0.0003" -> "STL r=24")."""
+    return max((m for m in METHODS if label == m or label.startswith(m + ",")), key=len, default=label)
+
+
+def merged(a, rows, curves):
+    """rows plus the earlier rows of --merge whose label no run here has, in METHODS order."""
+    with open(a.merge) as f:
+        earlier = json.load(f)
+    have = {r["method"] for r in rows}
+    for r in earlier["rows"]:
+        if r["method"] in have:
+            continue
+        r = dict(r, merged_from=a.merge)  # its env names the machine and time it ran on
+        rows.append(r)
+        curves[r["method"]] = sorted((int(t), p) for t, p in r["ppl_by_tokens"].items())
+    order = list(METHODS)
+    rows.sort(key=lambda r: (order.index(base_method(r["method"])) if base_method(r["method"]) in order
+                             else len(order), r["method"] != base_method(r["method"])))
+    for name in [r["method"] for r in rows]:  # the plot's legend in the table's order
+        curves[name] = curves.pop(name)
+    return rows
 
 
 def main(argv=None):

@@ -454,3 +454,20 @@ def test_llm_compare_tabulates_each_method_and_its_runs_at_other_rates(tmp_path)
     table = (tmp_path / "llm_compare.md").read_text().splitlines()
     assert len(table) == 2 + 3 and "| STL r=24 | 0.001 | 30000.00 | 2000.00 | – |" in table[3]
     assert (tmp_path / "llm_compare.png").stat().st_size > 0
+
+    # --merge: rows of an earlier JSON (runs made on another machine) join those found here,
+    # in the methods' order, unless a run here has the same label.
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"date": "2026-11-29", "rows": [
+        dict(rows[0], method="2:4 Wanda", final_ppl=24.0, ppl_by_tokens={"0": 110.0, "24576": 30.0},
+             env={"cpu": "other"}),
+        dict(rows[0], method="dense", final_ppl=99.0)]}))
+    out2 = tmp_path / "merged"
+    a = lc.parse_args(["--methods", "STL r=24,dense", "--out", str(tmp_path), "--results", str(out2),
+                       "--collect-only", "--merge", str(earlier)])
+    lc.collect(a, {})
+    rows2 = json.loads((out2 / "llm_compare.json").read_text())["rows"]
+    assert [r["method"] for r in rows2] == ["dense", "2:4 Wanda", "STL r=24", "STL r=24, lr 0.0003"]
+    assert rows2[0]["final_ppl"] == 13.0 and "merged_from" not in rows2[0]
+    assert rows2[1]["merged_from"] == str(earlier) and rows2[1]["env"] == {"cpu": "other"}
+    assert "| 2:4 Wanda | 0.0001 | 110.00 | 30.00 | – |" in (out2 / "llm_compare.md").read_text()
