@@ -220,9 +220,12 @@ def merged(a, rows, curves):
         r = dict(r, merged_from=a.merge)  # its env names the machine and time it ran on
         rows.append(r)
         curves[r["method"]] = sorted((int(t), p) for t, p in r["ppl_by_tokens"].items())
-    order = list(METHODS)
-    rows.sort(key=lambda r: (order.index(base_method(r["method"])) if base_method(r["method"]) in order
-                             else len(order), r["method"] != base_method(r["method"])))
+    rank = {m: i for i, m in enumerate(METHODS)}
+
+    def place(r):  # a method's own run first, then its runs at other rates
+        base = base_method(r["method"])
+        return rank.get(base, len(rank)), r["method"] != base
+    rows.sort(key=place)
     for name in [r["method"] for r in rows]:  # the plot's legend in the table's order
         curves[name] = curves.pop(name)
     return rows
