@@ -38,8 +38,8 @@ METHODS = {
     "dense": (["--method", "dense"], [3e-5, 1e-4, 3e-4]),
     "2:4 magnitude": (["--method", "sparse24", "--sparse-scores", "magnitude"], [1e-4, 3e-4, 1e-3]),
     "2:4 Wanda": (["--method", "sparse24", "--sparse-scores", "wanda"], [1e-4, 3e-4, 1e-3]),
-    "STL r=24": (["--method", "stl", "--rank", "24", "--tile", "4", "--init", "fitted"], [3e-4, 1e-3, 3e-3]),
-    "STL r=32": (["--method", "stl", "--rank", "32", "--tile", "4", "--init", "fitted"], [3e-4, 1e-3, 3e-3]),
+    "STL r=24": (["--method", "stl", "--rank", "24", "--tile", "4", "--init", "fitted"], [1e-4, 3e-4, 1e-3]),
+    "STL r=32": (["--method", "stl", "--rank", "32", "--tile", "4", "--init", "fitted"], [1e-4, 3e-4, 1e-3]),
 }
 
 
@@ -65,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join("runs", "llm_compare"))
     p.add_argument("--results", default=None, help="folder for the JSON/Markdown/PNG (default: --out)")
     p.add_argument("--collect-only", action="store_true", help="only tabulate finished runs")
+    p.add_argument("--grid-only", action="store_true",
+                   help="run the learning-rate grid (step 1) and tabulate, without the comparison runs")
     p.add_argument("--merge", default=None, metavar="JSON",
                    help="an earlier llm_compare.json whose rows are kept for runs not found under --out "
                         "(runs made elsewhere: each row keeps its own env, machine and time)")
@@ -171,12 +173,12 @@ def collect(a, chosen):
             "train_tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
             "tbt": meta.get("tbt", {}), "env": meta["env"]})
     if a.merge:
-        rows = merged(a, rows, curves)
+        rows = merged(a, rows, curves, chosen)
     os.makedirs(a.results, exist_ok=True)
     with open(os.path.join(a.results, "llm_compare.json"), "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%d"), "settings": {k: v for k, v in vars(a).items()
-                                                                   if k not in ("collect_only",)},
-                   "rows": rows}, f, indent=1)
+                                                                   if k not in ("collect_only", "grid_only")},
+                   "grid": chosen, "rows": rows}, f, indent=1)
     budgets = sorted({t for c in curves.values() for t, _ in c})
     lines = ["| method | lr | " + " | ".join(f"ppl @ {t / 1000:g}k" for t in budgets)
              + " | converted-layer MACs/token (× fewer) | params | train tokens/s |",
@@ -186,6 +188,7 @@ def collect(a, chosen):
         lines.append(f"| {r['method']} | {r['lr']:g} | " + " | ".join("–" if p is None else f"{p:.2f}" for p in ppl)
                      + f" | {r['converted_macs_per_token'] / 1e6:.1f}M ({r['converted_flop_reduction']:.2f}×) | "
                        f"{r['params_total'] / 1e6:.1f}M | {r['train_tokens_per_s'] or 0:.0f} |")
+    lines += grid_table(a, chosen)
     with open(os.path.join(a.results, "llm_compare.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -204,13 +207,33 @@ def collect(a, chosen):
     fig.savefig(os.path.join(a.results, "llm_compare.png"), dpi=120)
 
 
+def grid_table(a, chosen):
+    """The learning-rate grid as Markdown lines: held-out perplexity after the grid's short run at
+    each rate of a method's grid, the chosen rate in bold (nothing when no grid ran)."""
+    names = [m for m in METHODS if m in chosen]
+    if not names:
+        return []
+    lines = ["", f"Learning-rate grid: held-out perplexity after {a.grid_tokens / 1000:g}k training tokens "
+                 f"(evaluated on {a.grid_eval_tokens / 1000:g}k tokens); the chosen rate in bold.", "",
+             "| method | " + " | ".join(f"lr {i + 1}" for i in range(max(len(METHODS[m][1]) for m in names))) + " |",
+             "|---|" + "---:|" * max(len(METHODS[m][1]) for m in names)]
+    for m in names:
+        cells = []
+        for lr, ppl in chosen[m]["grid"].items():
+            cell = f"{lr}: {ppl:.2f}"
+            cells.append(f"**{cell}**" if float(lr) == chosen[m]["lr"] else cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def base_method(label):
     """The METHODS key a row's label starts with ("STL r=24, lr 0.0003" -> "STL r=24")."""
     return max((m for m in METHODS if label == m or label.startswith(m + ",")), key=len, default=label)
 
 
-def merged(a, rows, curves):
-    """rows plus the earlier rows of --merge whose label no run here has, in METHODS order."""
+def merged(a, rows, curves, chosen):
+    """rows plus the earlier rows of --merge whose label no run here has, in METHODS order; each
+    earlier row gets its method's grid when one ran here."""
     with open(a.merge) as f:
         earlier = json.load(f)
     have = {r["method"] for r in rows}
@@ -218,6 +241,7 @@ def merged(a, rows, curves):
         if r["method"] in have:
             continue
         r = dict(r, merged_from=a.merge)  # its env names the machine and time it ran on
+        r["grid"] = chosen.get(base_method(r["method"]), {}).get("grid") or r.get("grid")
         rows.append(r)
         curves[r["method"]] = sorted((int(t), p) for t, p in r["ppl_by_tokens"].items())
     rank = {m: i for i, m in enumerate(METHODS)}
@@ -241,7 +265,8 @@ def main(argv=None):
             chosen.update(grid(a))
             with open(chosen_path, "w") as f:
                 json.dump(chosen, f, indent=1)
-        compare(a, chosen)
+        if not a.grid_only:
+            compare(a, chosen)
     collect(a, chosen)
 
 

@@ -471,3 +471,17 @@ def test_llm_compare_tabulates_each_method_and_its_runs_at_other_rates(tmp_path)
     assert rows2[0]["final_ppl"] == 13.0 and "merged_from" not in rows2[0]
     assert rows2[1]["merged_from"] == str(earlier) and rows2[1]["env"] == {"cpu": "other"}
     assert "| 2:4 Wanda | 0.0001 | 110.00 | 30.00 | – |" in (out2 / "llm_compare.md").read_text()
+
+    # the learning-rate grid: a table under the comparison's, the chosen rate in bold, and each
+    # row (merged ones included) carries its method's grid
+    chosen = {"2:4 Wanda": {"lr": 3e-4, "grid": {"0.0001": 40.0, "0.0003": 31.5, "0.001": 35.0}}}
+    a = lc.parse_args(["--methods", "STL r=24,dense", "--out", str(tmp_path), "--results", str(out2),
+                       "--grid-only", "--merge", str(earlier)])
+    assert a.grid_only
+    lc.collect(a, chosen)
+    doc = json.loads((out2 / "llm_compare.json").read_text())
+    assert doc["grid"] == chosen and "grid_only" not in doc["settings"]
+    assert [r["grid"] for r in doc["rows"]][:2] == [None, chosen["2:4 Wanda"]["grid"]]
+    md = (out2 / "llm_compare.md").read_text()
+    assert "| 2:4 Wanda | 0.0001: 40.00 | **0.0003: 31.50** | 0.001: 35.00 |" in md
+    assert "after 16.384k training tokens" in md
