@@ -35,10 +35,16 @@ SHAPES = {  # (M, N, P, t, r)
     "t8": (8 * 70 + 5, 8 * 9, 8 * 66, 8, 33),
     "t3": (3 * 600 + 2, 3 * 5, 3 * 66, 3, 10),
     "wideK": (4 * 13 + 1, 4 * 260, 4 * 67, 4, 5),  # N/t = 260 > the GEMM's 256-deep k passes
+    # a small Wt and more tile-rows than one block budget (8 MiB / 800 bytes per tile-row) holds:
+    # the backward runs in blocks at the default block size, the last one partial
+    "tall": (4 * 10600 + 3, 4 * 9, 4 * 11, 4, 5),
 }
 # relative error in the Frobenius norm against float64 (worst measured here: float64 3.3e-15,
 # float32 2.7e-7)
 TOL = {torch.float64: 2e-14, torch.float32: 1.5e-6}
+# dWt of "tall" sums 42,403 rows (MKL's float32 GEMM, as dense's own weight gradient does):
+# 1.6e-6 to 1.9e-6 measured over six seeds, the same with the backward in one block or in blocks
+TOL_SCALE = {"tall": 2}
 # 16-bit: elements may differ from the correctly rounded float64 result by at most 1 ulp, most are equal
 ULP = {torch.bfloat16: 7, torch.float16: 10}  # mantissa bits
 
@@ -64,23 +70,24 @@ def reference(ins, t, g, gz):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_every_path_against_float64(name, dtype):
     M, N, P, t, r = SHAPES[name]
+    tol = TOL[dtype] * TOL_SCALE.get(name, 1)
     ins = operands(M, N, P, t, r, dtype, seed=hash(name) % 1000)
     g = torch.randn(M, P, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
     y, z = fwd(*ins, t, True)
     gz = torch.randn(z.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
     grads = bwd(g, gz, ins[0], ins[1], ins[2], ins[3], z, True, t)
     y_ref, z_ref, g_ref = reference(ins, t, g, gz)
-    assert rel_err(y, y_ref) < TOL[dtype] and rel_err(z, z_ref) < TOL[dtype]
+    assert rel_err(y, y_ref) < tol and rel_err(z, z_ref) < tol
     for n, a, b in zip(("x", "E", "Wt", "D", "bias"), grads, g_ref):
-        assert a.dtype == dtype and rel_err(a, b) < TOL[dtype], (n, rel_err(a, b))
+        assert a.dtype == dtype and rel_err(a, b) < tol, (n, rel_err(a, b))
     # the same gradients when Z was not kept (recomputed per block)
     no_z = bwd(g, torch.empty(0, dtype=dtype), ins[0], ins[1], ins[2], ins[3], torch.empty(0, dtype=dtype), True, t)
     g_ref_noz = reference(ins, t, g, torch.zeros_like(gz))[2]
     for n, a, b in zip(("x", "E", "Wt", "D", "bias"), no_z, g_ref_noz):
-        assert rel_err(a, b) < TOL[dtype], (n, rel_err(a, b))
+        assert rel_err(a, b) < tol, (n, rel_err(a, b))
     # the composition of the primitives (stl_forward_unfused) agrees with the fused forward
     u = torch.ops.stl_torch.stl_forward_unfused(*ins, t, False)[0]
-    assert rel_err(u, y_ref) < TOL[dtype]
+    assert rel_err(u, y_ref) < tol
 
 
 @pytest.mark.parametrize("name", ["t4", "t2"])
@@ -161,8 +168,9 @@ CONFIGS = [("baseline", None), ("avx2", None), ("avx512", None), ("best", 256 <<
 def test_every_isa_level(level, block_bytes):
     """This file and test_ops.py again in a subprocess at `level` (skipped when the CPU lacks it),
     with the default block size or small blocks. A block holds Xe (and Z) of
-    budget / (r * N/t * 4) tile-rows; the fused forward runs when Wt <= budget / 2, the backward
-    and the MKL forward split at 64 * budget."""
+    budget / (r * N/t * 4) tile-rows; the fused forward runs when Wt <= budget / 2; the backward
+    splits at one budget when Wt <= budget / 2, and like the MKL forward at 64 * budget when
+    Wt is larger."""
     best = stl_torch._C.abi_info()["cpu_isa_supported"]
     level = best if level == "best" else level
     if level not in _levels_below():

@@ -63,8 +63,11 @@ static int64_t threads(void) {
   return c > 0 ? c : 1;
 }
 
-/* Tile-rows per block of the MKL forward and the backward, per_row bytes of temporaries per
- * tile-row: all rows at once, up to 64 block budgets of workspace (256 MB by default). */
+/* The largest Wt (compute type) the fused forward packs, and the backward keeps cached across blocks. */
+static size_t fused_wt_limit(void) { return stl_cpu_block_bytes() / 2; }
+
+/* Tile-rows per block of the MKL forward and of the backward with a larger Wt, per_row bytes of
+ * temporaries per tile-row: all rows at once, up to 64 block budgets of workspace (512 MB by default). */
 static int64_t block_rows(int64_t Mt, size_t per_row) {
   const size_t cap = 64 * stl_cpu_block_bytes();
   if (Mt <= 1 || per_row == 0) return Mt > 0 ? Mt : 1;
@@ -432,7 +435,6 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
  * past that the MKL forward wins: measured on an AVX2 EPYC, Wt of 5.3 MB (SmolLM2's MLP, t=4,
  * r=24) ran 1.45x faster through MKL at N=1536->576 and equal at 576->1536, while at Wt <= 1.6 MB
  * (512^3, the T2T-ViT MLP) the two tie. */
-static size_t fused_wt_limit(void) { return stl_cpu_block_bytes() / 2; }
 
 static bool use_fused(const StlForward *f) {
   const size_t wt = mul3((size_t)f->r, (size_t)(f->N / f->t) * (size_t)(f->P / f->t), (size_t)esz_of(f->dt));
@@ -468,9 +470,17 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
   w->Mt = (b->M + t - 1) / t, w->Nt = b->N / t, w->Pt = b->P / t;
   const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
   const size_t per_row = mul3((size_t)r, (size_t)(2 * w->Nt + 2 * w->Pt), e);
-  /* dWt accumulates over blocks (baddbmm). Blocks are only a bound on the workspace: each one
-   * re-reads and re-writes dWt, and MKL needs tall blocks to run its GEMMs near peak. */
-  w->mb = stl_abi.cpu_baddbmm_out ? block_rows(w->Mt, per_row) : w->Mt;
+  /* dWt accumulates over blocks (baddbmm), so every block re-reads Wt and re-writes dWt. When they
+   * are small enough to stay cached (as the fused forward's Wt), blocks of one block budget keep
+   * each block's x, G, Xe, Gz and dXe in cache from the pass that writes or first reads them to
+   * the next one (the correlations re-read x and G): measured faster at the T2T-ViT shape. A
+   * larger Wt would be moved per block, so the call runs as one block, up to the workspace bound. */
+  if (!stl_abi.cpu_baddbmm_out)
+    w->mb = w->Mt;
+  else if (per_row && wt_bytes <= fused_wt_limit() && (size_t)w->Mt > stl_cpu_block_bytes() / per_row)
+    w->mb = (int64_t)(stl_cpu_block_bytes() / per_row) > 0 ? (int64_t)(stl_cpu_block_bytes() / per_row) : 1;
+  else
+    w->mb = block_rows(w->Mt, per_row);
   w->slot = slot_bytes(t, r, b->dt, true);
   Carver c = {base, 0};
   w->E = carve(&c, (size_t)r * t2 * e);
