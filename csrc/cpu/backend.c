@@ -471,14 +471,16 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
   const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
   const size_t per_row = mul3((size_t)r, (size_t)(2 * w->Nt + 2 * w->Pt), e);
   /* dWt accumulates over blocks (baddbmm), so every block re-reads Wt and re-writes dWt. When they
-   * are small enough to stay cached (as the fused forward's Wt), blocks of one block budget keep
-   * each block's x, G, Xe, Gz and dXe in cache from the pass that writes or first reads them to
-   * the next one (the correlations re-read x and G): measured faster at the T2T-ViT shape. A
-   * larger Wt would be moved per block, so the call runs as one block, up to the workspace bound. */
+   * are small enough to stay cached (as the fused forward's Wt) and the call's temporaries are
+   * not (more than four block budgets), blocks of one budget keep each block's x, G, Xe, Gz and
+   * dXe in cache from the pass that writes or first reads them to the next one (the correlations
+   * re-read x and G): measured faster at the T2T-ViT shape. Otherwise the call runs as one block,
+   * up to the workspace bound: a larger Wt would be moved per block. */
+  const size_t budget = stl_cpu_block_bytes();
   if (!stl_abi.cpu_baddbmm_out)
     w->mb = w->Mt;
-  else if (per_row && wt_bytes <= fused_wt_limit() && (size_t)w->Mt > stl_cpu_block_bytes() / per_row)
-    w->mb = (int64_t)(stl_cpu_block_bytes() / per_row) > 0 ? (int64_t)(stl_cpu_block_bytes() / per_row) : 1;
+  else if (per_row && wt_bytes <= fused_wt_limit() && (size_t)w->Mt > 4 * (budget / per_row))
+    w->mb = (int64_t)(budget / per_row) > 0 ? (int64_t)(budget / per_row) : 1;
   else
     w->mb = block_rows(w->Mt, per_row);
   w->slot = slot_bytes(t, r, b->dt, true);
