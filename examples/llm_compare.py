@@ -213,10 +213,10 @@ def grid_table(a, chosen):
     names = [m for m in METHODS if m in chosen]
     if not names:
         return []
+    ncols = max(len(METHODS[m][1]) for m in names)
     lines = ["", f"Learning-rate grid: held-out perplexity after {a.grid_tokens / 1000:g}k training tokens "
                  f"(evaluated on {a.grid_eval_tokens / 1000:g}k tokens); the chosen rate in bold.", "",
-             "| method | " + " | ".join(f"lr {i + 1}" for i in range(max(len(METHODS[m][1]) for m in names))) + " |",
-             "|---|" + "---:|" * max(len(METHODS[m][1]) for m in names)]
+             "| method | " + " | ".join(f"lr {i + 1}" for i in range(ncols)) + " |", "|---|" + "---:|" * ncols]
     for m in names:
         cells = []
         for lr, ppl in chosen[m]["grid"].items():
