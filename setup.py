@@ -186,6 +186,8 @@ class BuildExt(build_ext):
 ext = Extension(
     "stl_torch._C",
     sources=SOURCES,
+    # the headers and the kernel bodies the sources include: an edit of one rebuilds the extension
+    depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/cpu/*.h") + glob.glob("csrc/cpu/*.inc")),
     libraries=["stdc++", "dl", "pthread"],
     py_limited_api=True,
     define_macros=[("Py_LIMITED_API", "0x03090000")],
@@ -196,7 +198,7 @@ if CUDA:
     ext.library_dirs = [CUDA[1]]
     ext.libraries = ["cudart_static", "rt"] + ext.libraries
     ext.extra_link_args = ["-Wl,--exclude-libs,ALL"]
-    ext.depends = CUDA_SOURCES + CUDA_HEADERS
+    ext.depends += CUDA_SOURCES + CUDA_HEADERS
 
 setup(
     ext_modules=[ext],

@@ -162,12 +162,26 @@ def _backward_fn(ctx, grad_y, grad_z):
 torch.library.register_autograd("stl_torch::stl_forward", _backward_fn, setup_context=_setup_context)
 
 
+# On the CPU, Z (r/t^2 times the size of y) is kept for the backward only up to this size. glibc
+# serves larger blocks with fresh pages on every call, and at every benchmarked shape past it the
+# page faults of writing Z cost more than the backward recomputing it (docs/results.md).
+Z_KEEP_CPU_BYTES = 32 << 20
+
+
+def _keep_z(x, E, Wt, tile):
+    if x.device.type != "cpu":
+        return True
+    mt = (x.shape[0] + tile - 1) // tile
+    return E.shape[0] * mt * Wt.shape[2] * x.element_size() <= Z_KEEP_CPU_BYTES
+
+
 def stl_linear(x, E, Wt, D, bias=None, tile=4):
     """STL of a 2-D ``x`` (M, N): ``decode(encode(x, E) @ Wt, D) + bias``, rows tiled in order.
 
     Inputs are made contiguous; under ``torch.autocast`` every operand is cast to the autocast
     dtype (like ``F.linear``). When autograd will need it, the product ``Z`` is kept for the
-    backward pass (saves one batched GEMM) instead of being recomputed.
+    backward pass (saves one batched GEMM) instead of being recomputed, on the CPU only while it
+    is at most ``Z_KEEP_CPU_BYTES``.
     """
     if bias is None:
         bias = _empty(x)
@@ -176,7 +190,7 @@ def stl_linear(x, E, Wt, D, bias=None, tile=4):
         dt = torch.get_autocast_dtype(dev)
         x, E, Wt, D, bias = (v.to(dt) for v in (x, E, Wt, D, bias))
     need_z = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, E, Wt, D, bias))
+        t.requires_grad for t in (x, E, Wt, D, bias)) and _keep_z(x, E, Wt, tile)
     y, _ = _forward(x.contiguous(), E.contiguous(), Wt.contiguous(), D.contiguous(),
                     bias.contiguous(), tile, need_z)
     return y

@@ -39,6 +39,9 @@ SHAPES = {  # (M, N, P, t, r)
     # largest default (4 MiB): the backward runs in blocks at the default block size, the last one
     # partial
     "tall": (4 * 4300 + 3, 4 * 9, 4 * 11, 4, 25),
+    # a narrow layer (T2T-ViT's 64-wide ones): N/t = 16 is a whole number of vectors short of a
+    # chunk (encode writes in place), P/t = 37 a partial one (3 vectors at 16 lanes, 2 GEMM strips)
+    "narrow": (4 * 700 + 2, 4 * 16, 4 * 37, 4, 24),
 }
 # relative error in the Frobenius norm against float64 (worst measured here: float64 3.3e-15,
 # float32 2.7e-7)

@@ -52,6 +52,29 @@ def test_forward_and_grads_match_reference(dtype, shape, bias):
         assert err(a.grad, b.grad, s.grad) < TOL[dtype], name
 
 
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 40])
+def test_z_kept_or_recomputed_by_size(monkeypatch, keep_bytes):
+    """On the CPU stl_linear keeps Z for the backward only up to Z_KEEP_CPU_BYTES; past it the
+    backward recomputes Z. Both ways give the reference's gradients."""
+    import stl_torch.ops as ops
+    monkeypatch.setattr(ops, "Z_KEEP_CPU_BYTES", keep_bytes)
+    M, N, P, t, r = 37, 64, 48, 4, 24
+    ins = operands(M, N, P, t, r, torch.float64, True, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda v: saved.append(v.shape) or v, lambda v: v):
+        y = stl_linear(*ins, tile=t)
+    z_shape = (r, (M + t - 1) // t, P // t)
+    assert (z_shape in saved) == (keep_bytes > 0), saved
+    ref_ins = [v.detach().requires_grad_() for v in ins]
+    ref = stl_reference(*ref_ins, tile=t)
+    g = torch.randn(M, P, dtype=torch.float64)
+    y.backward(g)
+    ref.backward(g)
+    assert rel_err(y, ref) < TOL[torch.float64]
+    for a, b in zip(ins, ref_ins):
+        assert rel_err(a.grad, b.grad) < TOL[torch.float64]
+
+
 def test_z_output_is_the_product_and_its_grad_counts():
     M, N, P, t, r = 10, 8, 12, 2, 5
     x, E, Wt, D, b = operands(M, N, P, t, r, requires_grad=True)

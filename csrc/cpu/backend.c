@@ -320,7 +320,7 @@ static void panel_range(int64_t s0, int64_t s1, void *ctx) {
       const int64_t j0 = pn * STL_KB, nc = w->Pt - j0 < STL_KB ? w->Pt - j0 : STL_KB;
       const int64_t slab = w->Nt * STL_KB; /* packed panel pn of product l: wpack[l][pn] */
       StlGemmArgs ga = {(const char *)w->xe + (size_t)(lo * w->Nt * e), w->mp * w->Nt, rows, w->Nt,
-                        (const char *)w->wpack + (size_t)(pn * slab * e), w->panels * slab, r, zbuf};
+                        (const char *)w->wpack + (size_t)(pn * slab * e), w->panels * slab, r, zbuf, nc};
       j->isa->gemm[j->ct](&ga);
       const int64_t orow = j->row0 + (int64_t)t * lo;
       StlDecodeArgs da = {f->dt, zbuf, rows * STL_KB, STL_KB, j->Mb - (int64_t)t * lo, (int64_t)t * nc, t, r, w->D,
