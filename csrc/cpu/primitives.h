@@ -83,7 +83,8 @@ typedef struct {
 
 /* gemm: one panel of the r products, Z_l = Xe_l @ Wt_l restricted to STL_KB columns:
  *   z[(l*mp + i)*KB + c] = sum_{k < K} a[l*a_ps + i*K + k] * Wt[l, k, panel column c]
- * for l < r, c < nc rounded up to the micro-kernel's width (later columns of z are not written), i < mp (a multiple of STL_MR: rows past the real ones must be zero in a), from the
+ * for l < r, c < nc rounded up to a vector or to the micro-kernel's width (later columns of z
+ * are not written), i < mp (a multiple of STL_MR: rows past the real ones must be zero in a), from the
  * panel packed by pack (b: the panel's packed data for l = 0, b_ps between products). */
 #define STL_MR 6
 typedef struct {
