@@ -141,6 +141,8 @@ MUTANTS = [
     ("z-kept-past-limit", "stl_torch/ops.py",
      "return E.shape[0] * mt * Wt.shape[2] * x.element_size() <= Z_KEEP_CPU_BYTES", "return True",
      ["tests/test_ops.py"]),
+    ("z-recomputed-for-wide-k", "stl_torch/ops.py", "Wt.shape[1] > Z_RECOMPUTE_MAX_K:", "Wt.shape[1] > 10**9:",
+     ["tests/test_ops.py"]),
     ("fake-output-width", "stl_torch/ops.py", "y = x.new_empty((m, pt * tile))", "y = x.new_empty((m, pt))",
      ["tests/test_ops.py", "tests/test_compile.py"]),
     ("tiling-unpad-wrong-end", "stl_torch/tiling.py", "y = y.reshape(seqs, -(-s // t) * t, y.shape[-1])[:, :s]",

@@ -162,14 +162,17 @@ def _backward_fn(ctx, grad_y, grad_z):
 torch.library.register_autograd("stl_torch::stl_forward", _backward_fn, setup_context=_setup_context)
 
 
-# On the CPU, Z (r/t^2 times the size of y) is kept for the backward only up to this size. glibc
-# serves larger blocks with fresh pages on every call, and at every benchmarked shape past it the
-# page faults of writing Z cost more than the backward recomputing it (docs/results.md).
+# On the CPU, Z (r/t^2 times the size of y) is kept for the backward only up to Z_KEEP_CPU_BYTES,
+# or when recomputing it would cost more than Z_RECOMPUTE_MAX_K multiply-adds per element (N/t).
+# glibc serves blocks past 32 MiB with fresh pages on every call: at N/t up to 144 the page faults
+# of writing such a Z cost more than the backward recomputing it, at N/t = 512 (TinyLlama's MLP)
+# less (docs/results.md).
 Z_KEEP_CPU_BYTES = 32 << 20
+Z_RECOMPUTE_MAX_K = 256
 
 
 def _keep_z(x, E, Wt, tile):
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or Wt.shape[1] > Z_RECOMPUTE_MAX_K:
         return True
     mt = (x.shape[0] + tile - 1) // tile
     return E.shape[0] * mt * Wt.shape[2] * x.element_size() <= Z_KEEP_CPU_BYTES
@@ -180,8 +183,8 @@ def stl_linear(x, E, Wt, D, bias=None, tile=4):
 
     Inputs are made contiguous; under ``torch.autocast`` every operand is cast to the autocast
     dtype (like ``F.linear``). When autograd will need it, the product ``Z`` is kept for the
-    backward pass (saves one batched GEMM) instead of being recomputed, on the CPU only while it
-    is at most ``Z_KEEP_CPU_BYTES``.
+    backward pass (saves one batched GEMM) instead of being recomputed; on the CPU, only while it
+    is at most ``Z_KEEP_CPU_BYTES`` or N/t exceeds ``Z_RECOMPUTE_MAX_K``.
     """
     if bias is None:
         bias = _empty(x)

@@ -52,19 +52,21 @@ def test_forward_and_grads_match_reference(dtype, shape, bias):
         assert err(a.grad, b.grad, s.grad) < TOL[dtype], name
 
 
-@pytest.mark.parametrize("keep_bytes", [0, 1 << 40])
-def test_z_kept_or_recomputed_by_size(monkeypatch, keep_bytes):
-    """On the CPU stl_linear keeps Z for the backward only up to Z_KEEP_CPU_BYTES; past it the
-    backward recomputes Z. Both ways give the reference's gradients."""
+@pytest.mark.parametrize("keep_bytes,max_k,kept", [(0, 256, False), (1 << 40, 256, True), (0, 15, True)])
+def test_z_kept_or_recomputed_by_size(monkeypatch, keep_bytes, max_k, kept):
+    """On the CPU stl_linear keeps Z for the backward only up to Z_KEEP_CPU_BYTES, or when N/t
+    exceeds Z_RECOMPUTE_MAX_K; otherwise the backward recomputes Z. Both ways give the reference's
+    gradients."""
     import stl_torch.ops as ops
     monkeypatch.setattr(ops, "Z_KEEP_CPU_BYTES", keep_bytes)
+    monkeypatch.setattr(ops, "Z_RECOMPUTE_MAX_K", max_k)  # N/t = 16 below
     M, N, P, t, r = 37, 64, 48, 4, 24
     ins = operands(M, N, P, t, r, torch.float64, True, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda v: saved.append(v.shape) or v, lambda v: v):
         y = stl_linear(*ins, tile=t)
     z_shape = (r, (M + t - 1) // t, P // t)
-    assert (z_shape in saved) == (keep_bytes > 0), saved
+    assert (z_shape in saved) == kept, saved
     ref_ins = [v.detach().requires_grad_() for v in ins]
     ref = stl_reference(*ref_ins, tile=t)
     g = torch.randn(M, P, dtype=torch.float64)
