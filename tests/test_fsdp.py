@@ -55,6 +55,9 @@ def _worker(rank, world, port, out):
         sharded = {n: tuple(p.to_local().shape) for n, p in model.named_parameters()}
         if rank == 0:
             torch.save({"loss": total / world, "grads": grads, "sharded": sharded}, out)
+        # both ranks leave together: a rank tearing gloo down while the other still works (rank 0
+        # saving) was seen to abort one process ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
