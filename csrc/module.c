@@ -33,12 +33,12 @@ static PyObject *abi_info(PyObject *self, PyObject *unused) {
 #endif
   PyObject *fused = fused_forward_info();
   if (!fused) return NULL;
-  return Py_BuildValue("{s:O,s:O,s:O,s:N,s:s,s:s,s:i,s:n}", "torch_parallel_for",
+  return Py_BuildValue("{s:O,s:O,s:O,s:N,s:s,s:s,s:i,s:n,s:O}", "torch_parallel_for",
                        stl_abi.parallel_for ? Py_True : Py_False, "cuda_stream",
                        stl_abi.get_current_cuda_stream ? Py_True : Py_False, "cuda_kernels", cuda, "fused_forward",
                        fused, "cpu_isa", stl_cpu_isa()->name, "cpu_isa_supported", stl_cpu_isa_best(),
                        "cpu_vector_bytes", stl_cpu_isa()->vector_bytes, "cpu_block_bytes",
-                       (Py_ssize_t)stl_cpu_block_bytes());
+                       (Py_ssize_t)stl_cpu_block_bytes(), "cpu_bf16_gemm", stl_cpu_bf16_gemm() ? Py_True : Py_False);
 }
 
 static PyObject *empty_cache(PyObject *self, PyObject *unused) {
@@ -57,7 +57,9 @@ static PyMethodDef methods[] = {
     {"abi_info", abi_info, METH_NOARGS,
      "What this build and process offer: the optional parts of torch's C ABI it resolved, whether CUDA kernels "
      "are built, which backends run the forward as one fused kernel, and the CPU kernels' ISA level in use "
-     "(cpu_isa: the best this CPU supports unless STL_TORCH_CPU_ISA asks for a lower one)."},
+     "(cpu_isa: the best this CPU supports unless STL_TORCH_CPU_ISA asks for a lower one), and whether bfloat16 "
+     "calls run their GEMMs in bfloat16 (cpu_bf16_gemm: where the CPU has AVX512-BF16, unless "
+     "STL_TORCH_CPU_BF16_GEMM says otherwise)."},
     {"empty_cache", empty_cache, METH_NOARGS,
      "Frees the CPU workspace the ops keep between calls (not in use); returns the bytes freed."},
     {"workspace_bytes", workspace_bytes, METH_NOARGS, "Bytes of CPU workspace kept between calls."},

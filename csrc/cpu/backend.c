@@ -32,6 +32,10 @@
 static bool native(StlDtype dt) { return dt == STL_F32 || dt == STL_F64; }
 static int64_t esz_of(StlDtype dt) { return dt == STL_F64 ? 8 : 4; } /* compute type bytes */
 static int ct_index(StlDtype dt) { return dt == STL_F64; }
+/* bfloat16 storage whose GEMMs run in bfloat16 (stl_cpu_bf16_gemm): Xe, Z and the backward's GEMM
+ * operands are bfloat16 (2 bytes), rounded once each, as the GEMMs of the plain composition round
+ * them; encode, decode and the correlations still add in float32. */
+static bool b16(StlDtype dt) { return dt == STL_BF16 && stl_cpu_bf16_gemm(); }
 
 /* a*b*c in size_t, SIZE_MAX on overflow (an allocation of that size then fails cleanly) */
 static size_t mul3(size_t a, size_t b, size_t c) {
@@ -144,7 +148,9 @@ static size_t slot_bytes(int t, int r, StlDtype dt, bool backward) {
 static int64_t corr_parts(int64_t nb) { return nb < SLOTS ? nb : SLOTS; }
 
 /* --------------------------------------------------------------------- the batched GEMMs */
-static int32_t torch_dtype(StlDtype ct) { return ct == STL_F64 ? stl_abi.dtype_float64() : stl_abi.dtype_float32(); }
+static int32_t torch_dtype(StlDtype ct) {
+  return ct == STL_F64 ? stl_abi.dtype_float64() : ct == STL_BF16 ? stl_abi.dtype_bfloat16() : stl_abi.dtype_float32();
+}
 
 static AtenTensorHandle blob(const void *p, StlDtype ct, const int64_t sz[3], const int64_t st[3]) {
   AtenTensorHandle h = NULL;
@@ -154,7 +160,7 @@ static AtenTensorHandle blob(const void *p, StlDtype ct, const int64_t sz[3], co
 }
 
 /* C[b] (+)= A[b] @ B[b] for b < r, A (m x k) and B (k x n) and C (m x n) given as (pointer, batch
- * stride, row stride, column stride), compute type ct, through torch's BLAS. */
+ * stride, row stride, column stride), in ct (the compute type, or bfloat16), through torch's BLAS. */
 typedef struct {
   const void *p;
   int64_t s0, s1, s2;
@@ -184,15 +190,23 @@ typedef struct {
   const void *src;
   void *dst;
   int64_t n;
-  bool to_compute;
+  bool to_compute, add; /* add: dst (float) += the converted src */
 } Cvt;
 
 static void cvt_range(int64_t c0, int64_t c1, void *ctx) {
   const Cvt *c = (const Cvt *)ctx;
   const int64_t chunk = 1 << 16;
+  float tmp[256];
   for (int64_t i = c0; i < c1; i++) {
     const int64_t o = i * chunk, n = c->n - o < chunk ? c->n - o : chunk;
-    if (c->dt == STL_F64) {
+    if (c->add) {
+      float *d = (float *)c->dst + o;
+      for (int64_t k = 0; k < n; k += 256) {
+        const int64_t m = n - k < 256 ? n - k : 256;
+        stl_load_f(c->dt, c->src, o + k, m, tmp);
+        for (int64_t q = 0; q < m; q++) d[k + q] += tmp[q];
+      }
+    } else if (c->dt == STL_F64) {
       if (c->to_compute) stl_load_d(c->dt, c->src, o, n, (double *)c->dst + o);
       else stl_store_d(c->dt, c->dst, o, n, (const double *)c->src + o);
     } else {
@@ -203,7 +217,13 @@ static void cvt_range(int64_t c0, int64_t c1, void *ctx) {
 }
 
 static void convert(StlDtype dt, const void *src, void *dst, int64_t n, bool to_compute) {
-  Cvt c = {dt, src, dst, n, to_compute};
+  Cvt c = {dt, src, dst, n, to_compute, false};
+  parallel((n + (1 << 16) - 1) >> 16, (double)n, cvt_range, &c);
+}
+
+/* dst (float) += src (storage dt), n elements */
+static void add_converted(StlDtype dt, const void *src, float *dst, int64_t n) {
+  Cvt c = {dt, src, dst, n, true, true};
   parallel((n + (1 << 16) - 1) >> 16, (double)n, cvt_range, &c);
 }
 
@@ -376,9 +396,9 @@ typedef struct {
 
 static size_t mkl_layout(const StlForward *f, MklWs *w, char *base) {
   const int t = f->t, r = f->r, t2 = t * t;
-  const size_t e = (size_t)esz_of(f->dt);
+  const size_t e = (size_t)esz_of(f->dt), ge = b16(f->dt) ? 2 : e; /* ge: the GEMMs' elements */
   w->Mt = (f->M + t - 1) / t, w->Nt = f->N / t, w->Pt = f->P / t;
-  const size_t per_row = mul3((size_t)r, (size_t)(w->Nt + w->Pt), e);
+  const size_t per_row = mul3((size_t)r, (size_t)(w->Nt + w->Pt), ge);
   const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
   w->mb = block_rows(w->Mt, per_row);
   w->slot = slot_bytes(t, r, f->dt, false);
@@ -386,9 +406,9 @@ static size_t mkl_layout(const StlForward *f, MklWs *w, char *base) {
   w->E = carve(&c, (size_t)r * t2 * e);
   w->D = carve(&c, (size_t)t2 * r * e);
   w->bias = f->bias ? carve(&c, (size_t)f->P * e) : NULL;
-  w->wt = native(f->dt) ? NULL : carve(&c, wt_bytes);
-  w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * e));
-  w->z = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * e));
+  w->wt = native(f->dt) || b16(f->dt) ? NULL : carve(&c, wt_bytes);
+  w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * ge));
+  w->z = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * ge));
   w->scratch = carve(&c, mul3(SLOTS, w->slot, 1));
   return c.used;
 }
@@ -398,8 +418,9 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
   if (mkl_layout(f, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU forward: workspace too small");
   mkl_layout(f, &w, (char *)ws);
   const int t = f->t, r = f->r, t2 = t * t;
-  const StlDtype ct = f->dt == STL_F64 ? STL_F64 : STL_F32;
-  const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, e = esz_of(f->dt);
+  const bool h = b16(f->dt);
+  const StlDtype ct = f->dt == STL_F64 ? STL_F64 : h ? STL_BF16 : STL_F32; /* the GEMMs' type */
+  const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, ge = h ? 2 : esz_of(f->dt);
   load_small(f->dt, f->enc, r, t2, w.E);
   load_small(f->dt, f->dec, t2, r, w.D);
   if (f->bias) {
@@ -407,24 +428,24 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
     load_small(f->dt, b, 1, f->P, w.bias);
   }
   const void *wt = f->wt;
-  if (!native(f->dt)) {
+  if (!native(f->dt) && !h) {
     convert(f->dt, f->wt, w.wt, (int64_t)r * Nt * Pt, true);
     wt = w.wt;
   }
   for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
     const int64_t nb = Mt - I0 < w.mb ? Mt - I0 : w.mb, row0 = (int64_t)t * I0;
     const int64_t Mb = f->M - row0 < (int64_t)t * nb ? f->M - row0 : (int64_t)t * nb;
-    StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt};
+    StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt, h};
     run(JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
     gemms(ct, r, nb, Pt, Nt, (Mat){w.xe, nb * Nt, Nt, 1}, (Mat){wt, Nt * Pt, Pt, 1}, (Mat){w.z, nb * Pt, Pt, 1}, false);
     if (f->z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */
       for (int l = 0; l < r; l++) {
-        const char *src = (const char *)w.z + (size_t)l * nb * Pt * e;
+        const char *src = (const char *)w.z + (size_t)l * nb * Pt * ge;
         void *dst = ATW(f->z, f->dt, (int64_t)l * Mt * Pt + I0 * Pt);
-        if (native(f->dt)) memcpy(dst, src, (size_t)(nb * Pt * e));
+        if (native(f->dt) || h) memcpy(dst, src, (size_t)(nb * Pt * ge));
         else stl_store_f(f->dt, dst, 0, nb * Pt, (const float *)src);
       }
-    StlDecodeArgs da = {f->dt, w.z, nb * Pt, Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P), f->P};
+    StlDecodeArgs da = {f->dt, w.z, nb * Pt, Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P), f->P, h};
     run(JOB_DECODE, &da, f->dt, nb, (double)r * t * f->P, false, (char *)w.scratch, w.slot);
   }
 }
@@ -437,6 +458,7 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
  * (512^3, the T2T-ViT MLP) the two tie. */
 
 static bool use_fused(const StlForward *f) {
+  if (b16(f->dt)) return false; /* its micro-kernel multiplies in float32 */
   const size_t wt = mul3((size_t)f->r, (size_t)(f->N / f->t) * (size_t)(f->P / f->t), (size_t)esz_of(f->dt));
   return wt <= fused_wt_limit();
 }
@@ -460,6 +482,7 @@ static void cpu_forward(const StlForward *f, void *ws, size_t ws_bytes, void *st
 typedef struct {
   int64_t Mt, Nt, Pt, mb;
   void *E, *Dt, *Et, *wt, *dwt, *xe, *z, *gz, *dxe, *scratch;
+  void *dwt16; /* bfloat16 GEMMs (b16) in blocks: a block's dWt, before the float32 sum */
   double *dE, *dD, *db, *parts;
   size_t slot;
 } BwdWs;
@@ -469,16 +492,22 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
   const size_t e = (size_t)esz_of(b->dt);
   w->Mt = (b->M + t - 1) / t, w->Nt = b->N / t, w->Pt = b->P / t;
   const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
-  const size_t per_row = mul3((size_t)r, (size_t)(2 * w->Nt + 2 * w->Pt), e);
+  const bool h = b16(b->dt);
+  const size_t ge = h ? 2 : e; /* the GEMMs' operands: Xe, Gz */
+  const size_t per_row = mul3((size_t)r, (size_t)(2 * w->Nt + 2 * w->Pt), ge); /* Xe, dXe, Gz, Z */
   /* dWt accumulates over blocks (baddbmm), so every block re-reads Wt and re-writes dWt. When they
    * are small enough to stay cached (as the fused forward's Wt) and the call's temporaries are
    * not (more than four block budgets), blocks of one budget keep each block's x, G, Xe, Gz and
    * dXe in cache from the pass that writes or first reads them to the next one (the correlations
    * re-read x and G): measured faster at the T2T-ViT shape. Otherwise the call runs as one block,
-   * up to the workspace bound: a larger Wt would be moved per block. */
+   * up to the workspace bound: a larger Wt would be moved per block. With bfloat16 GEMMs each
+   * block's dWt is rounded to bfloat16 before it is summed in float32, so they keep to one block
+   * up to the workspace bound. */
   const size_t budget = stl_cpu_block_bytes();
   if (!stl_abi.cpu_baddbmm_out)
     w->mb = w->Mt;
+  else if (h)
+    w->mb = block_rows(w->Mt, per_row);
   else if (per_row && wt_bytes <= fused_wt_limit() && (size_t)w->Mt > 4 * (budget / per_row))
     w->mb = (int64_t)(budget / per_row) > 0 ? (int64_t)(budget / per_row) : 1;
   else
@@ -488,12 +517,15 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
   w->E = carve(&c, (size_t)r * t2 * e);
   w->Dt = carve(&c, (size_t)r * t2 * e);
   w->Et = carve(&c, (size_t)t2 * r * e);
-  w->wt = native(b->dt) ? NULL : carve(&c, wt_bytes);
-  w->dwt = native(b->dt) ? NULL : carve(&c, wt_bytes);
-  w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * e));
-  w->dxe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * e));
-  w->gz = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * e));
-  w->z = (b->z && native(b->dt)) ? NULL : carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * e));
+  const bool blocks = w->mb < w->Mt;
+  w->wt = native(b->dt) || h ? NULL : carve(&c, wt_bytes);
+  w->dwt = native(b->dt) || (h && !blocks) ? NULL : carve(&c, wt_bytes);
+  w->dwt16 = h && blocks ? carve(&c, mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, 2)) : NULL;
+  w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * ge));
+  w->dxe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * ge));
+  w->gz = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * ge));
+  /* Z: read in place when saved in the compute type or (b16) in bfloat16 */
+  w->z = b->z && (native(b->dt) || h) ? NULL : carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * ge));
   w->dE = carve(&c, (size_t)r * t2 * sizeof(double));
   w->dD = carve(&c, (size_t)r * t2 * sizeof(double));
   w->db = b->db ? carve(&c, (size_t)b->P * sizeof(double)) : NULL;
@@ -510,7 +542,7 @@ static size_t cpu_backward_ws_bytes(const StlBackward *b) {
 static void correlate_block(const StlBackward *b, BwdWs *w, const void *a, int64_t a_ps, const void *x, int64_t Mb,
                             int64_t N, int64_t nb, double *acc) {
   const int64_t nparts = corr_parts(nb), n = (int64_t)b->r * b->t * b->t;
-  StlCorrelateArgs ca = {b->dt, a, a_ps, x, Mb, N, b->t, b->r, nparts, w->parts};
+  StlCorrelateArgs ca = {b->dt, a, a_ps, x, Mb, N, b->t, b->r, nparts, w->parts, b16(b->dt)};
   run(JOB_CORRELATE, &ca, b->dt, nparts, (double)b->r * Mb * N / nparts, true, (char *)w->scratch, w->slot);
   add_parts(acc, w->parts, nparts, n);
 }
@@ -521,7 +553,9 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
   if (bwd_layout(b, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU backward: workspace too small");
   bwd_layout(b, &w, (char *)ws);
   const int t = b->t, r = b->r, t2 = t * t;
-  const StlDtype ct = b->dt == STL_F64 ? STL_F64 : STL_F32, dt = b->dt;
+  const StlDtype dt = b->dt;
+  const bool h = b16(dt), one = w.mb >= w.Mt; /* one: a single block */
+  const StlDtype ct = dt == STL_F64 ? STL_F64 : h ? STL_BF16 : STL_F32; /* the GEMMs' type */
   const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, e = esz_of(dt);
   const StlSmallMat dT = {b->dec.base, b->dec.s1, b->dec.s0}, eT = {b->enc.base, b->enc.s1, b->enc.s0};
   load_small(dt, b->enc, r, t2, w.E);  /* encode x:  coef[l][j] = E[l, j] */
@@ -531,8 +565,9 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
   memset(w.dD, 0, sizeof(double) * (size_t)r * t2);
   if (w.db) memset(w.db, 0, sizeof(double) * (size_t)b->P);
   const void *wt = b->wt;
-  void *dwt = native(dt) ? b->dWt : w.dwt;
-  if (!native(dt)) {
+  /* where the dWt GEMM writes: the output itself, or a float32 sum over blocks (from bfloat16) */
+  void *dwt = native(dt) || (h && one) ? b->dWt : h ? w.dwt16 : w.dwt;
+  if (!native(dt) && !h) {
     convert(dt, b->wt, w.wt, (int64_t)r * Nt * Pt, true);
     wt = w.wt;
   }
@@ -541,12 +576,12 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
     const int64_t Mb = b->M - row0 < (int64_t)t * nb ? b->M - row0 : (int64_t)t * nb;
     const void *xb = AT(b->x, dt, row0 * b->N), *gb = AT(b->g, dt, row0 * b->P);
     /* Xe = encode(x, E), recomputed: cheaper than keeping it */
-    StlEncodeArgs ex = {dt, xb, Mb, b->N, t, r, w.E, NULL, 0, w.xe, nb * Nt};
+    StlEncodeArgs ex = {dt, xb, Mb, b->N, t, r, w.E, NULL, 0, w.xe, nb * Nt, h};
     run(JOB_ENCODE, &ex, dt, nb, (double)r * t * b->N, false, (char *)w.scratch, w.slot);
     /* Z: the saved one (read in place when it is the compute type), or recomputed */
     const void *z = w.z;
     int64_t z_ps = nb * Pt;
-    if (b->z && native(dt)) {
+    if (b->z && (native(dt) || h)) {
       z = AT(b->z, dt, I0 * Pt);
       z_ps = Mt * Pt;
     } else if (b->z) {
@@ -557,16 +592,20 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
             false);
     }
     /* Gz = encode(G, D^T) (+ dL/dZ);  dD[j, l] += sum Z[l] x G tiles */
-    StlEncodeArgs eg = {dt, gb, Mb, b->P, t, r, w.Dt, b->gz ? AT(b->gz, dt, I0 * Pt) : NULL, Mt * Pt, w.gz, nb * Pt};
+    StlEncodeArgs eg = {dt, gb, Mb, b->P, t, r, w.Dt, b->gz ? AT(b->gz, dt, I0 * Pt) : NULL, Mt * Pt, w.gz, nb * Pt, h};
     run(JOB_ENCODE, &eg, dt, nb, (double)r * t * b->P, false, (char *)w.scratch, w.slot);
     correlate_block(b, &w, z, z_ps, gb, Mb, b->P, nb, w.dD);
     /* dXe = Gz @ Wt^T;  dWt (+)= Xe^T @ Gz */
     gemms(ct, r, nb, Nt, Pt, (Mat){w.gz, nb * Pt, Pt, 1}, (Mat){wt, Nt * Pt, 1, Pt}, (Mat){w.dxe, nb * Nt, Nt, 1},
           false);
     gemms(ct, r, Nt, Pt, nb, (Mat){w.xe, nb * Nt, 1, Nt}, (Mat){w.gz, nb * Pt, Pt, 1}, (Mat){dwt, Nt * Pt, Pt, 1},
-          I0 > 0);
+          I0 > 0 && !h);
+    if (h && !one) {
+      if (I0 == 0) convert(STL_BF16, w.dwt16, w.dwt, (int64_t)r * Nt * Pt, true);
+      else add_converted(STL_BF16, w.dwt16, (float *)w.dwt, (int64_t)r * Nt * Pt);
+    }
     /* dX = decode(dXe, E^T);  dE[l, j] += sum dXe[l] x X tiles;  db += column sums of G */
-    StlDecodeArgs dx = {dt, w.dxe, nb * Nt, Nt, Mb, b->N, t, r, w.Et, NULL, ATW(b->dx, dt, row0 * b->N), b->N};
+    StlDecodeArgs dx = {dt, w.dxe, nb * Nt, Nt, Mb, b->N, t, r, w.Et, NULL, ATW(b->dx, dt, row0 * b->N), b->N, h};
     run(JOB_DECODE, &dx, dt, nb, (double)r * t * b->N, false, (char *)w.scratch, w.slot);
     correlate_block(b, &w, w.dxe, nb * Nt, xb, Mb, b->N, nb, w.dE);
     if (w.db) {
@@ -574,8 +613,8 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
       run(JOB_COLSUM, &cs, dt, (b->P + STL_KB - 1) / STL_KB, (double)Mb * STL_KB, false, (char *)w.scratch, w.slot);
     }
   }
-  if (Mt == 0) memset(dwt, 0, (size_t)(r * Nt * Pt * e));
-  if (!native(dt)) convert(dt, w.dwt, b->dWt, (int64_t)r * Nt * Pt, false);
+  if (Mt == 0) memset(dwt, 0, (size_t)(r * Nt * Pt * (h ? 2 : e)));
+  if (!native(dt) && !(h && one)) convert(dt, w.dwt, b->dWt, (int64_t)r * Nt * Pt, false);
   store_doubles(dt, w.dE, r * t2, b->dE, t2, 1, r, t2);  /* dE[l, j] */
   store_doubles(dt, w.dD, r * t2, b->dD, 1, r, r, t2);   /* dD[j, l] = acc[l][j] */
   if (w.db) store_doubles(dt, w.db, b->P, b->db, 0, 1, 1, b->P);

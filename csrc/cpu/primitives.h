@@ -20,7 +20,8 @@
  *   in: rows of a (M x N) matrix in storage dtype dt; rows >= M read as zero.
  *   coef: r x t2 in compute type (E, or D^T for encoding a gradient).
  *   extra (optional): storage-dtype planes (plane stride extra_ps, row length N/t) added to the result.
- *   out: compute-type planes, plane stride out_ps, row length N/t. */
+ *   out: compute-type planes, plane stride out_ps, row length N/t; bfloat16 planes when out_bf16
+ *   (float compute only: the operand of a bfloat16 GEMM, rounded to nearest even). */
 typedef struct {
   StlDtype dt;
   const void *in;
@@ -31,10 +32,12 @@ typedef struct {
   int64_t extra_ps;
   void *out;
   int64_t out_ps;
+  int out_bf16;
 } StlEncodeArgs;
 
 /* decode: out[t*I+a, t*J+b] = sum_l coef[j*r + l] * in[l, I, J] (+ bias[t*J+b])     (j = a*t + b)
- *   for J < P/t. in: compute-type planes (plane stride in_ps, rows of in_ld >= P/t elements); coef:
+ *   for J < P/t. in: compute-type planes (plane stride in_ps, rows of in_ld >= P/t elements),
+ *   bfloat16 planes when in_bf16 (float compute only: a bfloat16 GEMM's result); coef:
  *   t2 x r compute type; bias: P values in compute type or NULL; out: rows of P elements, out_ld
  *   apart, storage dtype dt, rows >= M never written. */
 typedef struct {
@@ -47,11 +50,13 @@ typedef struct {
   const void *bias;
   void *out;
   int64_t out_ld;
+  int in_bf16;
 } StlDecodeArgs;
 
 /* correlate: part q of nparts sums, over its tile-rows I (a fixed split of ceil(M/t)) and all K,
  *   partials[q, l, j] = sum_{I,K} a[l, I, K] * x[t*I+p, t*K+c]          (j = p*t + c)
- * in double; a: compute-type planes (plane stride a_ps, row length N/t); x: storage dtype. */
+ * in double; a: compute-type planes (plane stride a_ps, row length N/t), bfloat16 planes when
+ * a_bf16 (float compute only); x: storage dtype. */
 typedef struct {
   StlDtype dt;
   const void *a;
@@ -61,6 +66,7 @@ typedef struct {
   int t, r;
   int64_t nparts;
   double *partials;
+  int a_bf16;
 } StlCorrelateArgs;
 
 /* colsum: acc[c] += sum_m g[m, c] for the columns of chunks [c0, c1) of STL_KB columns (double). */
@@ -132,6 +138,10 @@ extern const StlCpuIsa stl_cpu_isa_avx512;
  * names a supported lower one) and the best the CPU supports. */
 const StlCpuIsa *stl_cpu_isa(void);
 const char *stl_cpu_isa_best(void);
+/* Whether a bfloat16 call runs its GEMMs in bfloat16 through torch (oneDNN), with Xe and Z
+ * rounded to bfloat16 as the GEMMs' operands and results, instead of in float32: chosen at import,
+ * on by default where the CPU has AVX512-BF16, STL_TORCH_CPU_BF16_GEMM=0|1 forces it. */
+int stl_cpu_bf16_gemm(void);
 /* Bytes of temporaries one block of the forward/backward may hold (backend.c). */
 size_t stl_cpu_block_bytes(void);
 /* Chooses the level and the block size; returns NULL or an error message (bad environment). */
