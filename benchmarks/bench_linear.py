@@ -145,7 +145,10 @@ def bench_shape(M, N, P, t, r, dtype, device, run, do_sparse):
 
 
 def markdown(results, meta):
-    out = [f"{meta['device_name']} (kernels: {meta.get('cpu_isa_used', 'cuda')}), {meta['dtype']}, torch {meta['torch']}, "
+    gemm = ""
+    if meta["device"] == "cpu" and meta["dtype"] == "bfloat16":
+        gemm = " (GEMMs in bfloat16)" if meta["build"].get("cpu_bf16_gemm") else " (GEMMs in float32)"
+    out = [f"{meta['device_name']} (kernels: {meta.get('cpu_isa_used', 'cuda')}), {meta['dtype']}{gemm}, torch {meta['torch']}, "
            f"t={meta['tile']}, r={meta['rank']}, {meta['threads']} threads, {meta['date']}", "",
            "| shape M×N→P | implementation | fwd ms | fwd × vs dense | fwd+bwd ms | fwd+bwd × vs dense |",
            "|---|---|---:|---:|---:|---:|"]
