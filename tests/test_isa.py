@@ -20,7 +20,7 @@ def import_with(**env):
     # the timeout only guards against a hang: an emulated interpreter (dev/aarch64_tests.sh) on a
     # busy machine takes minutes to import torch
     r = subprocess.run([sys.executable, "-c", "import stl_torch; i = stl_torch._C.abi_info(); "
-                        "print(i['cpu_isa'], i['cpu_isa_supported'], i['cpu_block_bytes'])"],
+                        "print(i['cpu_isa'], i['cpu_isa_supported'], i['cpu_block_bytes'], i['cpu_bf16_gemm'])"],
                        env=dict(os.environ, **env), capture_output=True, text=True, timeout=900)
     return r.returncode, r.stdout.split(), r.stderr
 
@@ -50,10 +50,18 @@ def test_env_cannot_ask_for_more_than_the_cpu_has():
 
 @pytest.mark.parametrize("var,value,msg", [("STL_TORCH_CPU_ISA", "sse9", "not a level of this build"),
                                            ("STL_TORCH_CPU_BLOCK_BYTES", "12", "expected an integer from 1024"),
-                                           ("STL_TORCH_CPU_BLOCK_BYTES", "1e6", "expected an integer from 1024")])
+                                           ("STL_TORCH_CPU_BLOCK_BYTES", "1e6", "expected an integer from 1024"),
+                                           ("STL_TORCH_CPU_BF16_GEMM", "yes", "expected 0 or 1")])
 def test_bad_environment_is_a_clear_import_error(var, value, msg):
     rc, _, err = import_with(**{var: value})
     assert rc != 0 and "ImportError" in err and msg in err, err[-500:]
+
+
+def test_bf16_gemm_override():
+    """STL_TORCH_CPU_BF16_GEMM=0|1 decides, whatever the CPU has; abi_info() reports it."""
+    for v in ("0", "1"):
+        rc, out, err = import_with(STL_TORCH_CPU_BF16_GEMM=v)
+        assert rc == 0 and out[3] == str(v == "1"), (out, err[-500:])
 
 
 def test_block_bytes_override():
