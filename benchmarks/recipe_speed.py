@@ -7,6 +7,7 @@ models' steps alternate (A B A B ...) and each figure is the median step. Writes
 printed table, with the CPU named.
 
   python benchmarks/recipe_speed.py                       # both
+  python benchmarks/recipe_speed.py --autocast bfloat16    # forwards under torch.autocast (CPU)
   python benchmarks/recipe_speed.py --models t2t --t2t-img-size 28 --t2t-batch 128
 """
 import argparse
@@ -57,14 +58,16 @@ def llm_pair(a):
     return models, loss, a.llm_batch * a.llm_seq, "tokens/s"
 
 
-def measure(models, loss_fn, steps, warmup):
+def measure(models, loss_fn, steps, warmup, autocast=None):
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
     times = {k: [] for k in models}
 
     def step(k):
         models[k].train()
         opts[k].zero_grad(set_to_none=True)
-        loss_fn(models[k]).backward()
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            loss = loss_fn(models[k])
+        loss.backward()
         opts[k].step()
 
     for _ in range(warmup):  # the first steps grow the heap: page faults a long run pays once
@@ -88,17 +91,21 @@ def main():
     ap.add_argument("--t2t-batch", type=int, default=32)
     ap.add_argument("--llm-batch", type=int, default=8)
     ap.add_argument("--llm-seq", type=int, default=256)
+    ap.add_argument("--autocast", choices=["none", "bfloat16"], default="none",
+                    help="run the forwards under torch.autocast('cpu', dtype=...) (the weights stay float32)")
     ap.add_argument("--out", default=os.path.join("runs", "bench", "recipe_speed.json"))
     a = ap.parse_args()
-    out = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, **cpu_info(), "args": vars(a), "rows": []}
+    amp = None if a.autocast == "none" else getattr(torch, a.autocast)
+    out = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, **cpu_info(), "args": vars(a),
+           "cpu_bf16_gemm": stl_torch._C.abi_info().get("cpu_bf16_gemm"), "rows": []}
     print(f"{out['cpu']}, kernels {out['cpu_isa_used']}, {out['threads']} threads, torch {out['torch']}, {out['date']}")
     print("| model | setting | dense | STL | STL / dense |\n|---|---|---:|---:|---:|")
     for name in a.models.split(","):
         models, loss_fn, items, unit = (t2t_pair if name == "t2t" else llm_pair)(a)
-        med = measure(models, loss_fn, a.steps, a.warmup)
+        med = measure(models, loss_fn, a.steps, a.warmup, amp)
         rate = {k: items / v for k, v in med.items()}
         setting = (f"{a.t2t_img_size} px, batch {a.t2t_batch}" if name == "t2t"
-                   else f"batch {a.llm_batch} x {a.llm_seq} tokens")
+                   else f"batch {a.llm_batch} x {a.llm_seq} tokens") + ("" if amp is None else f", {a.autocast} autocast")
         out["rows"].append({"model": name, "setting": setting, "unit": unit, "step_s": med, "rate": rate})
         print(f"| {'T2T-ViT-7' if name == 't2t' else 'SmolLM2-135M'} | {setting} | {rate['dense']:.2f} {unit} | "
               f"{rate['STL']:.2f} {unit} | {rate['STL'] / rate['dense']:.2f}× |", flush=True)

@@ -36,7 +36,7 @@ static int bf16_gemm = 0;
 int stl_cpu_bf16_gemm(void) { return bf16_gemm; }
 
 /* bfloat16 GEMMs through torch where the CPU multiplies bfloat16 natively (AVX512-BF16; AMX CPUs
- * have it too): there oneDNN's bfloat16 GEMM runs 3-4x faster than the float32 one. Elsewhere it
+ * have it too): there oneDNN's bfloat16 GEMM runs 2-4x faster than the float32 one. Elsewhere it
  * is emulated and slower than float32, so the kernels keep float32. */
 static const char *init_bf16_gemm(void) {
   static char msg[160];
