@@ -133,12 +133,15 @@ def test_llama_causal_conversion():
 # Non-finite values at a later token (docs/operator.md section 8, "Skip masked terms"). The causal
 # masks zero E and D entries; 0 * NaN is NaN, so only kernels that skip zero-coefficient terms keep
 # a later token's NaN / inf out of earlier rows. With kernels that multiply by the zeros these fail.
+# bfloat16 too: on a CPU with AVX512-BF16 its GEMMs run through torch's bfloat16 bmm (and
+# test_kernels.py::test_bf16_gemms_on_any_cpu reruns these with them forced on elsewhere)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("pos", [2, 6])
-def test_non_finite_later_token_never_reaches_earlier_rows(bad, pos):
+def test_non_finite_later_token_never_reaches_earlier_rows(bad, pos, dtype):
     torch.manual_seed(0)
-    m = STLinear(16, 16, rank=24, causal=True, dtype=torch.float64)
-    x = torch.randn(2, 8, 16, dtype=torch.float64)
+    m = STLinear(16, 16, rank=24, causal=True, dtype=dtype)
+    x = torch.randn(2, 8, 16, dtype=dtype)
     x[0, pos, 3] = bad
     y = m(x)
     assert torch.isfinite(y[0, :pos]).all()   # rows before it, in its tile (pos % 4 of them) and before
@@ -146,12 +149,13 @@ def test_non_finite_later_token_never_reaches_earlier_rows(bad, pos):
     assert not torch.isfinite(y[0, pos]).all()  # the row itself does see it
 
 
-def test_non_finite_gradient_of_a_row_never_reaches_later_inputs():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_non_finite_gradient_of_a_row_never_reaches_later_inputs(dtype):
     """dx row a' collects the gradients of the output rows >= a' of its tile only."""
     torch.manual_seed(0)
-    m = STLinear(16, 16, rank=24, causal=True, dtype=torch.float64)
-    x = torch.randn(1, 8, 16, dtype=torch.float64, requires_grad=True)
-    g = torch.zeros(1, 8, 16, dtype=torch.float64)
+    m = STLinear(16, 16, rank=24, causal=True, dtype=dtype)
+    x = torch.randn(1, 8, 16, dtype=dtype, requires_grad=True)
+    g = torch.zeros(1, 8, 16, dtype=dtype)
     g[0, 1] = float("nan")
     m(x).backward(g)
     assert torch.isfinite(x.grad[0, 2:]).all()

@@ -184,20 +184,22 @@ def test_bf16_gemms_round_like_the_composition(name):
 
 @pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_BF16_GEMM") is not None, reason="already a forced run")
 def test_bf16_gemms_on_any_cpu():
-    """The 16-bit tests again in a subprocess with bfloat16 GEMMs switched the other way (on where
-    this CPU lacks AVX512-BF16: torch's bfloat16 GEMM is then slow, but rounds the same), and with
-    them on and blocks small enough that the backward's dWt is summed over several blocks."""
+    """The 16-bit tests and the causal non-finite ones again in a subprocess with bfloat16 GEMMs
+    switched the other way (on where this CPU lacks AVX512-BF16: torch's bfloat16 GEMM is then
+    slow, but rounds the same), and with them on and blocks small enough that the backward's dWt
+    is summed over several blocks."""
     here = os.path.dirname(os.path.abspath(__file__))
     runs = [{"STL_TORCH_CPU_BF16_GEMM": "0" if BF16_GEMM else "1"},
             {"STL_TORCH_CPU_BF16_GEMM": "1", "STL_TORCH_CPU_BLOCK_BYTES": str(32 << 10)}]
     for extra in runs:
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-                            "16bit or bf16", os.path.join(here, "test_kernels.py")],
+                            "16bit or bf16 or non_finite", os.path.join(here, "test_kernels.py"),
+                            os.path.join(here, "test_causal.py")],
                            env=dict(os.environ, **extra), capture_output=True, text=True, timeout=900)
         tail = (r.stdout + r.stderr)[-3000:]
         # 4 x 16bit_rounds (2 skipped with bfloat16 GEMMs), 16bit_conversions, 4 x bf16_gemms_round
-        # (skipped without)
-        want = "7 passed" if extra["STL_TORCH_CPU_BF16_GEMM"] == "1" else "5 passed"
+        # (skipped without), 10 x test_causal's non-finite tests
+        want = "17 passed" if extra["STL_TORCH_CPU_BF16_GEMM"] == "1" else "15 passed"
         assert r.returncode == 0 and want in tail and "failed" not in tail, (extra, tail)
 
 
