@@ -182,25 +182,33 @@ def test_bf16_gemms_round_like_the_composition(name):
         assert abs(d.mean().item()) < 0.02, (n, d.mean().item())  # measured: <= 0.0099
 
 
+def rerun_in_subprocess(files, env, k=None):
+    """Runs test files of this folder with pytest in a fresh interpreter with `env` added (the ISA
+    level, block size and bfloat16 GEMMs are chosen once, at import); returns the output's tail
+    after asserting that it ran and passed."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(["-k", k] if k else []),
+                        *(os.path.join(here, f) for f in files)],
+                       env=dict(os.environ, **env), capture_output=True, text=True, timeout=900)
+    tail = (r.stdout + r.stderr)[-3000:]
+    assert r.returncode == 0 and " passed" in tail and "failed" not in tail, (env, tail)
+    return tail
+
+
 @pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_BF16_GEMM") is not None, reason="already a forced run")
 def test_bf16_gemms_on_any_cpu():
     """The 16-bit tests and the causal non-finite ones again in a subprocess with bfloat16 GEMMs
     switched the other way (on where this CPU lacks AVX512-BF16: torch's bfloat16 GEMM is then
     slow, but rounds the same), and with them on and blocks small enough that the backward's dWt
     is summed over several blocks."""
-    here = os.path.dirname(os.path.abspath(__file__))
     runs = [{"STL_TORCH_CPU_BF16_GEMM": "0" if BF16_GEMM else "1"},
             {"STL_TORCH_CPU_BF16_GEMM": "1", "STL_TORCH_CPU_BLOCK_BYTES": str(32 << 10)}]
-    for extra in runs:
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-                            "16bit or bf16 or non_finite", os.path.join(here, "test_kernels.py"),
-                            os.path.join(here, "test_causal.py")],
-                           env=dict(os.environ, **extra), capture_output=True, text=True, timeout=900)
-        tail = (r.stdout + r.stderr)[-3000:]
+    for env in runs:
+        tail = rerun_in_subprocess(["test_kernels.py", "test_causal.py"], env, k="16bit or bf16 or non_finite")
         # 4 x 16bit_rounds (2 skipped with bfloat16 GEMMs), 16bit_conversions, 4 x bf16_gemms_round
         # (skipped without), 10 x test_causal's non-finite tests
-        want = "17 passed" if extra["STL_TORCH_CPU_BF16_GEMM"] == "1" else "15 passed"
-        assert r.returncode == 0 and want in tail and "failed" not in tail, (extra, tail)
+        want = "17 passed" if env["STL_TORCH_CPU_BF16_GEMM"] == "1" else "15 passed"
+        assert want in tail, (env, tail)
 
 
 def test_zero_coefficients_are_skipped_not_multiplied():
@@ -263,15 +271,10 @@ def test_every_isa_level(level, block_bytes):
         pytest.skip(f"this CPU does not support {level} (best: {best})")
     if level == stl_torch._C.abi_info()["cpu_isa"] and block_bytes is None:
         pytest.skip("that is this process")
-    env = dict(os.environ, STL_TORCH_CPU_ISA=level)
+    env = {"STL_TORCH_CPU_ISA": level}
     if block_bytes:
         env["STL_TORCH_CPU_BLOCK_BYTES"] = str(block_bytes)
-    here = os.path.dirname(os.path.abspath(__file__))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(here, "test_kernels.py"),
-                        os.path.join(here, "test_ops.py")], env=env, capture_output=True, text=True, timeout=900)
-    tail = (r.stdout + r.stderr)[-3000:]
-    assert r.returncode == 0, tail
-    assert " passed" in tail and "failed" not in tail, tail
+    rerun_in_subprocess(["test_kernels.py", "test_ops.py"], env)
 
 
 @pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_BLOCK_BYTES") is not None,

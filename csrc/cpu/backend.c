@@ -36,6 +36,9 @@ static int ct_index(StlDtype dt) { return dt == STL_F64; }
  * operands are bfloat16 (2 bytes), rounded once each, as the GEMMs of the plain composition round
  * them; encode, decode and the correlations still add in float32. */
 static bool b16(StlDtype dt) { return dt == STL_BF16 && stl_cpu_bf16_gemm(); }
+/* The type the batched GEMMs run in, and its bytes: Xe, Z, Gz and dXe are stored in it. */
+static StlDtype gemm_type(StlDtype dt) { return dt == STL_F64 ? STL_F64 : b16(dt) ? STL_BF16 : STL_F32; }
+static int64_t gemm_esz(StlDtype dt) { return b16(dt) ? 2 : esz_of(dt); }
 
 /* a*b*c in size_t, SIZE_MAX on overflow (an allocation of that size then fails cleanly) */
 static size_t mul3(size_t a, size_t b, size_t c) {
@@ -396,7 +399,7 @@ typedef struct {
 
 static size_t mkl_layout(const StlForward *f, MklWs *w, char *base) {
   const int t = f->t, r = f->r, t2 = t * t;
-  const size_t e = (size_t)esz_of(f->dt), ge = b16(f->dt) ? 2 : e; /* ge: the GEMMs' elements */
+  const size_t e = (size_t)esz_of(f->dt), ge = (size_t)gemm_esz(f->dt);
   w->Mt = (f->M + t - 1) / t, w->Nt = f->N / t, w->Pt = f->P / t;
   const size_t per_row = mul3((size_t)r, (size_t)(w->Nt + w->Pt), ge);
   const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
@@ -419,8 +422,8 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
   mkl_layout(f, &w, (char *)ws);
   const int t = f->t, r = f->r, t2 = t * t;
   const bool h = b16(f->dt);
-  const StlDtype ct = f->dt == STL_F64 ? STL_F64 : h ? STL_BF16 : STL_F32; /* the GEMMs' type */
-  const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, ge = h ? 2 : esz_of(f->dt);
+  const StlDtype ct = gemm_type(f->dt);
+  const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, ge = gemm_esz(f->dt);
   load_small(f->dt, f->enc, r, t2, w.E);
   load_small(f->dt, f->dec, t2, r, w.D);
   if (f->bias) {
@@ -493,7 +496,7 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
   w->Mt = (b->M + t - 1) / t, w->Nt = b->N / t, w->Pt = b->P / t;
   const size_t wt_bytes = mul3((size_t)r, (size_t)w->Nt * (size_t)w->Pt, e);
   const bool h = b16(b->dt);
-  const size_t ge = h ? 2 : e; /* the GEMMs' operands: Xe, Gz */
+  const size_t ge = (size_t)gemm_esz(b->dt);
   const size_t per_row = mul3((size_t)r, (size_t)(2 * w->Nt + 2 * w->Pt), ge); /* Xe, dXe, Gz, Z */
   /* dWt accumulates over blocks (baddbmm), so every block re-reads Wt and re-writes dWt. When they
    * are small enough to stay cached (as the fused forward's Wt) and the call's temporaries are
@@ -555,8 +558,8 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
   const int t = b->t, r = b->r, t2 = t * t;
   const StlDtype dt = b->dt;
   const bool h = b16(dt), one = w.mb >= w.Mt; /* one: a single block */
-  const StlDtype ct = dt == STL_F64 ? STL_F64 : h ? STL_BF16 : STL_F32; /* the GEMMs' type */
-  const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, e = esz_of(dt);
+  const StlDtype ct = gemm_type(dt);
+  const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt;
   const StlSmallMat dT = {b->dec.base, b->dec.s1, b->dec.s0}, eT = {b->enc.base, b->enc.s1, b->enc.s0};
   load_small(dt, b->enc, r, t2, w.E);  /* encode x:  coef[l][j] = E[l, j] */
   load_small(dt, dT, r, t2, w.Dt);     /* encode G:  coef[l][j] = D[j, l] */
@@ -613,7 +616,7 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
       run(JOB_COLSUM, &cs, dt, (b->P + STL_KB - 1) / STL_KB, (double)Mb * STL_KB, false, (char *)w.scratch, w.slot);
     }
   }
-  if (Mt == 0) memset(dwt, 0, (size_t)(r * Nt * Pt * (h ? 2 : e)));
+  if (Mt == 0) memset(dwt, 0, (size_t)(r * Nt * Pt * gemm_esz(dt))); /* b16: the output; else the compute type */
   if (!native(dt) && !(h && one)) convert(dt, w.dwt, b->dWt, (int64_t)r * Nt * Pt, false);
   store_doubles(dt, w.dE, r * t2, b->dE, t2, 1, r, t2);  /* dE[l, j] */
   store_doubles(dt, w.dD, r * t2, b->dD, 1, r, r, t2);   /* dD[j, l] = acc[l][j] */
