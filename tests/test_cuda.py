@@ -293,7 +293,7 @@ def test_compute_sanitizer_clean(tool, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(stl_torch.__file__))))
     log = res.stdout + res.stderr
-    if "Device not supported" in log:  # seen on the lent GPU machines' sandboxed runtime
+    if "Device not supported" in log:  # seen under a sandboxed GPU runtime
         pytest.skip("compute-sanitizer cannot attach to this GPU here: " + log.strip().splitlines()[0][:200])
     assert "sanitizer script done" in log, log[-6000:]
     if tool == "memcheck":
