@@ -225,6 +225,27 @@ def test_zero_coefficients_are_skipped_not_multiplied():
     assert torch.isfinite(y[0, 0]) and not torch.isfinite(y[0, 1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_zero_coefficient_is_skipped_in_every_row(dtype):
+    """The kernels combine several products (encode) or tile outputs (decode) at once; a zero entry
+    in any one row of such a group skips that row's term and no other's. Encode: only E[l, 5] is 0,
+    x[1, 1] is inf, so product l alone stays finite in tile-row 0. Decode: product l's column 0 is
+    inf, only D[j, l] is 0, so output j of tile (0, 0) alone stays finite."""
+    M, N, P, t, r = 8, 8, 8, 4, 9
+    inf = float("inf")
+    for l in range(r):
+        x, E, Wt, D, b = operands(M, N, P, t, r, dtype=dtype, seed=l)
+        E[l, 5], x[1, 1] = 0, inf
+        _, z = fwd(x, E, Wt, D, b, t, True)
+        assert torch.isfinite(z[:, 0]).all(-1).tolist() == [k == l for k in range(r)], l
+    for j in range(t * t):
+        l = j % r
+        x, E, Wt, D, b = operands(M, N, P, t, r, dtype=dtype, seed=j)
+        Wt[l, :, 0], D[j, l] = inf, 0
+        y, _ = fwd(x, E, Wt, D, b, t, False)
+        assert torch.isfinite(y[:t, :t]).flatten().tolist() == [k == j for k in range(t * t)], j
+
+
 def test_16bit_conversions_match_torch():
     """The kernels' own 16-bit <-> float32 conversions against torch's, subnormals, overflow, inf and
     NaN included: with t=1 and rank 1 the op computes y = (x * w) in float32 (exact: both factors
