@@ -73,6 +73,11 @@ static int64_t threads(void) {
 /* The largest Wt (compute type) the fused forward packs, and the backward keeps cached across blocks. */
 static size_t fused_wt_limit(void) { return stl_cpu_block_bytes() / 2; }
 
+/* Whether a temporary of this many bytes, written whole before it is read, is streamed past the
+ * caches: from four block budgets (16 MB by default), past any last-level cache the block size
+ * is fitted to, where each line would be evicted before it is read anyway. */
+static int stream_bytes(size_t bytes) { return bytes >= 4 * stl_cpu_block_bytes(); }
+
 /* Tile-rows per block of the MKL forward and of the backward with a larger Wt, per_row bytes of
  * temporaries per tile-row: all rows at once, up to 64 block budgets of workspace (512 MB by default). */
 static int64_t block_rows(int64_t Mt, size_t per_row) {
@@ -438,7 +443,8 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
   for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
     const int64_t nb = Mt - I0 < w.mb ? Mt - I0 : w.mb, row0 = (int64_t)t * I0;
     const int64_t Mb = f->M - row0 < (int64_t)t * nb ? f->M - row0 : (int64_t)t * nb;
-    StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt, h};
+    StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt, h,
+                        stream_bytes((size_t)r * nb * Nt * ge)};
     run(JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
     gemms(ct, r, nb, Pt, Nt, (Mat){w.xe, nb * Nt, Nt, 1}, (Mat){wt, Nt * Pt, Pt, 1}, (Mat){w.z, nb * Pt, Pt, 1}, false);
     if (f->z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */

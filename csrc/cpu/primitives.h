@@ -33,6 +33,7 @@ typedef struct {
   void *out;
   int64_t out_ps;
   int out_bf16;
+  int stream; /* out is bigger than the caches: write it with non-temporal stores where aligned */
 } StlEncodeArgs;
 
 /* decode: out[t*I+a, t*J+b] = sum_l coef[j*r + l] * in[l, I, J] (+ bias[t*J+b])     (j = a*t + b)
