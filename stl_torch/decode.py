@@ -328,6 +328,20 @@ def _is_pretrained(m):
     return any(c.__name__ == "PreTrainedModel" for c in type(m).__mro__)
 
 
+def _hooked_modules(model):
+    """``model`` and every Hugging Face ``PreTrainedModel`` inside it: where a model call starts."""
+    return [model] + [m for m in model.modules() if m is not model and _is_pretrained(m)]
+
+
+def _remove_hooks(model, fns):
+    for m in model.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for k in [k for k, h in hooks.items() if h in fns]:
+                del hooks[k]
+                m._forward_pre_hooks_with_kwargs.pop(k, None)
+                m._forward_hooks_always_called.pop(k, None)
+
+
 def enable(model: nn.Module) -> nn.Module:
     """Make ``model``'s STL layers follow each sequence: tiles start at each row's first real token
     (``attention_mask``), and calls that pass a transformers cache continue their tiles (incremental
@@ -335,19 +349,50 @@ def enable(model: nn.Module) -> nn.Module:
     ``convert()`` and ``stl_torch.from_pretrained`` call it. Returns ``model``."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"enable: argument 'model' must be an nn.Module, got {type(model).__name__}")
-    for m in [model] + [m for m in model.modules() if m is not model and _is_pretrained(m)]:
+    _remove_hooks(model, (_refuse_pre_hook,))
+    for m in _hooked_modules(model):
         if not any(h is _pre_hook for h in m._forward_pre_hooks.values()):
             m.register_forward_pre_hook(_pre_hook, with_kwargs=True)
             m.register_forward_hook(_post_hook, always_call=True)
     return model
 
 
+def _refuse_pre_hook(module, args, kwargs):
+    """After :func:`disable`: a call the plain per-call tiling would get wrong raises instead of
+    silently differing from the dense-equivalent result (a cache to continue, or left padding)."""
+    layers = [fqn for fqn, m in _stl_layers(module) if m.tile > 1]
+    if not layers:
+        return None
+    a = _call_args(module, args, kwargs)
+    cache = a.get("cache")
+    if cache is None:
+        cache = a.get("past_key_values")
+    held = _seq_length(cache) if _is_hf_cache(cache) else None
+    if held:
+        raise RuntimeError(
+            f"stl_torch: stl_torch.decode.disable() removed the tile cache of {type(module).__name__}, but this call "
+            f"continues a cache of {held} tokens: STL layers (e.g. '{layers[0]}') would tile the new tokens without "
+            "the rows that opened their tiles and compute different outputs. Call stl_torch.decode.enable(model) "
+            "before generating with the cache, or generate with use_cache=False.")
+    mask = a.get("attention_mask")
+    if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[1] > 0:
+        real = mask != 0
+        if bool((real.any(1) & ~real[:, 0]).any()):
+            raise RuntimeError(
+                f"stl_torch: stl_torch.decode.disable() removed the tile layout of {type(module).__name__}, but this "
+                "call's attention_mask is left-padded: STL layers would put padding into real tokens' tiles. Call "
+                "stl_torch.decode.enable(model), or pad on the right.")
+    return None
+
+
 def disable(model: nn.Module) -> nn.Module:
-    """Undo :func:`enable`: STL layers tile each call on its own again."""
-    for m in model.modules():
-        for hooks in (m._forward_pre_hooks, m._forward_hooks):
-            for k in [k for k, h in hooks.items() if h in (_pre_hook, _post_hook)]:
-                del hooks[k]
-                m._forward_pre_hooks_with_kwargs.pop(k, None)
-                m._forward_hooks_always_called.pop(k, None)
+    """Undo :func:`enable`: STL layers tile each call on its own again, as a bare ``STLinear`` does.
+    What that would compute differently from the enabled model is refused with a ``RuntimeError``
+    (a call that continues a filled cache, a left-padded ``attention_mask``), never silently run;
+    plain calls (no cache to continue, no left padding) are unchanged."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"disable: argument 'model' must be an nn.Module, got {type(model).__name__}")
+    _remove_hooks(model, (_pre_hook, _post_hook, _refuse_pre_hook))
+    for m in _hooked_modules(model):
+        m.register_forward_pre_hook(_refuse_pre_hook, with_kwargs=True)
     return model

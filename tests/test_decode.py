@@ -170,13 +170,34 @@ def test_without_a_cache_or_mask_nothing_changes():
         ref = model(ids, use_cache=False).logits
         stl_torch.decode.disable(model)
         assert torch.equal(model(ids, use_cache=False).logits, ref)
-        plain = model(ids[:, :5], use_cache=True)  # without the tile cache a step sees only its token ...
-        step = model(ids[:, 5:6], cache=plain.cache).logits[:, -1]
-        assert (step - ref[:, 5]).abs().max() > 1e-6  # ... which is what the tile cache fixes
+        plain = model(ids[:, :5], use_cache=True)  # a prefill computes what a full forward computes ...
+        assert torch.equal(plain.logits, model(ids[:, :5], use_cache=False).logits)
+        with pytest.raises(RuntimeError, match="continues a cache of 5 tokens"):
+            model(ids[:, 5:6], cache=plain.cache)  # ... but a step without the tile cache would not: refused
         stl_torch.decode.enable(model)
         stl_torch.decode.enable(model)  # idempotent
         assert len(model._forward_pre_hooks) == 1
         assert torch.equal(model(ids, use_cache=False).logits, ref)
+
+
+def test_disable_refuses_what_it_would_compute_differently():
+    """After decode.disable(), cached generation and left-padded batches raise; they never run with
+    plain per-call tiling (which silently diverged from use_cache=False from the second token)."""
+    model = tiny_llama(13)
+    ids = prompt(80, 6)
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=6, use_cache=False, **GEN)
+        stl_torch.decode.disable(model)
+        with pytest.raises(RuntimeError, match=r"decode.disable\(\) removed the tile cache"):
+            model.generate(ids, max_new_tokens=6, use_cache=True, **GEN)
+        assert torch.equal(model.generate(ids, max_new_tokens=6, use_cache=False, **GEN), want)
+        left = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+        with pytest.raises(RuntimeError, match="left-padded"):
+            model(ids.expand(2, -1), attention_mask=left, use_cache=False)
+        right = left.flip(1)
+        model(ids.expand(2, -1), attention_mask=right, use_cache=False)  # right padding: plain tiling is exact
+        stl_torch.decode.enable(model)
+        assert torch.equal(model.generate(ids, max_new_tokens=6, use_cache=True, **GEN), want)
 
 
 def test_a_cache_filled_without_tile_state_is_refused():
