@@ -97,7 +97,13 @@ def from_pretrained(path, model_class=None, **kwargs):
     ``model_class``: the transformers class to build (default: the config's ``architectures``).
     ``kwargs`` go to ``model_class.from_pretrained`` (``dtype``, ``device_map``, ...). The recorded
     layers are STLinear before the weights are loaded, so no initialisation runs for them."""
+    import os
+
     import transformers
+    if isinstance(path, (str, os.PathLike)) and (os.path.sep in str(path) or str(path).startswith(".")) \
+            and not os.path.isdir(path):
+        raise FileNotFoundError(f"from_pretrained: argument 'path' is {str(path)!r}, which is not a directory "
+                                "(expected a folder written by model.save_pretrained)")
     where = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only", "subfolder",
                                     "trust_remote_code") if k in kwargs}  # how to find the config too
     config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(path, **where)

@@ -137,6 +137,9 @@ class STLinear(nn.Module):
         return self.E, self.D
 
     def forward(self, x):
+        if not torch.is_tensor(x) or x.dim() == 0:
+            what = "a 0-D tensor" if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"STLinear: input must be a tensor of shape (*, in_features={self.in_features}), got {what}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"STLinear: input last dim is {x.shape[-1]}, expected "
                              f"in_features={self.in_features}")

@@ -117,3 +117,9 @@ def test_wide_layers_keep_their_bias():
     y, _ = fwd(x, E, Wt, D, b, t, False)
     y0, _ = fwd(x, E, Wt, D, torch.empty(0), t, False)
     torch.testing.assert_close(y - y0, b.expand(M, P), rtol=0, atol=1e-5)
+
+
+def test_a_0d_input_is_named():
+    from stl_torch import STLinear
+    with pytest.raises(ValueError, match="input must be a tensor of shape \\(\\*, in_features=8\\), got a 0-D"):
+        STLinear(8, 8, tile=4, rank=4)(torch.tensor(1.0))

@@ -352,3 +352,112 @@ def test_conversion_is_recorded_in_the_hf_config():
     assert rec["configs"][rec["layers"]["model.layers.0.mlp.up_proj"]] == cfg.resolved(True).to_dict()
     assert rec["configs"][rec["layers"]["model.layers.1.self_attn.q_proj"]]["tile"] == 2
     assert "stl_torch" in llama.config.to_dict()  # what save_pretrained writes into config.json
+
+
+def test_plan_leaves_the_model_untouched_and_apply_carries_it_out():
+    from stl_torch import apply_conversion, plan_conversion
+    model = vit(1)
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    before = model(x)
+    plan = plan_conversion(model, STLConfig(tile=2, rank=7, init="strassen"), only_if_cheaper=False)
+    assert not plan.applied and "a plan: the model is unchanged" in str(plan)
+    assert not any(isinstance(m, STLinear) for m in model.modules())
+    assert {x.name for x in plan.converted} == {"patch_embed", "head"} | {
+        f"blocks.{i}.{n}" for i in range(2) for n in ("attn.qkv", "attn.proj", "mlp.0", "mlp.2")}
+    report = apply_conversion(model, plan)
+    assert report is plan and report.applied and "converted" in str(report)
+    assert all(isinstance(model.get_submodule(x.name), STLinear) for x in report.converted)
+    assert rel_err(model(x), before) < 1e-10  # exact decomposition
+    with pytest.raises(ValueError, match="unapplied ConversionReport"):
+        apply_conversion(model, plan)
+
+
+class ReadsWeight(nn.Module):
+    """timm eva-style attention: the qkv bias is assembled by hand, the weight read directly."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(3 * d))
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.proj(F.linear(x, self.qkv.weight, self.q_bias).chunk(3, -1)[0])
+
+
+def test_layers_whose_parent_reads_weight_stay_dense():
+    model = ReadsWeight()
+    report = convert(model, STLConfig(tile=4, rank=24), only_if_cheaper=False)
+    assert {x.name: x.reason for x in report.skipped} == {
+        "qkv": "ReadsWeight reads self.qkv.weight (STLinear has no dense weight)"}
+    assert isinstance(model.proj, STLinear)
+    model(torch.randn(2, 8, 16))  # runs: nothing converted reads .weight
+
+
+def test_example_input_trial_restores_the_dense_model_when_the_converted_one_fails():
+    class Indirect(nn.Module):  # reads the weight in a way no source scan sees
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return F.linear(x, getattr(self.fc, "wei" + "ght"))
+
+    model = Indirect()
+    with pytest.raises(RuntimeError, match="fails on example_input.*dense layers were restored"):
+        convert(model, STLConfig(tile=4, rank=24), only_if_cheaper=False, example_input=torch.randn(2, 8, 16))
+    assert type(model.fc) is nn.Linear
+    model(torch.randn(2, 8, 16))
+    report = convert(model, STLConfig(tile=4, rank=24), only_if_cheaper=False)  # without an example: converted
+    assert report.converted and isinstance(model.fc, STLinear)
+
+
+def test_mapping_inputs_such_as_batch_encoding_are_accepted():
+    from collections import UserDict
+
+    from stl_torch import flops
+
+    class Encoding(UserDict):  # what a tokenizer returns: a Mapping, not a dict
+        pass
+
+    class Kw(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(128, 256)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.fc(input_ids)
+
+    batch = Encoding(input_ids=torch.randn(2, 8, 128), attention_mask=torch.ones(2, 8))
+    model = Kw()
+    report = convert(model, STLConfig(tile=4, rank=24), calibration_data=[batch])
+    assert report.converted and report.layers[0].err_calibrated is not None
+    assert flops(model, batch).total_macs > 0
+
+
+def test_classifier_head_is_kept_dense_and_report_agrees_with_flops():
+    from stl_torch import flops
+
+    class Classifier(Pooled):
+        def get_classifier(self):
+            return self.head
+
+    torch.manual_seed(0)
+    model = Classifier()
+    report = convert(model, STLConfig(tile=4, rank=24))
+    assert [x.name for x in report.skipped] == ["head"] and "classifier head" in report.skipped[0].reason
+    x = torch.randn(2, 8, 128)
+    f = flops(model, x)
+    for entry in report.layers:  # per-token MACs of the report = the counted MACs / tokens
+        row = next(r for r in f.layers if r.name == entry.name)
+        tokens = 2 if entry.name == "head" else 16
+        assert row.macs / tokens == pytest.approx(entry.macs_after), entry.name
+
+
+def test_a_filter_that_matches_nothing_warns():
+    with pytest.warns(UserWarning, match="matched none of the model's"):
+        report = convert(vit(), STLConfig(tile=2, rank=7), filter=["*.nonexistent.*"])
+    assert not report.converted
+    with pytest.warns(UserWarning, match="looks like a regular expression"), \
+            pytest.warns(UserWarning, match="matched none"):
+        convert(vit(), STLConfig(tile=2, rank=7), filter=[r"blocks\.\d+\.(mlp|attn)"])

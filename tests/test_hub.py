@@ -87,3 +87,9 @@ def test_torch_save_and_load_state_dict_keep_working(tmp_path):
         assert torch.equal(whole(ids, use_cache=False).logits, ref)
         g = whole.generate(ids[:1, :4], max_new_tokens=6, **GEN)
         assert torch.equal(g, model.generate(ids[:1, :4], max_new_tokens=6, use_cache=False, **GEN))
+
+
+def test_a_missing_folder_is_named():
+    import stl_torch
+    with pytest.raises(FileNotFoundError, match="'/nonexistent/model', which is not a directory"):
+        stl_torch.from_pretrained("/nonexistent/model")
