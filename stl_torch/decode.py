@@ -224,6 +224,12 @@ def _stl_layers(module):
     return [(fqn, m) for fqn, m in module.named_modules() if isinstance(m, STLinear)]
 
 
+def _checkpointing(module):
+    """Is activation checkpointing on anywhere in ``module``? Read from the flag transformers sets
+    on each checkpointed layer, not through its (deprecated, warning) model properties."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in module.modules())
+
+
 def _pre_hook(module, args, kwargs):
     layers = _stl_layers(module)
     if not layers or layers[0][1]._stl_ctx is not None:
@@ -293,7 +299,7 @@ def _pre_hook(module, args, kwargs):
         pos = torch.zeros(B, dtype=torch.long, device=dev)
     first = torch.where((first < 0) & has.to(first.device), start + pos.to(first.device), first)
     if (mask is not None and start == 0 and module.training and torch.is_grad_enabled()
-            and getattr(module, "is_gradient_checkpointing", False) and bool((first > 0).any())):
+            and _checkpointing(module) and bool((first > 0).any())):
         raise RuntimeError("stl_torch: gradient checkpointing with a left-padded batch is not supported: a "
                            "checkpointed block recomputes its forward outside the model call, where the STL layers "
                            "cannot see where each row's tiles start. Pad on the right (or not at all) when training "

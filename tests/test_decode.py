@@ -2,6 +2,7 @@
 makes incremental decoding compute exactly what a full forward computes, tiles start at each
 sequence's first real token (left padding), and it follows generate()'s cache through beam search."""
 import importlib.util
+import warnings
 
 import pytest
 import torch
@@ -276,7 +277,10 @@ def test_gradient_checkpointing_refuses_left_padding_and_matches_without_it(use_
     prompts = [prompt(10, 9), prompt(11, 3), prompt(12, 6)]
     ids, mask = left_pad(prompts)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
-    with pytest.raises(RuntimeError, match="gradient checkpointing with a left-padded batch"):
+    with pytest.raises(RuntimeError, match="gradient checkpointing with a left-padded batch"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated transformers property read by our hook
+        warnings.simplefilter("error", DeprecationWarning)
         model(ids, attention_mask=mask, labels=ids, use_cache=False)
     right = torch.zeros_like(ids)
     rmask = torch.zeros_like(mask)
