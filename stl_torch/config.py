@@ -7,9 +7,10 @@ from typing import Optional
 
 from .init import INITS
 
-__all__ = ["STLConfig", "CalibrationConfig", "MAX_TILE"]
+__all__ = ["STLConfig", "CalibrationConfig", "MAX_TILE", "MAX_RANK"]
 
 MAX_TILE = 16  # the kernels' tile limit (csrc/ops.c checks the same bound on every call)
+MAX_RANK = 65536
 
 
 def _positive_int(owner, name, v, hi=None):

@@ -7,6 +7,8 @@ encoding of optionals has changed between torch releases), so "no bias", "no sav
 """
 import torch
 
+from .config import MAX_RANK, MAX_TILE
+
 __all__ = ["stl_linear"]
 
 _forward = torch.ops.stl_torch.stl_forward.default
@@ -28,14 +30,19 @@ def _int(v):
         return v
 
 
+def _dt(t):
+    """A dtype as csrc/ops.c names it ("float32", not "torch.float32")."""
+    return str(t.dtype).removeprefix("torch.")
+
+
 def _shape(t):
     return "(" + ", ".join(str(_int(s)) for s in t.shape) + ")"
 
 
 def _check_like(op, name, t, x):
     """What csrc/ops.c's expect_like checks: x's dtype and device, contiguous."""
-    torch._check(t.dtype == x.dtype, lambda: f"{op}: argument '{name}' has dtype {t.dtype} but 'x' has dtype "
-                 f"{x.dtype}; all tensors must share one dtype")
+    torch._check(t.dtype == x.dtype, lambda: f"{op}: argument '{name}' has dtype {_dt(t)} but 'x' has dtype "
+                 f"{_dt(x)}; all tensors must share one dtype")
     torch._check(t.device == x.device, lambda: f"{op}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
     torch._check(t.numel() == 0 or t.is_contiguous(),
                  lambda: f"{op}: argument '{name}' must be contiguous (call .contiguous() first)")
@@ -51,9 +58,9 @@ def _check_operands(op, x, E, Wt, D, tile):
     """The checks of csrc/ops.c's check_operands, in its order and with its wording, so that a malformed
     call fails the same way at trace time (torch.compile, meta tensors) as it does in the kernel.
     Returns (M, r, P/tile)."""
-    torch._check(1 <= tile <= 16, lambda: f"{op}: argument 'tile' is {tile}; expected 1 <= tile <= 16")
-    torch._check(x.dtype in _FLOATS, lambda: f"{op}: argument 'x' has dtype {x.dtype}; expected float32, "
-                 "float64, bfloat16 or float16 (a non-floating dtype is not supported)")
+    torch._check(1 <= tile <= MAX_TILE, lambda: f"{op}: argument 'tile' is {tile}; expected 1 <= tile <= {MAX_TILE}")
+    torch._check(x.dtype in _FLOATS, lambda: f"{op}: argument 'x' has dtype {_dt(x)}; expected float32, "
+                 "float64, bfloat16 or float16")
     torch._check(x.dim() == 2, lambda: f"{op}: argument 'x' has shape {_shape(x)}; expected a 2-D (M, N) tensor")
     torch._check(x.numel() == 0 or x.is_contiguous(),
                  lambda: f"{op}: argument 'x' must be contiguous (call .contiguous() first)")
@@ -63,6 +70,7 @@ def _check_operands(op, x, E, Wt, D, tile):
     _check_shape(op, "E", E, (None, tile * tile), f"(rank, tile*tile) = (r, {tile * tile})")
     r = E.shape[0]
     torch._check(r >= 1, lambda: f"{op}: argument 'E' has rank 0; expected at least one product")
+    torch._check(r <= MAX_RANK, lambda: f"{op}: argument 'E' has rank {r}; expected at most {MAX_RANK} products")
     _check_like(op, "E", E, x)
     _check_shape(op, "Wt", Wt, (r, N // tile, None), f"(rank, N/tile, P/tile) = ({r}, {N // tile}, P/{tile})")
     _check_like(op, "Wt", Wt, x)

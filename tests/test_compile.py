@@ -68,8 +68,8 @@ def _good_forward():  # M=8, N=8, P=12, t=4, r=6
 
 
 FORWARD_BAD = [  # (argument index, value, message) as csrc/ops.c words them
-    (0, _meta(8, 8, dtype=torch.int64), r"'x' has dtype torch.int64"),
-    (1, _meta(6, 16, dtype=torch.float64), r"'E' has dtype torch.float64 but 'x' has dtype torch.float32"),
+    (0, _meta(8, 8, dtype=torch.int64), r"'x' has dtype int64; expected float32, float64, bfloat16 or float16"),
+    (1, _meta(6, 16, dtype=torch.float64), r"'E' has dtype float64 but 'x' has dtype float32"),
     (0, _meta(8, 6), r"'x' has N=6 columns; expected a positive multiple of tile=4"),
     (0, _meta(8, 0), r"'x' has N=0 columns"),
     (0, _meta(8), r"'x' has shape \(8\); expected a 2-D"),
@@ -82,13 +82,32 @@ FORWARD_BAD = [  # (argument index, value, message) as csrc/ops.c words them
     (2, _meta(6, 2, 0), r"'Wt' has P/tile=0"),
     (2, _meta(6, 3, 2).transpose(1, 2), r"'Wt' must be contiguous"),
     (3, _meta(6, 16), r"'D' has shape \(6, 16\); expected \(tile\*tile, rank\) = \(16, 6\)"),
-    (3, _meta(16, 6, dtype=torch.bfloat16), r"'D' has dtype torch.bfloat16"),
+    (3, _meta(16, 6, dtype=torch.bfloat16), r"'D' has dtype bfloat16"),
     (4, _meta(7), r"'bias' has shape \(7\); expected \(P,\) = \(12,\)"),
     (4, _meta(12, dtype=torch.float64), r"'bias' has dtype"),
     (1, torch.empty(6, 16), r"'E' is on cpu but 'x' is on meta"),
+    (1, _meta(65537, 16), r"'E' has rank 65537; expected at most 65536 products"),
     (5, 0, r"'tile' is 0"),
     (5, 17, r"'tile' is 17"),
 ]
+
+
+def _real(v):
+    """The CPU tensor of a meta tensor's shape, strides and dtype (finite values)."""
+    if not (torch.is_tensor(v) and v.is_meta):
+        return v
+    base = torch.randn(max(v.storage_offset() + sum((n - 1) * s for n, s in zip(v.shape, v.stride())) + 1, 1))
+    return base.to(v.dtype).as_strided(v.shape, v.stride(), v.storage_offset())
+
+
+@pytest.mark.parametrize("i,value,pattern", [c for c in FORWARD_BAD if not (torch.is_tensor(c[1]) and not c[1].is_meta)])
+def test_the_kernel_checks_like_the_fake(i, value, pattern):
+    """The same malformed calls on real CPU tensors: csrc/ops.c raises the same message, so the two
+    checks (trace time, run time) cannot drift apart unseen."""
+    args = [_real(a) for a in _good_forward()]
+    args[i] = _real(value)
+    with pytest.raises(RuntimeError, match=pattern):
+        fwd(*args)
 
 
 @pytest.mark.parametrize("i,value,pattern", FORWARD_BAD)
@@ -116,7 +135,7 @@ def test_fake_backward_checks_like_the_kernel():
         ((_meta(8, 11), nob, x, E, Wt, D, nob), r"'grad_y' has shape \(8, 11\); expected \(M, P\) = \(8, 12\)"),
         ((g, nob, x, E, Wt, D, _meta(6, 2, 2)),
          r"'z' has shape \(6, 2, 2\); expected \(rank, ceil\(M/tile\), P/tile\)"),
-        ((g, _meta(6, 2, 3, dtype=torch.float64), x, E, Wt, D, nob), r"'grad_z' has dtype torch.float64"),
+        ((g, _meta(6, 2, 3, dtype=torch.float64), x, E, Wt, D, nob), r"'grad_z' has dtype float64"),
         ((g, _meta(5, 2, 3), x, E, Wt, D, nob), r"'grad_z' has shape \(5, 2, 3\)"),
         ((_meta(12, 8).t(), nob, x, E, Wt, D, nob), r"'grad_y' must be contiguous"),
         ((g, nob, x, _meta(6, 9), Wt, D, nob), r"stl_backward: argument 'E' has shape \(6, 9\)"),
