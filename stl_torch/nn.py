@@ -1,6 +1,6 @@
 """STLinear: a drop-in replacement for nn.Linear computed by the STL operator."""
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 from torch import nn
@@ -20,7 +20,8 @@ def _config(config, overrides, converting):
         try:
             cfg = replace(cfg, **overrides)
         except TypeError as e:
-            raise TypeError(f"STLinear: {e} (valid keywords: tile, rank, init, causal, seed, ed_norm)") from None
+            valid = ", ".join(f.name for f in fields(STLConfig))
+            raise TypeError(f"STLinear: {e} (valid keywords: {valid})") from None
     return cfg.resolved(converting)
 
 
@@ -200,6 +201,5 @@ class STLinear(nn.Module):
         return W.t().to(self.Wt.dtype).contiguous()
 
     def extra_repr(self):
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, tile={self.tile}, rank={self.rank}, "
-                f"init={self.init!r}, causal={self.causal}, ed_norm={self.ed_norm}")
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items() if k != "seed")
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {cfg}"
