@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import stl_torch
-from stl_torch.recipes.metrics import cpu_info
+from stl_recipes.metrics import cpu_info
 
 # (M, N, P): a square layer at two sizes, the SmolLM2-135M MLP (up, down; 32 x 256 tokens), the
 # T2T-ViT-7 MLP (32 images x 196 tokens), TinyLlama-1.1B's MLP up (2 x 2048 tokens), and a 64-wide

@@ -26,7 +26,7 @@ import time
 import torch
 
 import stl_torch
-from stl_torch.recipes.llama import load_model
+from stl_recipes.llama import load_model
 
 PROMPT = ("The Python Tutorial. Python is an easy to learn, powerful programming language. It has efficient "
           "high-level data structures and a simple but effective approach to object-oriented programming.")

@@ -23,8 +23,8 @@ from torch import nn
 
 import stl_torch
 
-from stl_torch.recipes.images import FASHION_MNIST_DIR, load_idx_split
-from stl_torch.recipes.patch_transformer import PatchTransformer, accuracy, train
+from stl_recipes.images import FASHION_MNIST_DIR, load_idx_split
+from stl_recipes.patch_transformer import PatchTransformer, accuracy, train
 
 
 

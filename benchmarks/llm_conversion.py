@@ -23,11 +23,11 @@ import time
 import torch
 
 import stl_torch
-from stl_torch.recipes import text as RX
-from stl_torch.recipes.dist import Dist
-from stl_torch.recipes.llama import DEFAULT_TARGETS, eval_ppl, load_model
-from stl_torch.recipes.metrics import name_regex
-from stl_torch.recipes.sparsity import apply_24_sparsity
+from stl_recipes import text as RX
+from stl_recipes.dist import Dist
+from stl_recipes.llama import DEFAULT_TARGETS, eval_ppl, load_model
+from stl_recipes.metrics import name_regex
+from stl_recipes.sparsity import apply_24_sparsity
 
 
 

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 import stl_torch
-from stl_torch.recipes.metrics import cpu_info
+from stl_recipes.metrics import cpu_info
 
 
 def t2t_pair(a):
-    from stl_torch.recipes.t2t_vit import stl_filter, t2t_vit_7
+    from stl_recipes.t2t_vit import stl_filter, t2t_vit_7
     models = {}
     for kind in ("dense", "STL"):
         torch.manual_seed(0)
@@ -39,8 +39,8 @@ def t2t_pair(a):
 
 
 def llm_pair(a):
-    from stl_torch.recipes.llama import DEFAULT_TARGETS, load_model
-    from stl_torch.recipes.metrics import name_regex
+    from stl_recipes.llama import DEFAULT_TARGETS, load_model
+    from stl_recipes.metrics import name_regex
     include = name_regex(DEFAULT_TARGETS)
     models = {}
     for kind in ("dense", "STL"):

@@ -45,13 +45,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import stl_torch  # noqa: E402
-from stl_torch.recipes import dist as RD  # noqa: E402
-from stl_torch.recipes import metrics as RM  # noqa: E402
-from stl_torch.recipes import shards as SH  # noqa: E402
-from stl_torch.recipes import sparsity as RS  # noqa: E402
-from stl_torch.recipes import text as RX  # noqa: E402
-from stl_torch.recipes import training as RT  # noqa: E402
-from stl_torch.recipes.llama import (DEFAULT_TARGETS, eval_ppl, lm_head_tied, load_model,  # noqa: E402
+from stl_recipes import dist as RD  # noqa: E402
+from stl_recipes import metrics as RM  # noqa: E402
+from stl_recipes import shards as SH  # noqa: E402
+from stl_recipes import sparsity as RS  # noqa: E402
+from stl_recipes import text as RX  # noqa: E402
+from stl_recipes import training as RT  # noqa: E402
+from stl_recipes.llama import (DEFAULT_TARGETS, eval_ppl, lm_head_tied, load_model,  # noqa: E402
                                      nll_sum, token_by_token_check)
 
 
