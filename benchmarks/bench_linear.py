@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import stl_torch
+from stl_torch.cli import add_stl_args
 from stl_recipes.metrics import cpu_info
 
 # (M, N, P): a square layer at two sizes, the SmolLM2-135M MLP (up, down; 32 x 256 tokens), the
@@ -184,8 +185,7 @@ def plot(results, path):
 def add_common_args(ap):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
-    ap.add_argument("--tile", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=24)
+    add_stl_args(ap)
     ap.add_argument("--reps", type=int, default=None, help="timed rounds per shape")
     ap.add_argument("--shapes", default=None, help="MxNxP,...: e.g. 512x512x512,16384x2048x5632")
     ap.add_argument("--out", default=os.path.join("runs", "bench"), help="folder for the JSON, Markdown and PNG")

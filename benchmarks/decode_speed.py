@@ -26,6 +26,7 @@ import time
 import torch
 
 import stl_torch
+from stl_torch.cli import add_stl_args, stl_config_from_args
 from stl_recipes.llama import load_model
 
 PROMPT = ("The Python Tutorial. Python is an easy to learn, powerful programming language. It has efficient "
@@ -81,8 +82,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--tile", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=24)
+    add_stl_args(ap)
     ap.add_argument("--out", default=os.path.join("docs", "results", "decode_speed_cpu.json"))
     a = ap.parse_args()
 
@@ -91,7 +91,7 @@ def main():
     dense, tok, src = load_model(a.model, tiny=a.tiny)
     dense.eval()
     stl = copy.deepcopy(dense)
-    report = stl_torch.convert(stl, stl_torch.STLConfig(tile=a.tile, rank=a.rank, causal=True))
+    report = stl_torch.convert(stl, stl_config_from_args(a, causal=True))
     prompt = torch.tensor(tok.encode_batch([PROMPT])[0])[None]
     rows = []
     for b in a.batches:

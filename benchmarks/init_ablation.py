@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import stl_torch
+from stl_torch.cli import add_stl_args
 
 from stl_recipes.images import FASHION_MNIST_DIR, load_idx_split
 from stl_recipes.patch_transformer import PatchTransformer, accuracy, train
@@ -67,8 +68,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--inits", nargs="+", default=["strassen", "fitted", "polynomial", "random"])
-    ap.add_argument("--tile", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=24)
+    add_stl_args(ap)
     ap.add_argument("--variants", nargs="+", default=["base"], type=parse_variant)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     ap.add_argument("--tag", default="", help="suffix of the output files")

@@ -23,6 +23,7 @@ import time
 import torch
 
 import stl_torch
+from stl_torch.cli import add_stl_args, stl_config_from_args
 from stl_recipes import text as RX
 from stl_recipes.dist import Dist
 from stl_recipes.llama import DEFAULT_TARGETS, eval_ppl, load_model
@@ -44,9 +45,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--calib-seqs", type=int, default=16)
     ap.add_argument("--eval-seqs", type=int, default=16)
-    ap.add_argument("--tile", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=24)
-    ap.add_argument("--init", default="fitted")
+    add_stl_args(ap, ("tile", "rank", "init"), init="fitted")
     ap.add_argument("--methods", nargs="+", default=["dense", "sparse24", "data-free", "lstsq", "distill"])
     ap.add_argument("--distill-steps", type=int, default=100)
     ap.add_argument("--rows-per-step", type=int, default=1024)
@@ -77,7 +76,7 @@ def main():
                 calibration_data=calib, progress=True, calibration=stl_torch.CalibrationConfig(
                     method=method, distill_steps=a.distill_steps, rows_per_step=a.rows_per_step,
                     max_rows=a.calib_seqs * a.seq_len))
-            report = stl_torch.convert(model, stl_torch.STLConfig(tile=a.tile, rank=a.rank, init=a.init, causal=True),
+            report = stl_torch.convert(model, stl_config_from_args(a, causal=True),
                                        lambda m, fqn: include(fqn, m), only_if_cheaper=False, **kw)
         conv_s = time.time() - t0
         ppl = perplexity(model, held)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import stl_torch
+from stl_torch.cli import add_stl_args, stl_config_from_args
 from stl_recipes.metrics import cpu_info
 
 
@@ -30,7 +31,7 @@ def t2t_pair(a):
         torch.manual_seed(0)
         m = t2t_vit_7(img_size=a.t2t_img_size, in_chans=3, num_classes=1000, pad_features=4, drop_path_rate=0.1)
         if kind == "STL":
-            stl_torch.convert(m, stl_torch.STLConfig(tile=4, rank=a.rank, init="strassen"),
+            stl_torch.convert(m, stl_config_from_args(a, init="strassen"),
                               lambda mod, fqn: stl_filter(fqn, mod), only_if_cheaper=False)
         models[kind] = m
     x = torch.randn(a.t2t_batch, 3, a.t2t_img_size, a.t2t_img_size)
@@ -46,7 +47,7 @@ def llm_pair(a):
     for kind in ("dense", "STL"):
         m, _, _ = load_model()
         if kind == "STL":
-            stl_torch.convert(m, stl_torch.STLConfig(tile=4, rank=a.rank, causal=True),
+            stl_torch.convert(m, stl_config_from_args(a, causal=True),
                               lambda mod, fqn: include(fqn, mod), only_if_cheaper=False)
             stl_torch.decode.disable(m)
         models[kind] = m
@@ -84,7 +85,7 @@ def measure(models, loss_fn, steps, warmup, autocast=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="t2t,llm")
-    ap.add_argument("--rank", type=int, default=24)
+    add_stl_args(ap, ("rank",))
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each model first")
     ap.add_argument("--t2t-img-size", type=int, default=224)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import stl_torch
+from stl_torch.cli import add_stl_args, stl_config_from_args
 from . import augment as AU
 from . import dist as RD
 from . import images as D
@@ -112,18 +113,14 @@ def parse_args(argv=None):
     g = p.add_argument_group("linear layers")
     g.add_argument("--linear", choices=["dense", "stl"], default="dense",
                    help="stl: every nn.Linear except the classifier head becomes an STLinear")
-    g.add_argument("--tile", type=int, default=4, help="STL tile size t")
-    g.add_argument("--rank", type=int, default=24, help="STL rank r (products per tile)")
-    g.add_argument("--init", default="strassen",
-                   help="STL encoder/decoder init: strassen, fitted, polynomial, random")
+    add_stl_args(g, ("tile", "rank", "init", "ed_norm"), init="strassen", help_text={
+        "ed_norm": "norm of each product's E row and D column, Wt takes the scale (0: the "
+                   "decomposition's balanced scale, the default before 2026-11-24)"})
     g.add_argument("--stl-layers", choices=["all", "saving"], default="all",
                    help="all: every linear layer but the head; saving: only those where STL needs"
                         " fewer multiply-adds than dense (narrow T2T layers stay dense)")
     g.add_argument("--ed-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier for STL's E and D")
-    g.add_argument("--ed-norm", type=float, default=1.0,
-                   help="norm of each product's E row and D column, Wt takes the scale (0: the "
-                        "decomposition's balanced scale, the default before 2026-11-24)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30, help="training epochs")
     g.add_argument("--batch-size", type=int, default=128, help="global batch (split over ranks)")
@@ -281,7 +278,7 @@ def build_model(a, in_chans, num_classes):
                       qk_scale=a.embed_dim ** -0.5)
     report, converted = None, []
     if a.linear == "stl":
-        cfg = stl_torch.STLConfig(tile=a.tile, rank=a.rank, init=a.init, ed_norm=a.ed_norm or None)
+        cfg = stl_config_from_args(a)
         report = stl_torch.convert(model, cfg, lambda m, fqn: stl_filter(fqn, m),
                                    only_if_cheaper=a.stl_layers == "saving")
         converted = [x.name for x in report.converted]
