@@ -20,8 +20,9 @@ import time
 
 import torch
 
-from stl_torch.init import INITS, encode_weight, make_init
-from stl_torch.reference import dense_equivalent_error, stl_reference
+from stl_torch.cli import add_stl_args
+from stl_torch.init import INITS, make_init
+from stl_torch.tiling import encode_weight, stl_reference, tensor_error
 
 
 def operator_error(dec, t, x, W):
@@ -32,7 +33,7 @@ def operator_error(dec, t, x, W):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tile", type=int, default=4)
+    add_stl_args(ap, ("tile",))
     ap.add_argument("--ranks", type=int, nargs="+", default=[16, 20, 24, 28, 32, 40, 49])
     ap.add_argument("--size", type=int, default=256, help="M = N = P")
     ap.add_argument("--seed", type=int, default=0)
@@ -50,10 +51,10 @@ def main():
             t0 = time.perf_counter()
             dec = make_init(name, t, r)
             row[f"{name}_build_s"] = time.perf_counter() - t0
-            row[f"{name}_tensor"] = dense_equivalent_error(*dec, t)
+            row[f"{name}_tensor"] = tensor_error(*dec, t)
             row[f"{name}_output"] = operator_error(dec, t, x, W)
         dec = make_init("fitted", t, r, causal=True)
-        row["fitted_causal_tensor"] = dense_equivalent_error(*dec, t)
+        row["fitted_causal_tensor"] = tensor_error(*dec, t)
         row["fitted_causal_output"] = operator_error(dec, t, x, W)
         rows.append(row)
         print(f"r={r} done", flush=True)
