@@ -9,7 +9,7 @@ which is also the exact optimum in causal mode (see stl_torch.init.causal_levels
   python benchmarks/approx_table.py            # t=4, r in {16,20,24,28,32,40,49}, M=N=P=256
   python benchmarks/approx_table.py --tile 2 --ranks 4 5 6 7 8
 
-Prints a Markdown table and writes benchmarks/results/approx_table_t{t}.json.
+Prints a Markdown table and writes docs/results/approx_table_t{t}_<kind>.json (benchmarks/results_file.py).
 """
 import argparse
 import json
@@ -24,6 +24,8 @@ from stl_torch.cli import add_stl_args
 from stl_torch.init import INITS, make_init
 from stl_torch.tiling import encode_weight, stl_reference, tensor_error
 
+from results_file import RESULTS_DIR, result_stem
+
 
 def operator_error(dec, t, x, W):
     y = stl_reference(x, dec.E, encode_weight(W, dec.F, t), dec.D, tile=t)
@@ -37,7 +39,7 @@ def main():
     ap.add_argument("--ranks", type=int, nargs="+", default=[16, 20, 24, 28, 32, 40, 49])
     ap.add_argument("--size", type=int, default=256, help="M = N = P")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join("runs", "bench"))
+    ap.add_argument("--out", default=RESULTS_DIR, help="folder for approx_table_t<T>_<KIND>.json")
     args = ap.parse_args()
     t = args.tile
     g = torch.Generator().manual_seed(args.seed)
@@ -70,8 +72,7 @@ def main():
                      + f" | {row['naive_bound']:.3f} |")
     table = "\n".join(lines)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"approx_table_t{t}.json")
+    path = result_stem("approx_table", f"t{t}", "cpu", args.out) + ".json"
     with open(path, "w") as f:
         json.dump({"tile": t, "size": args.size, "seed": args.seed, "torch": torch.__version__,
                    "platform": platform.platform(), "rows": rows, "table": table}, f, indent=1)

@@ -29,6 +29,8 @@ import stl_torch
 from stl_torch.cli import add_stl_args
 from stl_recipes.metrics import cpu_info
 
+from results_file import RESULTS_DIR, result_stem
+
 # (M, N, P): a square layer at two sizes, the SmolLM2-135M MLP (up, down; 32 x 256 tokens), the
 # T2T-ViT-7 MLP (32 images x 196 tokens), TinyLlama-1.1B's MLP up (2 x 2048 tokens), and a 64-wide
 # layer of T2T-ViT-7's token-to-token stage (32 images x 3136 tokens), where STL does 1.12x the
@@ -188,7 +190,8 @@ def add_common_args(ap):
     add_stl_args(ap)
     ap.add_argument("--reps", type=int, default=None, help="timed rounds per shape")
     ap.add_argument("--shapes", default=None, help="MxNxP,...: e.g. 512x512x512,16384x2048x5632")
-    ap.add_argument("--out", default=os.path.join("runs", "bench"), help="folder for the JSON, Markdown and PNG")
+    ap.add_argument("--out", default=RESULTS_DIR,
+                    help="folder for the JSON, Markdown and PNG (NAME_DTYPE_KIND.*: a rerun overwrites its own)")
 
 
 def dtype_and_shapes(a, cuda, cpu_shapes):
@@ -240,8 +243,7 @@ def main():
         print(f"[bench] {key} ...", flush=True)
         results[key] = bench_shape(M, N, P, a.tile, a.rank, dtype, a.device, run, do_sparse=cuda)
         print(json.dumps({k: {m: round(v, 2) for m, v in r.items()} for k, r in results[key].items()}), flush=True)
-    name = f"bench_linear_{a.device}_{meta['dtype']}"
-    write_outputs(os.path.join(a.out, name), meta, results, markdown, plot)
+    write_outputs(result_stem("bench_linear", meta["dtype"], a.device, a.out), meta, results, markdown, plot)
 
 
 if __name__ == "__main__":

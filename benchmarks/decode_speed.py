@@ -29,6 +29,8 @@ import stl_torch
 from stl_torch.cli import add_stl_args, stl_config_from_args
 from stl_recipes.llama import load_model
 
+from results_file import result_stem
+
 PROMPT = ("The Python Tutorial. Python is an easy to learn, powerful programming language. It has efficient "
           "high-level data structures and a simple but effective approach to object-oriented programming.")
 
@@ -83,7 +85,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     add_stl_args(ap)
-    ap.add_argument("--out", default=os.path.join("docs", "results", "decode_speed_cpu.json"))
+    ap.add_argument("--out", default=None,
+                    help="JSON file (default: docs/results/decode_speed_{float32,tiny}_<kind>.json)")
     a = ap.parse_args()
 
     if a.threads:
@@ -122,6 +125,7 @@ def main():
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "stl_torch": stl_torch.__version__,
               "stl_torch_build": stl_torch._C.abi_info(), "rows": rows, "table": table}
+    a.out = a.out or result_stem("decode_speed", "tiny" if a.tiny else "float32") + ".json"
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)

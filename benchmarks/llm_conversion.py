@@ -30,6 +30,8 @@ from stl_recipes.llama import DEFAULT_TARGETS, eval_ppl, load_model
 from stl_recipes.metrics import name_regex
 from stl_recipes.sparsity import apply_24_sparsity
 
+from results_file import result_stem
+
 
 
 def perplexity(model, chunks, micro=4):
@@ -50,7 +52,7 @@ def main():
     ap.add_argument("--distill-steps", type=int, default=100)
     ap.add_argument("--rows-per-step", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join("runs", "bench", "llm_conversion.json"))
+    ap.add_argument("--out", default=None, help="JSON file (default: docs/results/llm_conversion_t<T>r<R>_<kind>.json)")
     a = ap.parse_args()
 
     torch.manual_seed(a.seed)
@@ -97,7 +99,8 @@ def main():
     meta = {"model": src, "seq_len": a.seq_len, "calib_seqs": a.calib_seqs, "eval_seqs": a.eval_seqs,
             "tile": a.tile, "rank": a.rank, "init": a.init, "distill_steps": a.distill_steps,
             "targets": a.targets, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    a.out = a.out or result_stem("llm_conversion", f"t{a.tile}r{a.rank}") + ".json"
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print("\n| method | held-out ppl | mean layer error (held-out rows) | convert s |\n|---|---:|---:|---:|")

@@ -23,6 +23,8 @@ import stl_torch
 from stl_torch.cli import add_stl_args, stl_config_from_args
 from stl_recipes.metrics import cpu_info
 
+from results_file import result_stem
+
 
 def t2t_pair(a):
     from stl_recipes.t2t_vit import stl_filter, t2t_vit_7
@@ -94,7 +96,7 @@ def main():
     ap.add_argument("--llm-seq", type=int, default=256)
     ap.add_argument("--autocast", choices=["none", "bfloat16"], default="none",
                     help="run the forwards under torch.autocast('cpu', dtype=...) (the weights stay float32)")
-    ap.add_argument("--out", default=os.path.join("runs", "bench", "recipe_speed.json"))
+    ap.add_argument("--out", default=None, help="JSON file (default: docs/results/recipe_speed_<float32|AUTOCAST>_<kind>.json)")
     a = ap.parse_args()
     amp = None if a.autocast == "none" else getattr(torch, a.autocast)
     out = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, **cpu_info(), "args": vars(a),
@@ -111,7 +113,8 @@ def main():
         print(f"| {'T2T-ViT-7' if name == 't2t' else 'SmolLM2-135M'} | {setting} | {rate['dense']:.2f} {unit} | "
               f"{rate['STL']:.2f} {unit} | {rate['STL'] / rate['dense']:.2f}× |", flush=True)
         del models
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    a.out = a.out or result_stem("recipe_speed", "float32" if amp is None else a.autocast) + ".json"
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
 
