@@ -31,9 +31,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import stl_torch
 
-from bench_linear import (CPU_SHAPES, add_common_args, dtype_and_shapes, timer, unfused_stl,  # noqa: E402
-                          write_outputs)
-from results_file import result_stem  # noqa: E402
+from layer_bench import CPU_SHAPES, add_common_args, dtype_and_shapes, timer, unfused_stl, write_outputs
+from results_file import result_stem
 
 # kernel name fragments -> stage (CUDA); the first match wins, unmatched kernels are GEMMs (cuBLAS
 # names its kernels after the architecture and tiling: sm90_xmma_*, nvjet_*, cutlass_*)
