@@ -9,7 +9,7 @@ which is also the exact optimum in causal mode (see stl_torch.init.causal_levels
   python benchmarks/approx_table.py            # t=4, r in {16,20,24,28,32,40,49}, M=N=P=256
   python benchmarks/approx_table.py --tile 2 --ranks 4 5 6 7 8
 
-Prints a Markdown table and writes benchmarks/results/approx_table_t{t}.json.
+Prints a Markdown table and writes docs/results/approx_table_t{t}_<kind>.json (benchmarks/results_file.py).
 """
 import argparse
 import json
@@ -20,8 +20,11 @@ import time
 
 import torch
 
-from stl_torch.init import INITS, encode_weight, make_init
-from stl_torch.reference import dense_equivalent_error, stl_reference
+from stl_torch.cli import add_stl_args
+from stl_torch.init import INITS, make_init
+from stl_torch.tiling import encode_weight, stl_reference, tensor_error
+
+from results_file import RESULTS_DIR, result_stem
 
 
 def operator_error(dec, t, x, W):
@@ -32,11 +35,11 @@ def operator_error(dec, t, x, W):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tile", type=int, default=4)
+    add_stl_args(ap, ("tile",))
     ap.add_argument("--ranks", type=int, nargs="+", default=[16, 20, 24, 28, 32, 40, 49])
     ap.add_argument("--size", type=int, default=256, help="M = N = P")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join("runs", "bench"))
+    ap.add_argument("--out", default=RESULTS_DIR, help="folder for approx_table_t<T>_<KIND>.json")
     args = ap.parse_args()
     t = args.tile
     g = torch.Generator().manual_seed(args.seed)
@@ -50,10 +53,10 @@ def main():
             t0 = time.perf_counter()
             dec = make_init(name, t, r)
             row[f"{name}_build_s"] = time.perf_counter() - t0
-            row[f"{name}_tensor"] = dense_equivalent_error(*dec, t)
+            row[f"{name}_tensor"] = tensor_error(*dec, t)
             row[f"{name}_output"] = operator_error(dec, t, x, W)
         dec = make_init("fitted", t, r, causal=True)
-        row["fitted_causal_tensor"] = dense_equivalent_error(*dec, t)
+        row["fitted_causal_tensor"] = tensor_error(*dec, t)
         row["fitted_causal_output"] = operator_error(dec, t, x, W)
         rows.append(row)
         print(f"r={r} done", flush=True)
@@ -69,8 +72,7 @@ def main():
                      + f" | {row['naive_bound']:.3f} |")
     table = "\n".join(lines)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"approx_table_t{t}.json")
+    path = result_stem("approx_table", f"t{t}", "cpu", args.out) + ".json"
     with open(path, "w") as f:
         json.dump({"tile": t, "size": args.size, "seed": args.seed, "torch": torch.__version__,
                    "platform": platform.platform(), "rows": rows, "table": table}, f, indent=1)

@@ -28,8 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 
 def cpu_model():
     try:
@@ -94,7 +92,7 @@ def emit(a, rec):
 
 # ----------------------------------------------------------------------------- text
 def cmd_corpus(a):
-    from stl_torch.recipes import text as RX
+    from stl_recipes import text as RX
     src = a.src or RX.default_text_dir()
     docs = [t for _, t in RX.iter_documents(src)]
     rng = random.Random(a.seed)
@@ -119,12 +117,12 @@ def cmd_corpus(a):
 
 
 def load_tokenizer(name):
-    from stl_torch.recipes import text as RX
+    from stl_recipes import text as RX
     if name == "bytes":
         return RX.ByteTokenizer()
     from transformers import AutoTokenizer
 
-    from stl_torch.recipes import llama as RL
+    from stl_recipes import llama as RL
     if name == "smollm2":
         d = RL.default_model_dir()
         return RX.HFTokenizer(AutoTokenizer.from_pretrained(d, gguf_file=RL.SMOLLM2_GGUF))
@@ -132,7 +130,7 @@ def load_tokenizer(name):
 
 
 def cmd_tokenize(a):
-    from stl_torch.recipes import shards as SH
+    from stl_recipes import shards as SH
     t0 = time.time()
     tok = load_tokenizer(a.tokenizer)
     t_tok = time.time() - t0
@@ -176,7 +174,7 @@ def cmd_tokenize(a):
 
 def cmd_startup(a):
     """Cache hit path only: tokenizer identity, file stat, manifest, memmaps, first batch."""
-    from stl_torch.recipes import shards as SH
+    from stl_recipes import shards as SH
     t_load = time.time()
     tok = load_tokenizer(a.tokenizer)
     t0 = time.time()
@@ -195,7 +193,7 @@ def cmd_imagefolder(a):
     import numpy as np
     from PIL import Image
 
-    from stl_torch.recipes import images as D
+    from stl_recipes import images as D
     x, y = D.load_idx_split(a.idx, "train")
     rng = np.random.default_rng(a.seed)
     t0 = time.time()
@@ -217,9 +215,8 @@ def cmd_imagefolder(a):
 def cmd_loader(a):
     import torch
 
-    from stl_torch.recipes import images as D
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-    import t2t_vit_train as T
+    from stl_recipes import images as D
+    from stl_recipes import t2t_vit_recipe as T
     args = T.parse_args(["--data-dir", a.data, "--preset", a.preset, "--aug-impl", "builtin",
                          "--no-progress", "--img-size", str(a.img_size)])
     torch.set_num_threads(1)
@@ -264,11 +261,10 @@ def cmd_loader(a):
 
 def cmd_step(a):
     import torch
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-    import t2t_vit_train as T
 
-    from stl_torch.recipes import augment as AU
-    from stl_torch.recipes import training as RT
+    from stl_recipes import augment as AU
+    from stl_recipes import t2t_vit_recipe as T
+    from stl_recipes import training as RT
     res = {"img_size": a.img_size, "batch_size": a.batch_size, "threads": torch.get_num_threads(),
            "steps": a.steps, "linear": {}}
     for lin in a.linear:

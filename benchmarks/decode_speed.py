@@ -26,7 +26,10 @@ import time
 import torch
 
 import stl_torch
-from stl_torch.recipes.llama import load_model
+from stl_torch.cli import add_stl_args, stl_config_from_args
+from stl_recipes.llama import load_model
+
+from results_file import result_stem
 
 PROMPT = ("The Python Tutorial. Python is an easy to learn, powerful programming language. It has efficient "
           "high-level data structures and a simple but effective approach to object-oriented programming.")
@@ -81,9 +84,9 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--tile", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=24)
-    ap.add_argument("--out", default=os.path.join("docs", "results", "decode_speed_cpu.json"))
+    add_stl_args(ap)
+    ap.add_argument("--out", default=None,
+                    help="JSON file (default: docs/results/decode_speed_{float32,tiny}_<kind>.json)")
     a = ap.parse_args()
 
     if a.threads:
@@ -91,7 +94,7 @@ def main():
     dense, tok, src = load_model(a.model, tiny=a.tiny)
     dense.eval()
     stl = copy.deepcopy(dense)
-    report = stl_torch.convert(stl, stl_torch.STLConfig(tile=a.tile, rank=a.rank, causal=True))
+    report = stl_torch.convert(stl, stl_config_from_args(a, causal=True))
     prompt = torch.tensor(tok.encode_batch([PROMPT])[0])[None]
     rows = []
     for b in a.batches:
@@ -122,6 +125,7 @@ def main():
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "stl_torch": stl_torch.__version__,
               "stl_torch_build": stl_torch._C.abi_info(), "rows": rows, "table": table}
+    a.out = a.out or result_stem("decode_speed", "tiny" if a.tiny else "float32") + ".json"
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -22,9 +22,12 @@ import torch
 from torch import nn
 
 import stl_torch
+from stl_torch.cli import add_stl_args
 
-from stl_torch.recipes.images import FASHION_MNIST_DIR, load_idx_split
-from stl_torch.recipes.patch_transformer import PatchTransformer, accuracy, train
+from stl_recipes.images import FASHION_MNIST_DIR, load_idx_split
+from stl_recipes.patch_transformer import PatchTransformer, accuracy, train
+
+from results_file import RESULTS_DIR, result_stem
 
 
 
@@ -67,12 +70,11 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--inits", nargs="+", default=["strassen", "fitted", "polynomial", "random"])
-    ap.add_argument("--tile", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=24)
+    add_stl_args(ap)
     ap.add_argument("--variants", nargs="+", default=["base"], type=parse_variant)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     ap.add_argument("--tag", default="", help="suffix of the output files")
-    ap.add_argument("--out", default=os.path.join("runs", "bench"))
+    ap.add_argument("--out", default=RESULTS_DIR, help="folder for init_ablation_fmnist<TAG>_<KIND>.json/.png")
     a = ap.parse_args()
 
     norm = lambda x: (x.float() / 255 - 0.2860) / 0.3530  # noqa: E731
@@ -103,11 +105,11 @@ def main():
     for name in names:
         accs = [r["top1"] for r in runs if r["init"] == name]
         summary[name] = {"mean": statistics.mean(accs), "min": min(accs), "max": max(accs), "n": len(accs)}
-    os.makedirs(a.out, exist_ok=True)
+    stem = result_stem("init_ablation", "fmnist" + a.tag, "cpu", a.out)
     meta = {"steps": a.steps, "batch_size": a.batch_size, "tile": a.tile, "rank": a.rank,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads()}
     meta["variants"] = a.variants
-    with open(os.path.join(a.out, f"init_ablation{a.tag}.json"), "w") as f:
+    with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "runs": runs, "summary": summary}, f, indent=1)
     print(f"\n{a.steps} steps, batch {a.batch_size}, seeds {a.seeds}, t={a.tile} r={a.rank}\n")
     print("| model | test top-1 mean | min | max | runs |\n|---|---:|---:|---:|---:|")
@@ -128,7 +130,7 @@ def main():
     ax.set_ylabel("test top-1")
     ax.set_title(f"Fashion-MNIST, {a.steps} steps, STL t={a.tile} r={a.rank}")
     fig.tight_layout()
-    fig.savefig(os.path.join(a.out, f"init_ablation{a.tag}.png"), dpi=120)
+    fig.savefig(stem + ".png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,14 @@ import time
 import torch
 
 import stl_torch
-from stl_torch.recipes import text as RX
-from stl_torch.recipes.dist import Dist
-from stl_torch.recipes.llama import DEFAULT_TARGETS, eval_ppl, load_model
-from stl_torch.recipes.metrics import name_regex
-from stl_torch.recipes.sparsity import apply_24_sparsity
+from stl_torch.cli import add_stl_args, stl_config_from_args
+from stl_recipes import text as RX
+from stl_recipes.dist import Dist
+from stl_recipes.llama import DEFAULT_TARGETS, eval_ppl, load_model
+from stl_recipes.metrics import name_regex
+from stl_recipes.sparsity import apply_24_sparsity
+
+from results_file import result_stem
 
 
 
@@ -44,14 +47,12 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--calib-seqs", type=int, default=16)
     ap.add_argument("--eval-seqs", type=int, default=16)
-    ap.add_argument("--tile", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=24)
-    ap.add_argument("--init", default="fitted")
+    add_stl_args(ap, ("tile", "rank", "init"), init="fitted")
     ap.add_argument("--methods", nargs="+", default=["dense", "sparse24", "data-free", "lstsq", "distill"])
     ap.add_argument("--distill-steps", type=int, default=100)
     ap.add_argument("--rows-per-step", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join("runs", "bench", "llm_conversion.json"))
+    ap.add_argument("--out", default=None, help="JSON file (default: docs/results/llm_conversion_t<T>r<R>_<kind>.json)")
     a = ap.parse_args()
 
     torch.manual_seed(a.seed)
@@ -77,7 +78,7 @@ def main():
                 calibration_data=calib, progress=True, calibration=stl_torch.CalibrationConfig(
                     method=method, distill_steps=a.distill_steps, rows_per_step=a.rows_per_step,
                     max_rows=a.calib_seqs * a.seq_len))
-            report = stl_torch.convert(model, stl_torch.STLConfig(tile=a.tile, rank=a.rank, init=a.init, causal=True),
+            report = stl_torch.convert(model, stl_config_from_args(a, causal=True),
                                        lambda m, fqn: include(fqn, m), only_if_cheaper=False, **kw)
         conv_s = time.time() - t0
         ppl = perplexity(model, held)
@@ -98,7 +99,8 @@ def main():
     meta = {"model": src, "seq_len": a.seq_len, "calib_seqs": a.calib_seqs, "eval_seqs": a.eval_seqs,
             "tile": a.tile, "rank": a.rank, "init": a.init, "distill_steps": a.distill_steps,
             "targets": a.targets, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    a.out = a.out or result_stem("llm_conversion", f"t{a.tile}r{a.rank}") + ".json"
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print("\n| method | held-out ppl | mean layer error (held-out rows) | convert s |\n|---|---:|---:|---:|")

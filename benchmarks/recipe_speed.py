@@ -20,17 +20,20 @@ import torch
 import torch.nn.functional as F
 
 import stl_torch
-from stl_torch.recipes.metrics import cpu_info
+from stl_torch.cli import add_stl_args, stl_config_from_args
+from stl_recipes.metrics import cpu_info
+
+from results_file import result_stem
 
 
 def t2t_pair(a):
-    from stl_torch.recipes.t2t_vit import stl_filter, t2t_vit_7
+    from stl_recipes.t2t_vit import stl_filter, t2t_vit_7
     models = {}
     for kind in ("dense", "STL"):
         torch.manual_seed(0)
         m = t2t_vit_7(img_size=a.t2t_img_size, in_chans=3, num_classes=1000, pad_features=4, drop_path_rate=0.1)
         if kind == "STL":
-            stl_torch.convert(m, stl_torch.STLConfig(tile=4, rank=a.rank, init="strassen"),
+            stl_torch.convert(m, stl_config_from_args(a, init="strassen"),
                               lambda mod, fqn: stl_filter(fqn, mod), only_if_cheaper=False)
         models[kind] = m
     x = torch.randn(a.t2t_batch, 3, a.t2t_img_size, a.t2t_img_size)
@@ -39,14 +42,14 @@ def t2t_pair(a):
 
 
 def llm_pair(a):
-    from stl_torch.recipes.llama import DEFAULT_TARGETS, load_model
-    from stl_torch.recipes.metrics import name_regex
+    from stl_recipes.llama import DEFAULT_TARGETS, load_model
+    from stl_recipes.metrics import name_regex
     include = name_regex(DEFAULT_TARGETS)
     models = {}
     for kind in ("dense", "STL"):
         m, _, _ = load_model()
         if kind == "STL":
-            stl_torch.convert(m, stl_torch.STLConfig(tile=4, rank=a.rank, causal=True),
+            stl_torch.convert(m, stl_config_from_args(a, causal=True),
                               lambda mod, fqn: include(fqn, mod), only_if_cheaper=False)
             stl_torch.decode.disable(m)
         models[kind] = m
@@ -84,7 +87,7 @@ def measure(models, loss_fn, steps, warmup, autocast=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="t2t,llm")
-    ap.add_argument("--rank", type=int, default=24)
+    add_stl_args(ap, ("rank",))
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each model first")
     ap.add_argument("--t2t-img-size", type=int, default=224)
@@ -93,7 +96,7 @@ def main():
     ap.add_argument("--llm-seq", type=int, default=256)
     ap.add_argument("--autocast", choices=["none", "bfloat16"], default="none",
                     help="run the forwards under torch.autocast('cpu', dtype=...) (the weights stay float32)")
-    ap.add_argument("--out", default=os.path.join("runs", "bench", "recipe_speed.json"))
+    ap.add_argument("--out", default=None, help="JSON file (default: docs/results/recipe_speed_<float32|AUTOCAST>_<kind>.json)")
     a = ap.parse_args()
     amp = None if a.autocast == "none" else getattr(torch, a.autocast)
     out = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, **cpu_info(), "args": vars(a),
@@ -110,7 +113,8 @@ def main():
         print(f"| {'T2T-ViT-7' if name == 't2t' else 'SmolLM2-135M'} | {setting} | {rate['dense']:.2f} {unit} | "
               f"{rate['STL']:.2f} {unit} | {rate['STL'] / rate['dense']:.2f}× |", flush=True)
         del models
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    a.out = a.out or result_stem("recipe_speed", "float32" if amp is None else a.autocast) + ".json"
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
 

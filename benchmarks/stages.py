@@ -31,8 +31,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import stl_torch
 
-from bench_linear import (CPU_SHAPES, add_common_args, dtype_and_shapes, timer, unfused_stl,  # noqa: E402
-                          write_outputs)
+from layer_bench import CPU_SHAPES, add_common_args, dtype_and_shapes, timer, unfused_stl, write_outputs
+from results_file import result_stem
 
 # kernel name fragments -> stage (CUDA); the first match wins, unmatched kernels are GEMMs (cuBLAS
 # names its kernels after the architecture and tiling: sm90_xmma_*, nvjet_*, cutlass_*)
@@ -247,7 +247,7 @@ def main():
         key = f"{M}×{N}→{P}"
         print(f"[stages] {key} ...", flush=True)
         results[key] = bench_shape(M, N, P, a.tile, a.rank, dtype, a.device, run, reps, rates)
-    write_outputs(os.path.join(a.out, f"stages_{a.device}"), meta, results, markdown, plot)
+    write_outputs(result_stem("stages", meta["dtype"], a.device, a.out), meta, results, markdown, plot)
 
 
 if __name__ == "__main__":

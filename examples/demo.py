@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import stl_torch
-from stl_torch.recipes.images import FASHION_MNIST_DIR, load_idx_split
-from stl_torch.recipes.patch_transformer import PatchTransformer, accuracy, train
+from stl_torch.cli import add_stl_args, stl_config_from_args
+from stl_recipes.images import FASHION_MNIST_DIR, load_idx_split
+from stl_recipes.patch_transformer import PatchTransformer, accuracy, train
 
 
 def main():
@@ -22,9 +23,7 @@ def main():
     ap.add_argument("--data", default=FASHION_MNIST_DIR)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--tile", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=24)
-    ap.add_argument("--init", default="strassen")
+    add_stl_args(ap, ("tile", "rank", "init"), init="strassen")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
@@ -34,7 +33,7 @@ def main():
     xtr, xte = norm(xtr), norm(xte)
     example = xte[:1]
 
-    cfg = stl_torch.STLConfig(tile=a.tile, rank=a.rank, init=a.init)
+    cfg = stl_config_from_args(a)
     results = {}
     for name, linear in (
             ("dense", nn.Linear),
@@ -59,7 +58,7 @@ def main():
         ref = dense(xte[:500])
         converted = PatchTransformer(nn.Linear)
         converted.load_state_dict(dense.state_dict())
-        report = stl_torch.convert(converted, stl_torch.STLConfig(tile=a.tile, rank=a.rank, init="fitted"))
+        report = stl_torch.convert(converted, stl_config_from_args(a, init="fitted"))
         out = converted(xte[:500])
     print(f"\nconvert(): {report.converted and len(report.converted)} layers converted, "
           f"{len(report.skipped)} skipped; logits rel. difference "

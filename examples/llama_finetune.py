@@ -45,13 +45,14 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import stl_torch  # noqa: E402
-from stl_torch.recipes import dist as RD  # noqa: E402
-from stl_torch.recipes import metrics as RM  # noqa: E402
-from stl_torch.recipes import shards as SH  # noqa: E402
-from stl_torch.recipes import sparsity as RS  # noqa: E402
-from stl_torch.recipes import text as RX  # noqa: E402
-from stl_torch.recipes import training as RT  # noqa: E402
-from stl_torch.recipes.llama import (DEFAULT_TARGETS, eval_ppl, lm_head_tied, load_model,  # noqa: E402
+from stl_torch.cli import add_stl_args, stl_config_from_args  # noqa: E402
+from stl_recipes import dist as RD  # noqa: E402
+from stl_recipes import metrics as RM  # noqa: E402
+from stl_recipes import shards as SH  # noqa: E402
+from stl_recipes import sparsity as RS  # noqa: E402
+from stl_recipes import text as RX  # noqa: E402
+from stl_recipes import training as RT  # noqa: E402
+from stl_recipes.llama import (DEFAULT_TARGETS, eval_ppl, lm_head_tied, load_model,  # noqa: E402
                                      nll_sum, token_by_token_check)
 
 
@@ -105,13 +106,10 @@ def parse_args(argv=None):
     g.add_argument("--method", choices=["dense", "stl", "sparse24"], default="stl")
     g.add_argument("--targets", default=DEFAULT_TARGETS,
                    help="regex on module names selecting the layers to convert / sparsify")
-    g.add_argument("--tile", type=int, default=4, help="STL tile size t")
-    g.add_argument("--rank", type=int, default=24, help="STL rank r (products per tile)")
-    g.add_argument("--init", default="fitted",
-                   help="STL encoder/decoder init (fitted, strassen, polynomial, random); Wt "
-                        "always encodes the pretrained dense weight")
-    g.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
-                   help="causal-safe STL (--no-causal leaks future tokens within a tile)")
+    add_stl_args(g, ("tile", "rank", "init", "causal"), init="fitted", causal=True, help_text={
+        "init": "STL encoder/decoder init (fitted, strassen, polynomial, random); Wt always encodes "
+                "the pretrained dense weight",
+        "causal": "causal-safe STL (--no-causal leaks future tokens within a tile)"})
     g.add_argument("--ed-lr-mult", type=float, default=1.0, help="lr multiplier for STL's E, D")
     g.add_argument("--conversion-cache", default=None, metavar="PATH",
                    help="reuse a conversion (calibrated STL weights, or 2:4 masks) across runs: loaded "
@@ -240,7 +238,7 @@ def main(argv=None):
         raise SystemExit("--sparse-scores wanda needs --calibrate-seqs N (N >= 1)")
     if a.method == "stl":
         t_conv = time.time()
-        cfg = stl_torch.STLConfig(tile=a.tile, rank=a.rank, init=a.init, causal=a.causal)
+        cfg = stl_config_from_args(a)
         ccfg = stl_torch.CalibrationConfig(method=a.calibration, distill_steps=a.distill_steps,
                                            max_rows=max(1, a.calibrate_seqs * a.seq_len))
         report = stl_torch.convert(model, cfg, lambda m, fqn: include(fqn, m), calibration_data=calib,

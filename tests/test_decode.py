@@ -255,7 +255,7 @@ def test_hand_built_model_with_stlinear_layers():
                     reason="loading a GGUF with transformers needs: pip install gguf accelerate")
 def test_smollm2_generates_the_same_tokens_with_and_without_cache():
     """The real SmolLM2-135M, every projection causal STL: 4 greedy tokens, cache vs no cache."""
-    from stl_torch.recipes import llama as RL
+    from stl_recipes import llama as RL
     model = transformers.AutoModelForCausalLM.from_pretrained(RL.default_model_dir(), gguf_file=RL.SMOLLM2_GGUF,
                                                               dtype=torch.float32).eval()
     report = convert(model, STLConfig(causal=True))

@@ -24,21 +24,13 @@ LLAMA = EX / "llama_finetune.py"
 
 import stl_torch  # noqa: E402
 from stl_torch import STLinear  # noqa: E402
-from stl_torch.recipes import images as RD  # noqa: E402
-from stl_torch.recipes import llama as RL  # noqa: E402
-from stl_torch.recipes import metrics as RM  # noqa: E402
-from stl_torch.recipes import sparsity as RS  # noqa: E402
-from stl_torch.recipes import training as RT  # noqa: E402
+from stl_recipes import images as RD  # noqa: E402
+from stl_recipes import llama as RL  # noqa: E402
+from stl_recipes import metrics as RM  # noqa: E402
+from stl_recipes import sparsity as RS  # noqa: E402
+from stl_recipes import t2t_vit_recipe as t2t_train  # noqa: E402
+from stl_recipes import training as RT  # noqa: E402
 
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-t2t_train = _load("t2t_train_recipe", T2T)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 TIMEOUT = 240
@@ -108,7 +100,7 @@ def jsonl_zst(tmp_path_factory):
     """A .jsonl.zst shard (SlimPajama's format) of 60 CPython documentation sources
     (python3.11-doc), or of generated text where they are not installed."""
     pytest.importorskip("zstandard")
-    from stl_torch.recipes import text as RX
+    from stl_recipes import text as RX
     src = RX.default_text_dir()
     texts = [t for _, t in RX.iter_documents(src, max_docs=60)] if src else []
     if len(texts) < 20:
@@ -427,7 +419,7 @@ def test_smollm2_gguf_loads_tied_and_sane(tmp_path):
 def test_llm_compare_tabulates_each_method_and_its_runs_at_other_rates(tmp_path):
     """llm_compare --collect-only: one row per finished run, a method's --lr runs beside its own,
     budgets as columns, and the JSON/Markdown/PNG written."""
-    lc = _load("llm_compare", EX / "llm_compare.py")
+    from stl_recipes import llm_compare as lc
 
     def fake_run(folder, lr, ppls, reduction):
         d = tmp_path / "runs" / folder

@@ -2,30 +2,17 @@
 and Mixup/CutMix deterministic under a seed and shape-preserving with timm's semantics, the
 ImageFolder default pipeline unchanged, and T2T-ViT-7's ImageNet preset (values, overrides, a
 2-step run with every augmentation and EMA) on a JPEG ImageFolder of Fashion-MNIST-like images."""
-import importlib.util
 import json
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from stl_torch.recipes import augment as AU
-from stl_torch.recipes import images as RI
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-t2t_train = _load("t2t_train_recipe_images", ROOT / "examples" / "t2t_vit_train.py")
+from stl_recipes import augment as AU
+from stl_recipes import images as RI
+from stl_recipes import t2t_vit_recipe as t2t_train
 
 
 # ----------------------------------------------------------------------------- images
@@ -214,7 +201,7 @@ def test_t2t_preset_tiny_run_with_builtin_augmentations(jpeg_folder, tmp_path):
 
 
 def test_t2t_rand_augment_needs_imagefolder(tmp_path):
-    from stl_torch.recipes import images as D
+    from stl_recipes import images as D
     x = np.zeros((4, 28, 28), np.uint8)
     for split in ("train", "test"):
         img, lab = D.IDX_FILES[split]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from stl_torch.recipes import shards as SH
-from stl_torch.recipes import text as RX
+from stl_recipes import shards as SH
+from stl_recipes import text as RX
 
 
 # ----------------------------------------------------------------------------- fixtures

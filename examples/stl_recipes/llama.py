@@ -106,7 +106,7 @@ def token_by_token_check(model, seqs, device):
     one call per token through the KV cache (and STL's tile cache): O(T). A model with non-causal
     STL layers cannot decode incrementally; there each token is scored by a forward over its
     prefix alone (O(T^2) forwards), which shows what it leaks. float32."""
-    from ..nn import STLinear
+    from stl_torch.nn import STLinear
     model.eval()
     incremental = not any(isinstance(m, STLinear) and not m.causal for m in model.modules())
     tf_lp, tbt_lp = [], []

@@ -11,8 +11,8 @@ import time
 import torch
 from torch import nn
 
-from ..flops import flops
-from ..nn import STLinear
+from stl_torch.flops import flops
+from stl_torch.nn import STLinear
 from .training import atomic_write_text
 
 __all__ = ["Metrics", "plot_metrics", "env_info", "cpu_info", "progress", "report_to_json", "param_counts",
@@ -95,7 +95,7 @@ def cpu_info():
                     break
     except OSError:
         pass
-    from .. import _C
+    from stl_torch import _C
     info = _C.abi_info()
     return {"cpu": model, "machine": platform.machine(), "cpu_isa_supported": info["cpu_isa_supported"],
             "cpu_isa_used": info["cpu_isa"], "threads": torch.get_num_threads(),
@@ -107,7 +107,7 @@ def env_info(d):
             "python": sys.version.split()[0], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     if d.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(d.device)
-    from .. import __version__, _C
+    from stl_torch import __version__, _C
     info["stl_torch"] = __version__
     info["stl_torch_build"] = _C.abi_info()
     if d.device.type == "cpu":

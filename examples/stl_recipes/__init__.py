@@ -5,5 +5,5 @@ baseline), ``images`` and ``text`` (offline data), ``shards`` (memory-mapped tok
 training windows), ``augment`` (ImageNet augmentations: RandAugment, random erasing,
 Mixup/CutMix), ``llama`` (LLaMA-architecture models and perplexity), ``t2t_vit`` and
 ``patch_transformer`` (vision models). Optional dependencies (tqdm, matplotlib, transformers, PIL,
-zstandard, timm) are imported only where used: ``pip install stl-torch[examples]``.
+zstandard, timm) are imported only where used; ``pip install -e examples`` installs them (timm aside).
 """

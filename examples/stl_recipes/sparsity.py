@@ -10,7 +10,7 @@ count of multiply-adds (``linear_flops`` counts a masked layer at its density), 
 import torch
 from torch import nn
 
-from .._call import call_model
+from stl_torch._call import call_model
 
 __all__ = ["mask_24", "apply_24_sparsity", "reapply_masks", "input_norms"]
 

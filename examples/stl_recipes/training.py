@@ -9,7 +9,7 @@ import tempfile
 import torch
 from torch import nn
 
-from ..nn import STLinear
+from stl_torch.nn import STLinear
 
 __all__ = ["param_groups", "make_optimizer", "warmup_cosine", "resolve_amp", "autocast_ctx",
            "atomic_torch_save", "check_resume_args", "load_checkpoint", "atomic_write_text"]
