@@ -15,7 +15,7 @@ from . import init as stl_init
 from .config import STLConfig
 from .nn import STLinear
 
-__all__ = ["from_pretrained", "record_conversion", "conversion_record"]
+__all__ = ["from_pretrained", "record_conversion", "conversion_record", "drop_gguf_quantization"]
 
 KEY = "stl_torch"
 FORMAT = 1
@@ -39,6 +39,26 @@ def record_conversion(model, layers):
         rec["layers"][name] = rec["configs"].index(d)
     setattr(config, KEY, rec)
     return rec
+
+
+def drop_gguf_quantization(model):
+    """Make a transformers model loaded from a GGUF file (``from_pretrained(..., gguf_file=...)``)
+    saveable: its weights are already dequantized to ordinary tensors, but transformers keeps the
+    GGUF quantizer on the model and refuses ``save_pretrained`` ("quantized with gguf and is not
+    serializable"). Removes the quantizer and the config's ``quantization_config``; the weights and
+    outputs are unchanged. Returns ``model``; a no-op for any other model."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or "gguf" not in type(quantizer).__name__.lower():
+        return model
+    model.hf_quantizer = None
+    try:  # an attribute in some transformers releases, derived from hf_quantizer in others
+        model.is_quantized = False
+    except AttributeError:
+        pass
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return model
 
 
 def conversion_record(config):

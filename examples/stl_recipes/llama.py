@@ -59,6 +59,9 @@ def load_model(model=None, gguf_file=None, tokenizer=None, tiny=False, max_len=2
     # float32 master weights (bf16 autocast on GPU); transformers < 4.56 spells it torch_dtype
     key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     model = AutoModelForCausalLM.from_pretrained(path, **{key: torch.float32}, **kw)
+    if gguf:  # dequantized on load: make save_pretrained work on it
+        from stl_torch.hub import drop_gguf_quantization
+        drop_gguf_quantization(model)
     if tokenizer == "bytes":
         tok = ByteTokenizer()
     else:
