@@ -46,9 +46,10 @@ def accuracy(model, x, y, bs=1000):
     return hits / len(y)
 
 
-def train(model, xs, ys, steps, bs, seed, param_groups=None):
+def train(model, xs, ys, steps, bs, seed, param_groups=None, losses=None):
     """AdamW + one-cycle; ``param_groups`` (optional) overrides ``model.parameters()``, e.g. to
-    give STL's E and D their own learning rate (benchmarks/init_ablation.py)."""
+    give STL's E and D their own learning rate (benchmarks/init_ablation.py). ``losses`` (a list,
+    optional) receives every step's training loss."""
     g = torch.Generator().manual_seed(seed)
     groups = list(model.parameters()) if param_groups is None else param_groups
     opt = torch.optim.AdamW(groups, lr=3e-3, weight_decay=0.05)
@@ -62,6 +63,8 @@ def train(model, xs, ys, steps, bs, seed, param_groups=None):
         loss.backward()
         opt.step()
         sched.step()
+        if losses is not None:
+            losses.append(loss.item())
         if step % 100 == 0 or step == steps - 1:
             print(f"  step {step:4d}  loss {loss.item():.3f}", flush=True)
     return time.perf_counter() - t0
