@@ -40,6 +40,8 @@ ISA_FLAGS = {
 SOURCES = [
     "csrc/module.c",
     "csrc/ops.c",
+    "csrc/decode_step.c",
+    "csrc/cpu/decode_step.c",
     "csrc/torch_abi.c",
     "csrc/error.cpp",
     "csrc/cpu/backend.c",

@@ -1,4 +1,5 @@
-"""Decode speed of a causal STL LLM against the dense one: generate() tokens/s on SmolLM2-135M.
+"""Decode speed of a causal STL LLM against the dense one: generate() tokens/s on SmolLM2-135M
+and on a random wide Llama whose projections dominate (--wide: width 1024, MLP 2816, 4 blocks).
 
 Every projection of SmolLM2-135M (210 layers; the tied lm_head stays dense) becomes causal STL
 (t=4, r=24, data-free fitted init), and both models run greedy ``generate()`` with the KV cache
@@ -6,14 +7,16 @@ Every projection of SmolLM2-135M (210 layers; the tied lm_head stays dense) beco
 processor timestamps every step of generate(): the first is the prompt's forward (prefill), each
 later one a decode step; decode tokens/s = batch / median step time.
 
-Why STL decodes slower than dense: a decode step hands each layer one token per sequence, but a
-causal tile is recomputed for it: up to t rows, with the remaining rows zero (docs/operator.md
-section 9). The GEMM stage then costs r*N*P/t^2 = 1.5x the dense layer's multiply-adds per token
-at t=4, r=24 (plus encode and decode, t*r*(N+P)), and reads Wt, 1.5x the dense weight's bytes,
-where a dense decode step is bound by reading the weights. The t^3/r saving applies to prefill
-and training, whose tiles are full.
+The product cache (stl_torch.decode, issue 30): a decode step at row j of its tile computes only the
+r/t products of level j (encoded from the cached rows of the tile, one row of their GEMM against their
+r/t blocks of Wt) and decodes row j from the cached Z rows of every product of level <= j: r*N*P/t^3
+multiply-adds per token, 0.375x the dense layer's at t=4, r=24, reading 0.375x its weight bytes.
+Dense and STL run in interleaved rounds (the median step over all rounds), and STL's cached tokens
+are asserted equal to STL's generate(use_cache=False). --profile adds a per-step profile of STL
+(how much of a step is the ops, how much the Python around them).
 
   python benchmarks/decode_speed.py --threads 1 --out docs/results/decode_speed_cpu_1thread.json
+  python benchmarks/decode_speed.py --threads 1 --wide --dtypes float32 bfloat16 --profile
 """
 import argparse
 import copy
@@ -57,6 +60,44 @@ class Clock:
         return scores
 
 
+def wide_llama(vocab=512):
+    """A random Llama whose projections dominate a decode step: width 1024, MLP 2816, 4 blocks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+                      num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=512,
+                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@torch.no_grad()
+def generate(model, ids, new_tokens, **kw):
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, **kw)
+
+
+@torch.no_grad()
+def step_profile(model, ids, new_tokens=8):
+    """Per decode step of ``model``: wall ms, ms inside torch/stl ops (self time, profiler), the rest
+    (Python: hooks, tile layout, transformers' generate loop)."""
+    from torch.profiler import ProfilerActivity, profile
+    generate(model, ids, 2)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        generate(model, ids, new_tokens)
+        wall = time.perf_counter() - t0
+    ev = prof.key_averages()
+    ops = sum(e.self_cpu_time_total for e in ev) / 1e6
+    step_op = sum(e.self_cpu_time_total for e in ev if "stl_decode_step" in e.key) / 1e6
+    bmm = sum(e.self_cpu_time_total for e in ev if e.key == "aten::bmm") / 1e6
+    n = new_tokens
+    return {"steps_incl_prefill": n, "wall_ms_per_step": 1e3 * wall / n, "ops_ms_per_step": 1e3 * ops / n,
+            "stl_decode_step_ms_per_step": 1e3 * step_op / n, "bmm_ms_per_step": 1e3 * bmm / n,
+            "python_share": max(0.0, 1 - ops / wall),
+            "top": [(e.key, round(e.self_cpu_time_total / 1e3 / n, 3), e.count // n)
+                    for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:8]]}
+
+
 @torch.no_grad()
 def time_generate(model, ids, new_tokens, repeats):
     """(prefill seconds, median decode-step seconds) of greedy generate() making ``new_tokens`` tokens:
@@ -86,50 +127,86 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     add_stl_args(ap)
     ap.add_argument("--out", default=None,
-                    help="JSON file (default: docs/results/decode_speed_{float32,tiny}_<kind>.json)")
+                    help="JSON file (default: docs/results/decode_speed_<dtypes or tiny>_<kind>.json)")
+    ap.add_argument("--wide", action="store_true", help="also the random wide Llama (1024 / 2816, 4 blocks)")
+    ap.add_argument("--only-wide", action="store_true", help="only the random wide Llama")
+    ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved dense/STL rounds (median step over all)")
+    ap.add_argument("--profile", action="store_true", help="per-step profile of STL at batch 1")
     a = ap.parse_args()
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    dense, tok, src = load_model(a.model, tiny=a.tiny)
-    dense.eval()
-    stl = copy.deepcopy(dense)
-    report = stl_torch.convert(stl, stl_config_from_args(a, causal=True))
-    prompt = torch.tensor(tok.encode_batch([PROMPT])[0])[None]
-    rows = []
-    for b in a.batches:
-        ids = prompt.repeat(b, 1)
-        ids[:, -1] = torch.arange(b) + 100  # distinct sequences
-        for name, model in (("dense", dense), ("stl", stl)):
-            time_generate(model, ids, 3, 1)  # warm-up
-            prefill, step = time_generate(model, ids, a.new_tokens, a.repeats)
-            row = {"model": name, "batch": b, "prompt_tokens": ids.shape[1], "prefill_s": prefill,
-                   "decode_step_ms": 1000 * step, "decode_tokens_per_s": b / step}
-            rows.append(row)
-            print(f"{name:5s} batch {b}: prefill {prefill:.3f} s, decode {row['decode_step_ms']:.1f} ms/step, "
-                  f"{row['decode_tokens_per_s']:.1f} tokens/s", flush=True)
-    by = {(r["model"], r["batch"]): r for r in rows}
-    lines = ["| batch | dense tokens/s | STL tokens/s | STL / dense | dense prefill s | STL prefill s |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for b in a.batches:
-        d, s = by[("dense", b)], by[("stl", b)]
-        lines.append(f"| {b} | {d['decode_tokens_per_s']:.1f} | {s['decode_tokens_per_s']:.1f} | "
-                     f"{s['decode_tokens_per_s'] / d['decode_tokens_per_s']:.2f}x | {d['prefill_s']:.3f} | "
-                     f"{s['prefill_s']:.3f} |")
+    models = []
+    if not a.only_wide:
+        dense, tok, src = load_model(a.model, tiny=a.tiny)
+        prompt = torch.tensor(tok.encode_batch([PROMPT])[0])[None]
+        models.append((src, dense.eval(), prompt))
+    if a.wide or a.only_wide:
+        models.append(("random wide Llama 1024/2816x4", wide_llama(),
+                       torch.randint(1, 512, (1, 35), generator=torch.Generator().manual_seed(0))))
+    rows, profiles, mismatches, converted = [], [], [], {}
+    for src, dense32, prompt in models:
+        stl32 = copy.deepcopy(dense32)
+        report = stl_torch.convert(stl32, stl_config_from_args(a, causal=True))
+        converted[src] = len(report.converted)
+        for dname in a.dtypes:
+            dt = getattr(torch, dname)
+            dense, stl = (copy.deepcopy(m).to(dt) if dt != torch.float32 else m for m in (dense32, stl32))
+            for b in a.batches:
+                ids = prompt.repeat(b, 1)
+                ids[:, -1] = torch.arange(b) + 100  # distinct sequences
+                same = torch.equal(generate(stl, ids, a.new_tokens), generate(stl, ids, a.new_tokens, use_cache=False))
+                if not same:
+                    mismatches.append((src, dname, b))
+                res = {"dense": ([], float("inf")), "stl": ([], float("inf"))}
+                for name, model in (("dense", dense), ("stl", stl)):
+                    time_generate(model, ids, 3, 1)  # warm-up
+                for _ in range(a.rounds):  # interleaved: both models see the same spells of a busy machine
+                    for name, model in (("dense", dense), ("stl", stl)):
+                        prefill, step = time_generate(model, ids, a.new_tokens, a.repeats)
+                        steps, best = res[name]
+                        res[name] = (steps + [step], min(best, prefill))
+                for name in ("dense", "stl"):
+                    steps, prefill = res[name]
+                    step = sorted(steps)[len(steps) // 2]
+                    row = {"model": src, "dtype": dname, "kind": name, "batch": b, "prompt_tokens": ids.shape[1],
+                           "prefill_s": prefill, "decode_step_ms": 1000 * step, "decode_tokens_per_s": b / step,
+                           "round_step_ms": [1000 * v for v in steps], "stl_tokens_equal_no_cache": same}
+                    rows.append(row)
+                    print(f"{src} {dname} {name:5s} batch {b}: prefill {prefill:.3f} s, decode "
+                          f"{row['decode_step_ms']:.1f} ms/step, {row['decode_tokens_per_s']:.1f} tokens/s", flush=True)
+                if a.profile and b == 1:
+                    prof = step_profile(stl, ids)
+                    prof.update(model=src, dtype=dname)
+                    profiles.append(prof)
+                    print("profile", json.dumps(prof), flush=True)
+    by = {(r["model"], r["dtype"], r["kind"], r["batch"]): r for r in rows}
+    lines = ["| model | dtype | batch | dense tokens/s | STL tokens/s | STL / dense | dense prefill s | STL prefill s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for src, _, _ in models:
+        for dname in a.dtypes:
+            for b in a.batches:
+                d, s_ = by[(src, dname, "dense", b)], by[(src, dname, "stl", b)]
+                lines.append(f"| {src} | {dname} | {b} | {d['decode_tokens_per_s']:.1f} | {s_['decode_tokens_per_s']:.1f} | "
+                             f"{s_['decode_tokens_per_s'] / d['decode_tokens_per_s']:.2f}x | {d['prefill_s']:.3f} | "
+                             f"{s_['prefill_s']:.3f} |")
     table = "\n".join(lines)
     print(table)
-    result = {"benchmark": "decode_speed", "model": src, "converted_layers": len(report.converted),
-              "tile": a.tile, "rank": a.rank, "new_tokens": a.new_tokens, "repeats": a.repeats,
+    result = {"benchmark": "decode_speed", "models": [m[0] for m in models], "converted_layers": converted,
+              "tile": a.tile, "rank": a.rank, "new_tokens": a.new_tokens, "repeats": a.repeats, "rounds": a.rounds,
               "cpu": cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
               "load_average_1_5_15": os.getloadavg(),  # other work on the machine slows every number
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "stl_torch": stl_torch.__version__,
-              "stl_torch_build": stl_torch._C.abi_info(), "rows": rows, "table": table}
-    a.out = a.out or result_stem("decode_speed", "tiny" if a.tiny else "float32") + ".json"
+              "stl_torch_build": stl_torch._C.abi_info(), "rows": rows, "profiles": profiles, "table": table,
+              "stl_cached_tokens_differ_from_no_cache": mismatches}
+    a.out = a.out or result_stem("decode_speed", "tiny" if a.tiny else "_".join(a.dtypes)) + ".json"
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {a.out}")
+    assert not mismatches, f"STL with the cache generated other tokens than use_cache=False: {mismatches}"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 #include "cpu/primitives.h"
 #include "stl.h"
 #include "torch_abi.h"
+#include "decode_step.h"
 
 const char *stl_register_ops(void);
 
@@ -76,6 +77,7 @@ PyMODINIT_FUNC PyInit__C(void) {
   const char *err = stl_abi_load();
   if (!err) err = stl_cpu_isa_init();
   if (!err) err = stl_register_ops();
+  if (!err) err = stl_register_decode_step();
   if (err) {
     PyErr_SetString(PyExc_ImportError, err);
     return NULL;

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from . import tiling
-from .nn import STLinear
+from .nn import STLinear, TileContext
+from .step_op import decode_step
 
 __all__ = ["enable", "disable", "TileCache", "TileCacheMixin", "tile_cache"]
 
@@ -38,17 +39,24 @@ class TileCache:
     """The tile state of one batch of sequences, for every STL layer of one model.
 
     length: positions processed so far (padding included). first: (B,) position of each row's
-    first real token (-1: none yet). rows: per layer call, its last t-1 inputs (B, t-1, N)."""
+    first real token (-1: none yet). rows: per layer call, its last t-1 inputs (B, t-1, N).
+    z: per layer call whose layer has a product cache (``STLinear.product_cache_ready``), the
+    product cache (B, r, P/t): row l holds product l's GEMM row Z_l of the current tile once the
+    tile has reached its level k_l (rows of higher levels are stale and rewritten before they are
+    read). A decode step computes only the r/t products of the token's level and writes their
+    rows in place; a call of several tokens refills it from its full-tile forward."""
 
     def __init__(self):
         self.length = 0
         self.first = None
         self.rows = {}
+        self.z = {}
 
     def _map(self, fn):
         if self.first is not None:
             self.first = fn(self.first)
         self.rows = {k: fn(v) for k, v in self.rows.items()}
+        self.z = {k: fn(v) for k, v in self.z.items()}
 
     def reorder(self, beam_idx):
         self._map(lambda v: v.index_select(0, beam_idx.to(v.device)))
@@ -66,7 +74,7 @@ class TileCache:
                 "the tile cache keeps only the current partial tile and cannot roll back")
 
     def reset(self):
-        self.length, self.first, self.rows = 0, None, {}
+        self.length, self.first, self.rows, self.z = 0, None, {}, {}
 
 
 class TileCacheMixin:
@@ -156,13 +164,47 @@ def _call_args(module, args, kwargs):
     return named
 
 
-class _Context:
+class _Context(TileContext):
     """One model call: where each row's current tile opened, and the tile state to read and update."""
 
     def __init__(self, tiles, cache, B, S, first, record, names):
         self.tiles, self.cache, self.B, self.S, self.first = tiles, cache, B, S, first
         self.start, self.record, self.names = tiles.length, record, names
-        self.calls, self.new_rows, self._shift = {}, {}, {}
+        self.calls, self.new_rows, self.new_z, self._shift, self._pos = {}, {}, {}, {}, {}
+        self.no_grad = not torch.is_grad_enabled()
+
+    def pos(self, t):
+        """(B,) int64: each sequence's row in its current tile at this call's first token."""
+        if t not in self._pos:
+            sh = self.shift(t)[0]
+            self._pos[t] = (torch.full((self.B,), sh, dtype=torch.long) if isinstance(sh, int)
+                            else sh.to("cpu", torch.long).contiguous())
+        return self._pos[t]
+
+    def _step(self, layer, x, key, hist):
+        """One token per sequence, product cache filled: only the token's level's products
+        (csrc/decode_step.c). None when this call cannot take that path."""
+        z = self.tiles.z.get(key)
+        if (z is None or hist is None or self.S != 1 or not self.no_grad or x.device.type != "cpu"
+                or x.dtype != layer.Wt.dtype or not layer.product_cache_ready()):
+            return None
+        if not z.is_contiguous():
+            z = z.contiguous()
+        b = layer.bias
+        y = decode_step(x.reshape(self.B, -1).contiguous(), hist, layer.E, layer.Wt, layer.D,
+                        b if b is not None else x.new_empty((0,)), z, self.pos(layer.tile), layer.tile)
+        self.new_z[key] = z  # written in place: the level's rows only, so a failed call can simply rerun
+        return y.reshape(self.B, 1, -1)
+
+    def _forward_rows(self, layer, rows, key, last_tile):
+        """The full-tile operator on laid-out ``rows``; with a product cache (and no autograd), also
+        keep each sequence's Z rows of the tile its last token is in (``last_tile``: (B,) global
+        tile index, or a callable giving it)."""
+        if not (self.record and self.no_grad and layer.product_cache_ready() and rows.dtype == layer.Wt.dtype):
+            return layer.rows_forward(rows)
+        y, z = layer.rows_forward_with_z(rows)
+        self.new_z[key] = z[:, last_tile].transpose(0, 1).contiguous()  # (B, r, P/t)
+        return y
 
     def shift(self, t):
         """(shift, all zero): rows of each sequence's current tile that precede this call's first row;
@@ -197,12 +239,21 @@ class _Context:
         if self.start > 0 and hist is None:
             raise RuntimeError(f"stl_torch: STLinear '{key}' has no tile state from the earlier calls of this cache "
                                "(it did not run on their tokens), so it cannot continue their tiles")
+        y = self._step(layer, x, key, hist) if self.start > 0 else None
+        if y is not None:
+            self.new_rows[key] = torch.cat((hist[:, 1:], x), dim=1)  # a new tensor: hist stays as it was
+            return y
+        S, dev = self.S, x.device
         if aligned:  # every sequence starts a new tile here
-            y = tiling.from_tiles(layer.rows_forward(tiling.to_tiles(x, t)), x.shape, t)
+            nt = -(-S // t)
+            last = torch.arange(self.B, device=dev) * nt + (S - 1) // t
+            y = tiling.from_tiles(self._forward_rows(layer, tiling.to_tiles(x, t), key, last), x.shape, t)
         else:
-            rows, _ = tiling.to_shifted_tiles(x, t, shift, hist)
-            y = tiling.from_shifted_tiles(layer.rows_forward(rows), shift, self.S, self.B)
+            rows, L = tiling.to_shifted_tiles(x, t, shift, hist)
+            last = torch.arange(self.B, device=dev) * (L // t) + (shift + S - 1) // t
+            y = tiling.from_shifted_tiles(self._forward_rows(layer, rows, key, last), shift, self.S, self.B)
         if self.record:  # the last t-1 inputs: every later call's partial tile starts among them
+            self.new_z.setdefault(key, None)  # no product cache from this call: drop a stale one
             k = t - 1
             if x.shape[1] >= k:
                 tail = x[:, x.shape[1] - k:]
@@ -232,7 +283,7 @@ def _checkpointing(module):
 
 def _pre_hook(module, args, kwargs):
     layers = _stl_layers(module)
-    if not layers or layers[0][1]._stl_ctx is not None:
+    if not layers or layers[0][1].tile_context is not None:
         return None  # no STL layer, or an enclosing model's call already set the context
     a = _call_args(module, args, kwargs)
     tokens = a.get("input_ids")
@@ -307,7 +358,7 @@ def _pre_hook(module, args, kwargs):
 
     ctx = _Context(tiles, cache, B, S, first, record, {m: fqn for fqn, m in layers})
     for _, m in layers:
-        m._stl_ctx = ctx
+        m.set_tile_context(ctx)
     module.__dict__["_stl_ctx_owned"] = ctx
     return None
 
@@ -317,11 +368,16 @@ def _post_hook(module, args, output):
     if ctx is None:
         return None
     for m in ctx.names:
-        m._stl_ctx = None
+        m.set_tile_context(None)
     if output is None or not ctx.record:  # the call raised, or keeps no state
         return None
     tiles = ctx.tiles
     tiles.rows.update(ctx.new_rows)
+    for key, z in ctx.new_z.items():
+        if z is None:
+            tiles.z.pop(key, None)
+        else:
+            tiles.z[key] = z
     tiles.first, tiles.length = ctx.first, ctx.start + ctx.S
     if ctx.cache is None:  # the model made its own cache (use_cache=True): the tile state goes with it
         cache = _find_cache(output)

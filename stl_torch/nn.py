@@ -8,7 +8,7 @@ from torch import nn
 from . import init as stl_init
 from . import tiling
 from .config import STLConfig
-from .ops import stl_linear
+from .ops import _forward, stl_linear
 
 
 def _config(config, overrides, converting):
@@ -23,6 +23,27 @@ def _config(config, overrides, converting):
             valid = ", ".join(f.name for f in fields(STLConfig))
             raise TypeError(f"STLinear: {e} (valid keywords: {valid})") from None
     return cfg.resolved(converting)
+
+
+class TileContext:
+    """How an :class:`STLinear` lays out its rows when something outside one call decides where its tiles
+    start (left padding) and what came before (incremental decoding): the one interface between the
+    layer and ``stl_torch.decode``, which implements it. The dependency points one way: ``nn`` defines
+    this interface and knows nothing of decode; decode sets a context on every STL layer of a model
+    for the span of one model call (:meth:`STLinear.set_tile_context`), and clears it afterwards.
+
+    While a context is set, ``STLinear.forward(x)`` returns ``ctx.run(layer, x)`` and
+    ``STLinear.processed_rows(shape)`` returns ``ctx.processed_rows(layer, shape)``. An implementation
+    computes through the layer's public operator methods (:meth:`STLinear.rows_forward`,
+    :meth:`STLinear.rows_forward_with_z`, :meth:`STLinear.product_cache_ready`)."""
+
+    def run(self, layer, x):
+        """The layer's output for input ``x`` (the checked ``forward`` argument)."""
+        raise NotImplementedError
+
+    def processed_rows(self, layer, shape):
+        """Rows the operator runs for an input of ``shape``, padding included (``stl_torch.flops``)."""
+        raise NotImplementedError
 
 
 class STLinear(nn.Module):
@@ -51,7 +72,7 @@ class STLinear(nn.Module):
     skips its initialisation; ``to_empty()`` then :meth:`reset_parameters` (or loading a state
     dict) makes it usable.
     """
-    _stl_ctx = None  # the tile-cache context of the model forward in progress (stl_torch.decode)
+    _stl_ctx = None  # the TileContext of the model forward in progress (set_tile_context)
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  config=None, **overrides):
@@ -144,7 +165,7 @@ class STLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"STLinear: input last dim is {x.shape[-1]}, expected "
                              f"in_features={self.in_features}")
-        if self._stl_ctx is not None:  # inside a model forward with a tile context: stl_torch.decode
+        if self._stl_ctx is not None:  # inside a model forward with a TileContext (stl_torch.decode)
             return self._stl_ctx.run(self, x)
         return tiling.from_tiles(self.rows_forward(tiling.to_tiles(x, self.tile)), x.shape, self.tile)
 
@@ -152,6 +173,40 @@ class STLinear(nn.Module):
         """The operator on 2-D ``rows`` (M, in_features), tiled in order: t consecutive rows form a tile."""
         E, D = self.effective_encoders()
         return stl_linear(rows, E, self.Wt, D, self.bias, self.tile)
+
+    def rows_forward_with_z(self, rows):
+        """(y, Z) of :meth:`rows_forward`, no autograd: Z (rank, rows/tile, out/tile) are the r
+        products' GEMM rows per tile, which the decode product cache keeps (``stl_torch.decode``)."""
+        E, D = self.effective_encoders()
+        bias = self.bias if self.bias is not None else rows.new_empty((0,))
+        return _forward(rows.contiguous(), E.contiguous(), self.Wt.contiguous(), D.contiguous(), bias.contiguous(),
+                        self.tile, True)
+
+    def product_cache_ready(self):
+        """Whether a decode step may compute only the products of the new token's level (the product
+        cache of ``stl_torch.decode``): a causal layer of tile > 1 whose masks are those of
+        ``stl_torch.init.causal_masks`` (checked once per change of the mask buffers)."""
+        if not self.causal or self.tile == 1 or self.mask_E is None:
+            return False
+        key = (self.mask_E._version, self.mask_D._version, self.mask_E.data_ptr(), self.mask_D.data_ptr())
+        if self.__dict__.get("_pc_key") != key:
+            mE, mD = stl_init.causal_masks(self.tile, self.rank)
+            ok = (torch.equal(self.mask_E.detach().cpu().double(), mE)
+                  and torch.equal(self.mask_D.detach().cpu().double(), mD))
+            self.__dict__["_pc_key"], self.__dict__["_pc_ok"] = key, ok
+        return self.__dict__["_pc_ok"]
+
+    def set_tile_context(self, ctx):
+        """Route this layer's calls through ``ctx`` (a :class:`TileContext`), or back to the plain tiling
+        rule with ``None``. ``stl_torch.decode`` sets it for one model call."""
+        if ctx is not None and not isinstance(ctx, TileContext):
+            raise TypeError(f"STLinear.set_tile_context: expected a TileContext or None, got {type(ctx).__name__}")
+        self._stl_ctx = ctx
+
+    @property
+    def tile_context(self):
+        """The :class:`TileContext` in effect, or None."""
+        return self._stl_ctx
 
     def processed_rows(self, shape):
         """Rows the operator runs for an input of ``shape``, padding included (what
