@@ -14,8 +14,9 @@ module needs no libcudart at import) are built when STL_TORCH_CUDA=1, or when ST
 unset/"auto" and both nvcc and a CUDA build of torch are found (pip's build isolation hides the
 installed torch: build GPU installs with `pip install --no-build-isolation .`). STL_TORCH_CUDA=0
 disables them. STL_TORCH_CUDA_ARCH lists the targets (default "sm_80,sm_90a"; PTX of the first is
-embedded too, for newer GPUs). STL_TORCH_DEV_FORWARD=v1|v2 (GPU checks only, see dev/README.md)
-also builds a fused forward candidate from dev/cuda into the CUDA backend's forward slot.
+embedded too, for newer GPUs). The CUDA backend's host side (csrc/cuda/backend.c) is C11 like the
+rest. STL_TORCH_CUDA_FORWARD=<file.cu> (GPU check builds only) compiles that file too and puts the
+forward it defines into the CUDA backend's forward slot (csrc/cuda/launchers.h).
 """
 import glob
 import os
@@ -43,11 +44,11 @@ SOURCES = [
     "csrc/decode_step.c",
     "csrc/cpu/decode_step.c",
     "csrc/torch_abi.c",
+    "csrc/parallel.c",
     "csrc/error.cpp",
     "csrc/cpu/backend.c",
     "csrc/cpu/dispatch.c",
     "csrc/cpu/workspace.c",
-    "csrc/cpu/parallel.c",
     *ISA_FLAGS,
 ]
 
@@ -56,11 +57,10 @@ SOURCES = [
 # CUDA (optional)
 
 CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
-CUDA_HEADERS = sorted(glob.glob("csrc/cuda/*.cuh")) + ["csrc/stl.h"]
-DEV_FORWARDS = {"v1": "dev/cuda/fused_v1_gemm_decode.cu", "v2": "dev/cuda/fused_v2_encode_gemm_decode.cu"}
-DEV_FORWARD = os.environ.get("STL_TORCH_DEV_FORWARD", "").strip().lower()
-if DEV_FORWARD and DEV_FORWARD not in DEV_FORWARDS:
-    sys.exit(f"STL_TORCH_DEV_FORWARD={DEV_FORWARD!r}: expected one of {sorted(DEV_FORWARDS)}")
+CUDA_HEADERS = sorted(glob.glob("csrc/cuda/*.cuh") + glob.glob("csrc/cuda/*.h")) + ["csrc/stl.h"]
+CUDA_FORWARD = os.environ.get("STL_TORCH_CUDA_FORWARD", "").strip()
+if CUDA_FORWARD and not os.path.isfile(CUDA_FORWARD):
+    sys.exit(f"STL_TORCH_CUDA_FORWARD={CUDA_FORWARD!r}: no such file")
 
 
 def _find_nvcc():
@@ -141,9 +141,9 @@ def _compile_cuda(build_temp):
     flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-DSTL_WITH_CUDA", "-Icsrc/cuda",
              "-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall"] + _gencode_flags(CUDA_ARCH)
     sources = list(CUDA_SOURCES)
-    if DEV_FORWARD:
-        flags.append(f"-DSTL_DEV_FORWARD={DEV_FORWARD[1:]}")
-        sources += [DEV_FORWARDS[DEV_FORWARD], "dev/cuda/forward_slot.cu"]
+    if CUDA_FORWARD:
+        flags.append("-DSTL_CUDA_FORWARD_SLOT")
+        sources.append(CUDA_FORWARD)
     jobs, objs = [], []
     for src in sources:
         obj = os.path.join(build_temp, "cuda", os.path.basename(src)[:-3] + ".o")
@@ -197,6 +197,9 @@ ext = Extension(
 if CUDA:
     # static CUDA runtime, its symbols kept private to this module (torch's libcudart stays its own)
     ext.define_macros.append(("STL_WITH_CUDA", "1"))
+    ext.sources.append("csrc/cuda/backend.c")
+    if CUDA_FORWARD:
+        ext.define_macros.append(("STL_CUDA_FORWARD_SLOT", "1"))
     ext.library_dirs = [CUDA[1]]
     ext.libraries = ["cudart_static", "rt"] + ext.libraries
     ext.extra_link_args = ["-Wl,--exclude-libs,ALL"]

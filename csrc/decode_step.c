@@ -162,7 +162,8 @@ static void k_step(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     pos = get(&o, stack[7], "pos");
   int64_t tile;
   memcpy(&tile, &stack[8], sizeof tile);
-  if (tile < 1 || tile > 16) fail(&o, "argument 'tile' is %lld; expected 1 <= tile <= 16", (long long)tile);
+  if (tile < 1 || tile > STL_MAX_TILE)
+    fail(&o, "argument 'tile' is %lld; expected 1 <= tile <= %d", (long long)tile, STL_MAX_TILE);
   const int t = (int)tile;
   StlDtype dt;
   if (x.dtype == stl_abi.dtype_float32()) dt = STL_F32;
@@ -179,8 +180,8 @@ static void k_step(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     const int64_t w[2] = {E.dim == 2 ? E.sizes[0] : 1, (int64_t)t * t};
     shape_is(&o, &E, 2, w, m);
   }
-  if (E.sizes[0] < 1 || E.sizes[0] > 65536)
-    fail(&o, "argument 'E' has rank %lld; expected 1 <= rank <= 65536", (long long)E.sizes[0]);
+  if (E.sizes[0] < 1 || E.sizes[0] > STL_MAX_RANK)
+    fail(&o, "argument 'E' has rank %lld; expected 1 <= rank <= %d", (long long)E.sizes[0], STL_MAX_RANK);
   const int64_t r = E.sizes[0], Nt = N / t;
   same_dtype(&o, &E, &x);
   if (Wt.dim != 3 || Wt.sizes[2] < 1) {

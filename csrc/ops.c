@@ -1,7 +1,9 @@
-/* torch.ops.stl_torch.*: schemas, argument checks and device dispatch, talking to torch only
- * through its stable C ABI (torch_abi.h). Kernels are boxed: inputs arrive on the stack as
- * owning handles, outputs leave as owning handles. A boxed C kernel reports bad input by
- * freeing every handle it owns and then calling stl_throw (error.cpp). */
+/* torch.ops.stl_torch.*: schemas, argument checks, allocation (outputs and workspace, through
+ * torch), device dispatch to a backend (StlBackend, stl.h) and the host services it is lent
+ * (StlHost: the batched GEMM through torch's dispatcher, errors), talking to torch only through
+ * its stable C ABI (torch_abi.h). Kernels are boxed: inputs arrive on the stack as owning handles,
+ * outputs leave as owning handles. A boxed C kernel reports bad input by freeing every handle it
+ * owns and then calling stl_throw (error.cpp). */
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,7 +16,6 @@
 void stl_throw(const char *msg) __attribute__((noreturn));
 
 #define MAX_HANDLES 24
-#define STL_MAX_RANK 65536 /* products per tile: t^3 <= 4096 is already exact at tile 16 */
 
 /* Every handle a kernel owns (and its CPU workspace), so an error can free them all before raising. */
 typedef struct {
@@ -45,16 +46,6 @@ static void free_all(Owned *o) {
   o->ws = NULL;
 }
 
-/* The kernel call in flight on this thread: a device backend that hits an error (a failed CUDA
- * launch) calls stl_kernel_error, which frees that call's handles before raising. */
-static _Thread_local Owned *in_flight;
-
-void stl_kernel_error(const char *msg) {
-  if (in_flight) free_all(in_flight);
-  in_flight = NULL;
-  stl_throw(msg);
-}
-
 static void fail(Owned *o, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 static void fail(Owned *o, const char *fmt, ...) {
   char msg[512];
@@ -64,7 +55,6 @@ static void fail(Owned *o, const char *fmt, ...) {
   vsnprintf(msg + k, sizeof msg - (size_t)k, fmt, ap);
   va_end(ap);
   free_all(o);
-  in_flight = NULL;
   stl_throw(msg);
 }
 
@@ -207,13 +197,51 @@ static Scratch scratch(Owned *o, const Arg *x, size_t bytes) {
   return s;
 }
 
-/* A strided view (used to hand transposed operands to the batched GEMM without copies). */
-static AtenTensorHandle view3(Owned *o, AtenTensorHandle h, int64_t s0, int64_t s1, int64_t s2,
-                              int64_t t0, int64_t t1, int64_t t2) {
-  const int64_t sizes[3] = {s0, s1, s2}, strides[3] = {t0, t1, t2};
-  AtenTensorHandle v = NULL;
-  check(o, stl_abi.reinterpret_tensor(h, 3, sizes, strides, 0, &v), "_reinterpret_tensor");
-  return own(o, v);
+/* ---------------------------------------------------------------------------- host services */
+/* What a backend may ask of torch during a call (StlHost, stl.h). */
+typedef struct {
+  Owned *o;
+  int32_t dev_type, dev_index;
+  AOTITorchError (*bmm_out)(AtenTensorHandle, AtenTensorHandle, AtenTensorHandle);
+} Call;
+
+static void host_error(const StlHost *h, const char *msg) __attribute__((noreturn));
+static void host_error(const StlHost *h, const char *msg) {
+  free_all(((const Call *)h->call)->o);
+  stl_throw(msg);
+}
+
+static int32_t torch_dtype(StlDtype dt) {
+  return dt == STL_F64 ? stl_abi.dtype_float64() : dt == STL_BF16 ? stl_abi.dtype_bfloat16()
+         : dt == STL_F16 ? stl_abi.dtype_float16() : stl_abi.dtype_float32();
+}
+
+static AtenTensorHandle blob(const Call *c, StlDtype dt, StlMat m, int64_t s0, int64_t s1, int64_t s2) {
+  const int64_t sz[3] = {s0, s1, s2}, st[3] = {m.s0, m.s1, m.s2};
+  AtenTensorHandle h = NULL;
+  if (stl_abi.create_tensor_from_blob((void *)m.p, 3, sz, st, 0, torch_dtype(dt), c->dev_type, c->dev_index, &h))
+    return NULL;
+  return h;
+}
+
+/* The r GEMMs through torch's own bmm (its BLAS / cuBLAS, on torch's stream), on views of the
+ * backend's memory made and dropped per call. */
+static void host_gemm(const StlHost *h, StlDtype dt, int64_t r, int64_t m, int64_t n, int64_t k, StlMat a, StlMat b,
+                      StlMat c, int accumulate) {
+  if (m == 0 || n == 0) return;
+  const Call *cl = (const Call *)h->call;
+  AtenTensorHandle ha = blob(cl, dt, a, r, m, k), hb = blob(cl, dt, b, r, k, n), hc = blob(cl, dt, c, r, m, n);
+  AOTITorchError err = !ha || !hb || !hc || (accumulate && !h->gemm_accumulates);
+  if (!err) {
+    if (accumulate)
+      err = stl_abi.cpu_baddbmm_out(hc, hc, ha, hb, 1.0, 1.0);
+    else
+      err = cl->bmm_out(hc, ha, hb);
+  }
+  if (ha) stl_abi.delete_tensor_object(ha);
+  if (hb) stl_abi.delete_tensor_object(hb);
+  if (hc) stl_abi.delete_tensor_object(hc);
+  if (err) host_error(h, "stl_torch: torch's batched GEMM (bmm_out/baddbmm_out) failed");
 }
 
 /* Shapes shared by forward and backward, checked once, and the device they run on. */
@@ -221,28 +249,28 @@ typedef struct {
   int64_t M, N, P, Mt, Nt, Pt;
   int t, r;
   StlDtype dt;
-  const StlKernels *k;
-  AOTITorchError (*bmm_out)(AtenTensorHandle, AtenTensorHandle, AtenTensorHandle);
-  void *stream;
+  const StlBackend *be, *composed; /* the product backend and the plain composition (stl_forward_unfused) */
+  Call call;
+  StlHost host;
 } Dims;
 
-/* The r batched GEMMs run through torch's own bmm (its BLAS / cuBLAS, on torch's stream). */
-static void bmm(Owned *o, const Dims *d, AtenTensorHandle out, AtenTensorHandle a, AtenTensorHandle b) {
-  check(o, d->bmm_out(out, a, b), "bmm_out");
-}
-
 static void pick_backend(Owned *o, const Arg *x, Dims *d) {
+  d->call = (Call){o, x->dev_type, x->dev_index, NULL};
+  d->host = (StlHost){host_gemm, stl_parallel_for, stl_num_threads, host_error, 0, NULL, NULL};
   if (x->dev_type == stl_abi.device_type_cpu()) {
-    d->k = &stl_cpu_kernels;
-    d->bmm_out = stl_abi.cpu_bmm_out;
+    d->be = &stl_cpu_backend;
+    d->composed = &stl_cpu_composed;
+    d->call.bmm_out = stl_abi.cpu_bmm_out;
+    d->host.gemm_accumulates = stl_abi.cpu_baddbmm_out != NULL;
     d->dt = stl_dtype(o, x);
     return;
   }
 #ifdef STL_WITH_CUDA
   if (x->dev_type == stl_abi.device_type_cuda() && stl_abi.cuda_bmm_out && stl_abi.get_current_cuda_stream) {
-    d->k = &stl_cuda_kernels;
-    d->bmm_out = stl_abi.cuda_bmm_out;
-    check(o, stl_abi.get_current_cuda_stream(x->dev_index, &d->stream), "get_current_cuda_stream");
+    d->be = &stl_cuda_backend;
+    d->composed = &stl_cuda_composed;
+    d->call.bmm_out = stl_abi.cuda_bmm_out;
+    check(o, stl_abi.get_current_cuda_stream(x->dev_index, &d->host.stream), "get_current_cuda_stream");
     d->dt = stl_dtype(o, x);
     return;
   }
@@ -257,10 +285,11 @@ static void pick_backend(Owned *o, const Arg *x, Dims *d) {
   );
 }
 
-static Dims check_operands(Owned *o, const Arg *x, const Arg *E, const Arg *Wt, const Arg *D,
-                           int64_t tile) {
+/* Fills *dp (the host's call state points into it, so it must not move) */
+static void check_operands(Owned *o, const Arg *x, const Arg *E, const Arg *Wt, const Arg *D, int64_t tile, Dims *dp) {
   Dims d = {0};
-  if (tile < 1 || tile > 16) fail(o, "argument 'tile' is %lld; expected 1 <= tile <= 16", (long long)tile);
+  if (tile < 1 || tile > STL_MAX_TILE)
+    fail(o, "argument 'tile' is %lld; expected 1 <= tile <= %d", (long long)tile, STL_MAX_TILE);
   d.t = (int)tile;
   pick_backend(o, x, &d);
   if (x->dim != 2) {
@@ -298,7 +327,8 @@ static Dims check_operands(Owned *o, const Arg *x, const Arg *E, const Arg *Wt, 
   snprintf(m, sizeof m, "(tile*tile, rank) = (%d, %d)", d.t * d.t, d.r);
   expect_shape(o, D, 2, dd, m);
   expect_like(o, D, x);
-  return d;
+  *dp = d;
+  dp->host.call = &dp->call;
 }
 
 static void check_z_like(Owned *o, const Arg *z, const Arg *x, const Dims *d, const char *meaning) {
@@ -311,12 +341,11 @@ static void check_z_like(Owned *o, const Arg *z, const Arg *x, const Dims *d, co
   expect_like(o, z, x);
 }
 
-/* stl_forward(x, E, Wt, D, bias, tile, need_z) -> (y, z). `fused`: use the backend's fused
- * forward where it has one for this call (stl_forward); stl_forward_unfused always composes
- * encode -> batched GEMM -> decode (the cross-check and benchmark baseline of a fused kernel). */
-static void forward_impl(StableIValue *stack, uint64_t n_in, uint64_t n_out, const char *name, bool fused) {
+/* stl_forward(x, E, Wt, D, bias, tile, need_z) -> (y, z) through the device's backend; with
+ * `composed` (stl_forward_unfused, a test/dev op) through the plain composition of its primitives,
+ * encode -> batched GEMM -> decode: the cross-check and benchmark baseline of a fused kernel. */
+static void forward_impl(StableIValue *stack, uint64_t n_in, uint64_t n_out, const char *name, bool composed) {
   Owned o = {name, {0}, 0};
-  in_flight = &o;
   if (n_in != 7 || n_out != 2) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
                                     (unsigned long long)n_out);
   Arg x = arg(&o, stack[0], "x"), E = arg(&o, stack[1], "E"), Wt = arg(&o, stack[2], "Wt"),
@@ -324,7 +353,8 @@ static void forward_impl(StableIValue *stack, uint64_t n_in, uint64_t n_out, con
   int64_t tile;
   memcpy(&tile, &stack[5], sizeof tile);
   const bool need_z = (stack[6] & 0xff) != 0;
-  Dims d = check_operands(&o, &x, &E, &Wt, &D, tile);
+  Dims d;
+  check_operands(&o, &x, &E, &Wt, &D, tile, &d);
   if (b.numel != 0) {
     const int64_t bd[1] = {d.P};
     char m[96];
@@ -332,43 +362,34 @@ static void forward_impl(StableIValue *stack, uint64_t n_in, uint64_t n_out, con
     expect_shape(&o, &b, 1, bd, m);
     expect_like(&o, &b, &x);
   }
-  const int64_t xe_s[3] = {d.r, d.Mt, d.Nt}, z_s[3] = {d.r, d.Mt, d.Pt}, y_s[2] = {d.M, d.P};
+  const int64_t z_s[3] = {d.r, d.Mt, d.Pt}, y_s[2] = {d.M, d.P};
   const int64_t empty_s[1] = {0};
   AtenTensorHandle y = new_tensor(&o, &x, 2, y_s);
   AtenTensorHandle z = need_z ? new_tensor(&o, &x, 3, z_s) : new_tensor(&o, &x, 1, empty_s);
   if (d.M > 0) {
     StlForward f = {d.dt, d.M, d.N, d.P, d.t, d.r, x.data, {E.data, d.t * d.t, 1}, Wt.data, {D.data, d.r, 1},
                     b.numel ? b.data : NULL, data_of(&o, y), need_z ? data_of(&o, z) : NULL};
-    if (fused && d.k->forward && d.k->forward_supported(&f)) {
-      const Scratch ws = scratch(&o, &x, d.k->forward_ws_bytes(&f));
-      d.k->forward(&f, ws.p, ws.bytes, d.stream);
-    } else {
-      AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);
-      AtenTensorHandle zz = need_z ? z : new_tensor(&o, &x, 3, z_s);
-      d.k->encode_add(d.dt, x.data, d.M, d.N, d.t, d.r, f.enc, NULL, data_of(&o, xe), d.stream);
-      bmm(&o, &d, zz, xe, Wt.h);
-      d.k->decode(d.dt, data_of(&o, zz), d.M, d.P, d.t, d.r, f.dec, f.bias, f.y, d.stream);
-    }
+    const StlBackend *be = composed ? d.composed : d.be;
+    const Scratch ws = scratch(&o, &x, be->forward_ws_bytes(&f, &d.host));
+    be->forward(&f, ws.p, ws.bytes, &d.host);
   }
   release(&o, y);
   release(&o, z);
   free_all(&o); /* inputs and temporaries */
-  in_flight = NULL;
   stack[0] = (StableIValue)(uintptr_t)y;
   stack[1] = (StableIValue)(uintptr_t)z;
 }
 
 static void k_forward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
-  forward_impl(stack, n_in, n_out, "stl_forward", true);
+  forward_impl(stack, n_in, n_out, "stl_forward", false);
 }
 static void k_forward_unfused(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
-  forward_impl(stack, n_in, n_out, "stl_forward_unfused", false);
+  forward_impl(stack, n_in, n_out, "stl_forward_unfused", true);
 }
 
 /* stl_backward(grad_y, grad_z, x, E, Wt, D, z, has_bias, tile) -> (dx, dE, dWt, dD, db) */
 static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   Owned o = {"stl_backward", {0}, 0};
-  in_flight = &o;
   if (n_in != 9 || n_out != 5) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
                                     (unsigned long long)n_out);
   Arg g = arg(&o, stack[0], "grad_y"), gz = arg(&o, stack[1], "grad_z"), x = arg(&o, stack[2], "x"),
@@ -377,7 +398,8 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   const bool has_bias = (stack[7] & 0xff) != 0;
   int64_t tile;
   memcpy(&tile, &stack[8], sizeof tile);
-  Dims d = check_operands(&o, &x, &E, &Wt, &D, tile);
+  Dims d;
+  check_operands(&o, &x, &E, &Wt, &D, tile, &d);
   const int64_t gd[2] = {d.M, d.P};
   char m[96];
   snprintf(m, sizeof m, "(M, P) = (%lld, %lld), the shape of y", (long long)d.M, (long long)d.P);
@@ -387,7 +409,7 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   check_z_like(&o, &zs, &x, &d, "or an empty tensor to recompute it");
 
   const int t2 = d.t * d.t;
-  const int64_t xe_s[3] = {d.r, d.Mt, d.Nt}, z_s[3] = {d.r, d.Mt, d.Pt}, x_s[2] = {d.M, d.N};
+  const int64_t x_s[2] = {d.M, d.N};
   const int64_t e_s[2] = {d.r, t2}, d_s[2] = {t2, d.r}, w_s[3] = {d.r, d.Nt, d.Pt};
   const int64_t b_s[1] = {has_bias ? d.P : 0};
   AtenTensorHandle dx = new_tensor(&o, &x, 2, x_s), dE = new_tensor(&o, &x, 2, e_s),
@@ -398,51 +420,16 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     check(&o, stl_abi.zero_(dWt), "zero_");
     check(&o, stl_abi.zero_(dD), "zero_");
     if (has_bias) check(&o, stl_abi.zero_(db), "zero_");
-  } else if (d.k->backward) {
+  } else {
     StlBackward bw = {d.dt, d.M, d.N, d.P, d.t, d.r, g.data, gz.numel ? gz.data : NULL, x.data, {E.data, t2, 1},
                       Wt.data, {D.data, d.r, 1}, zs.numel ? zs.data : NULL, data_of(&o, dx), data_of(&o, dE),
                       data_of(&o, dWt), data_of(&o, dD), has_bias ? data_of(&o, db) : NULL};
-    const Scratch ws = scratch(&o, &x, d.k->backward_ws_bytes(&bw));
-    d.k->backward(&bw, ws.p, ws.bytes, d.stream);
-  } else {
-    /* Xe = encode(x, E) is recomputed: it is memory-bound and cheaper than keeping it. */
-    AtenTensorHandle xe = new_tensor(&o, &x, 3, xe_s);
-    StlSmallMat enc = {E.data, t2, 1};
-    d.k->encode_add(d.dt, x.data, d.M, d.N, d.t, d.r, enc, NULL, data_of(&o, xe), d.stream);
-    AtenTensorHandle z = zs.h;
-    if (zs.numel == 0) {
-      z = new_tensor(&o, &x, 3, z_s);
-      bmm(&o, &d, z, xe, Wt.h);
-    }
-    /* one workspace serves the three reductions: they run one after another on one stream */
-    size_t ws_need = d.k->correlate_ws_bytes(d.dt, d.M, d.P, d.t, d.r);
-    const size_t ws_dE = d.k->correlate_ws_bytes(d.dt, d.M, d.N, d.t, d.r);
-    const size_t ws_db = has_bias ? d.k->colsum_ws_bytes(d.dt, d.M, d.P) : 0;
-    if (ws_dE > ws_need) ws_need = ws_dE;
-    if (ws_db > ws_need) ws_need = ws_db;
-    const Scratch ws = scratch(&o, &x, ws_need);
-    /* Gz = encode(G, D^T) (+ grad_z);  dD[j,l] = sum_{I,J} Z[l,I,J] G[tile j] */
-    AtenTensorHandle gzt = new_tensor(&o, &x, 3, z_s);
-    StlSmallMat dT = {D.data, 1, d.r};
-    d.k->encode_add(d.dt, g.data, d.M, d.P, d.t, d.r, dT, gz.numel ? gz.data : NULL, data_of(&o, gzt),
-                    d.stream);
-    d.k->correlate(d.dt, data_of(&o, z), g.data, d.M, d.P, d.t, d.r, data_of(&o, dD), 1, d.r, ws.p, ws.bytes,
-                   d.stream);
-    /* dXe = Gz @ Wt^T ; dWt = Xe^T @ Gz (transposed operands as strided views) */
-    AtenTensorHandle dxe = new_tensor(&o, &x, 3, xe_s);
-    bmm(&o, &d, dxe, gzt, view3(&o, Wt.h, d.r, d.Pt, d.Nt, d.Nt * d.Pt, 1, d.Pt));
-    bmm(&o, &d, dWt, view3(&o, xe, d.r, d.Nt, d.Mt, d.Mt * d.Nt, 1, d.Nt), gzt);
-    /* dX = decode(dXe, E^T) ; dE[l,j] = sum_{I,K} dXe[l,I,K] X[tile j] */
-    StlSmallMat eT = {E.data, 1, t2};
-    d.k->decode(d.dt, data_of(&o, dxe), d.M, d.N, d.t, d.r, eT, NULL, data_of(&o, dx), d.stream);
-    d.k->correlate(d.dt, data_of(&o, dxe), x.data, d.M, d.N, d.t, d.r, data_of(&o, dE), t2, 1, ws.p, ws.bytes,
-                   d.stream);
-    if (has_bias) d.k->colsum(d.dt, g.data, d.M, d.P, data_of(&o, db), ws.p, ws.bytes, d.stream);
+    const Scratch ws = scratch(&o, &x, d.be->backward_ws_bytes(&bw, &d.host));
+    d.be->backward(&bw, ws.p, ws.bytes, &d.host);
   }
   AtenTensorHandle outs[5] = {dx, dE, dWt, dD, db};
   for (int i = 0; i < 5; i++) release(&o, outs[i]);
   free_all(&o);
-  in_flight = NULL;
   for (int i = 0; i < 5; i++) stack[i] = (StableIValue)(uintptr_t)outs[i];
 }
 
@@ -471,7 +458,7 @@ const char *stl_register_ops(void) {
       stl_abi.library_impl(lib_cpu, "stl_backward", k_backward))
     return "stl_torch: could not register the CPU kernels";
 #ifdef STL_WITH_CUDA
-  /* the same boxed kernels: pick_backend routes CUDA tensors to csrc/cuda */
+  /* the same boxed kernels: pick_backend routes CUDA tensors to csrc/cuda/backend.c */
   if (stl_abi.cuda_bmm_out && stl_abi.get_current_cuda_stream &&
       (stl_abi.library_init_impl("stl_torch", "CUDA", __FILE__, __LINE__, &lib_cuda) ||
        stl_abi.library_impl(lib_cuda, "stl_forward", k_forward) ||

@@ -54,51 +54,64 @@ typedef struct {
   void *dx, *dE, *dWt, *dD, *db;
 } StlBackward;
 
-/* One device's implementation of the primitives. ops.c is device-generic: it allocates through
- * torch, runs the batched GEMM through torch (its cuBLAS on CUDA), and calls these. `stream` is
- * torch's current CUDA stream (NULL on the CPU); pointers (including StlSmallMat.base) live on
- * the device. The reductions (correlate, colsum) may need scratch memory: *_ws_bytes says how
- * much (0 on the CPU, which ignores ws), and the caller passes that many bytes (8-byte aligned,
- * on the same device) as ws, ws_bytes, allocated through torch so that it comes from torch's
- * caching allocator and is stream-ordered like every other tensor of the op.
- *
- * forward (optional, NULL = none): the whole forward in one fused kernel, used for every call
- * forward_supported accepts; the others run the composition encode -> batched GEMM -> decode.
- * backward (optional): the same for the backward. Both take scratch of *_ws_bytes bytes. A kernel
- * takes these slots only once it has been verified on its device (dev/ holds the candidates). */
+/* Limits of the operator, said once: ops.c checks them, abi_info()["limits"] exports them. */
+#define STL_MAX_TILE 16    /* tile sizes 1..16 */
+#define STL_MAX_RANK 65536 /* products per tile: t^3 <= 4096 is already exact at tile 16 */
+
+/* A strided 3-D operand of the batched GEMM: element [b,i,j] at p + b*s0 + i*s1 + j*s2 (elements). */
+typedef struct {
+  const void *p;
+  int64_t s0, s1, s2;
+} StlMat;
+
+typedef void (*StlRangeFn)(int64_t begin, int64_t end, void *ctx);
+
+/* What ops.c lends a backend for one call; a backend reaches torch and ops.c only through it.
+ *   batched_gemm : C[b] (+)= A[b] @ B[b] for b < r, A (m x k), B (k x n), C (m x n) in dtype dt on
+ *                  the call's device, through torch's bmm (its BLAS / cuBLAS, on torch's stream).
+ *                  accumulate needs gemm_accumulates (torch's baddbmm resolved; CPU only).
+ *   parallel_for : fn over [0, n) in ranges of >= grain on torch's intra-op pool (CPU).
+ *   num_threads  : the threads parallel_for may use.
+ *   error        : frees the call's tensors and workspace, then raises a Python RuntimeError. Never
+ *                  call it from a worker thread of parallel_for.
+ *   stream       : torch's current CUDA stream of the call's device, NULL on the CPU. */
+typedef struct StlHost StlHost;
+struct StlHost {
+  void (*batched_gemm)(const StlHost *h, StlDtype dt, int64_t r, int64_t m, int64_t n, int64_t k, StlMat a,
+                       StlMat b, StlMat c, int accumulate);
+  void (*parallel_for)(int64_t n, int64_t grain, StlRangeFn fn, void *ctx);
+  int64_t (*num_threads)(void);
+  void (*error)(const StlHost *h, const char *msg) __attribute__((noreturn));
+  int gemm_accumulates;
+  void *stream;
+  void *call; /* ops.c's state of the call */
+};
+
+/* One device's backend: the whole forward and the whole backward of a call. ops.c checks the
+ * operands, allocates the outputs and ws (*_ws_bytes bytes, 64-byte aligned, on the call's device,
+ * from torch's caching allocator or the CPU's cached workspace, stream-ordered like every other
+ * tensor of the op) and calls these. Pointers (StlSmallMat.base too) live on the device. */
 typedef struct {
   const char *name;
-  void (*encode_add)(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
-                     const void *extra, void *out, void *stream);
-  void (*decode)(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r, StlSmallMat dec,
-                 const void *bias, void *out, void *stream);
-  size_t (*correlate_ws_bytes)(StlDtype dt, int64_t M, int64_t N, int t, int r);
-  void (*correlate)(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r,
-                    void *out, int64_t out_s0, int64_t out_s1, void *ws, size_t ws_bytes, void *stream);
-  size_t (*colsum_ws_bytes)(StlDtype dt, int64_t M, int64_t P);
-  void (*colsum)(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *ws, size_t ws_bytes,
-                 void *stream);
-  int (*forward_supported)(const StlForward *f);
-  size_t (*forward_ws_bytes)(const StlForward *f);
-  void (*forward)(const StlForward *f, void *ws, size_t ws_bytes, void *stream);
-  size_t (*backward_ws_bytes)(const StlBackward *b);
-  void (*backward)(const StlBackward *b, void *ws, size_t ws_bytes, void *stream);
-} StlKernels;
+  size_t (*forward_ws_bytes)(const StlForward *f, const StlHost *h);
+  void (*forward)(const StlForward *f, void *ws, size_t ws_bytes, const StlHost *h);
+  size_t (*backward_ws_bytes)(const StlBackward *b, const StlHost *h);
+  void (*backward)(const StlBackward *b, void *ws, size_t ws_bytes, const StlHost *h);
+  int fused_forward; /* the forward is one fused pass, not encode -> batched GEMM -> decode */
+} StlBackend;
 
-extern const StlKernels stl_cpu_kernels;
+/* Per device, the product backend (torch.ops.stl_torch.stl_forward / stl_backward) and the plain
+ * composition of its primitives, encode -> batched GEMM -> decode (stl_forward_unfused: a
+ * reference for checks and benchmarks, not a product path). */
+extern const StlBackend stl_cpu_backend, stl_cpu_composed;
 #ifdef STL_WITH_CUDA
-/* csrc/cuda: the same primitives on the GPU (extern "C" launchers). */
-extern const StlKernels stl_cuda_kernels;
+/* csrc/cuda/backend.c: the composition of the CUDA primitives (untested on a GPU); a GPU check
+ * build (dev/cuda/build_candidate.sh) puts a fused candidate into stl_cuda_backend's forward. */
+extern const StlBackend stl_cuda_backend, stl_cuda_composed;
 #endif
 
-/* Raised by a backend during a call (a failed launch, an impossible size): frees the call's tensor
- * handles and workspace, then raises a Python RuntimeError (ops.c). Never call it from a worker
- * thread of stl_parallel_for. */
-#ifdef __cplusplus
-[[noreturn]] void stl_kernel_error(const char *msg);
-#else
-void stl_kernel_error(const char *msg) __attribute__((noreturn));
-#endif
+/* Bytes of one element of storage dtype dt. */
+static inline int64_t stl_dtype_size(StlDtype dt) { return dt == STL_F64 ? 8 : dt == STL_F32 ? 4 : 2; }
 
 /* The CPU backend's cached scratch memory (csrc/cpu/workspace.c). */
 void *stl_cpu_workspace_acquire(size_t bytes, int *token);
@@ -106,8 +119,9 @@ void stl_cpu_workspace_release(void *p, int token);
 size_t stl_cpu_workspace_empty(void);
 size_t stl_cpu_workspace_cached(void);
 
-/* Parallel loop on torch's intra-op pool when this torch exports it, else pthreads. */
-typedef void (*StlRangeFn)(int64_t begin, int64_t end, void *ctx);
+/* Host services behind StlHost (csrc/parallel.c): torch's intra-op pool when this torch exports it,
+ * else pthreads. */
 void stl_parallel_for(int64_t n, int64_t grain, StlRangeFn fn, void *ctx);
+int64_t stl_num_threads(void);
 
 #endif

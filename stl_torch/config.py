@@ -5,12 +5,14 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Optional
 
+from . import _C
 from .init import INITS
 
 __all__ = ["STLConfig", "CalibrationConfig", "MAX_TILE", "MAX_RANK"]
 
-MAX_TILE = 16  # the kernels' tile limit (csrc/ops.c checks the same bound on every call)
-MAX_RANK = 65536
+# The kernels' limits, defined once in csrc/stl.h and checked by the C ops on every call.
+MAX_TILE = _C.abi_info()["limits"]["max_tile"]
+MAX_RANK = _C.abi_info()["limits"]["max_rank"]
 
 
 def _positive_int(owner, name, v, hi=None):

@@ -12,6 +12,8 @@ CPU only for now.
 """
 import torch
 
+from .config import MAX_TILE
+
 from .init import causal_levels
 
 __all__ = ["decode_step", "decode_step_reference"]
@@ -22,7 +24,7 @@ _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 def _check(x, rows, E, Wt, D, bias, zcache, pos, tile):
     op = "stl_decode_step"
-    torch._check(1 <= tile <= 16, lambda: f"{op}: argument 'tile' is {tile}; expected 1 <= tile <= 16")
+    torch._check(1 <= tile <= MAX_TILE, lambda: f"{op}: argument 'tile' is {tile}; expected 1 <= tile <= {MAX_TILE}")
     torch._check(x.dtype in _FLOATS, lambda: f"{op}: argument 'x' has dtype {x.dtype}; expected a float dtype")
     torch._check(x.dim() == 2, lambda: f"{op}: argument 'x' must be 2-D (B, N): one new token per sequence")
     B, N = x.shape

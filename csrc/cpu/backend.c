@@ -1,4 +1,4 @@
-/* The CPU backend (StlKernels stl_cpu_kernels): forward and backward of the STL operator, each one
+/* The CPU backend (StlBackend stl_cpu_backend, csrc/stl.h): forward and backward of the STL operator, each one
  * pass over blocks of tile-rows.
  *
  * Per block: encode the block's rows of x into Xe (compute type), the r batched GEMMs through
@@ -19,10 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "../stl.h"
-#include "../torch_abi.h"
 #include "convert.h"
 #include "primitives.h"
 
@@ -61,13 +59,6 @@ static void *carve(Carver *c, size_t bytes) {
   }
   c->used = at + bytes;
   return c->base ? c->base + at : NULL;
-}
-
-static int64_t threads(void) {
-  uint32_t n = 0;
-  if (stl_abi.get_num_threads && stl_abi.get_num_threads(&n) == 0 && n > 0) return n;
-  const long c = sysconf(_SC_NPROCESSORS_ONLN);
-  return c > 0 ? c : 1;
 }
 
 /* The largest Wt (compute type) the fused forward packs, and the backward keeps cached across blocks. */
@@ -121,23 +112,23 @@ static void job_range(int64_t s0, int64_t s1, void *ctx) {
  * the hand-off costs more than the work, and far more when the cores are shared. */
 #define MIN_WORK (1 << 17)
 
-/* stl_parallel_for over `pieces` pieces of `work` total, each thread getting >= MIN_WORK of it */
-static void parallel(int64_t pieces, double work, StlRangeFn fn, void *ctx) {
+/* host->parallel_for over `pieces` pieces of `work` total, each thread getting >= MIN_WORK of it */
+static void parallel(const StlHost *host, int64_t pieces, double work, StlRangeFn fn, void *ctx) {
   const double per = work / (double)(pieces > 0 ? pieces : 1);
   int64_t grain = per >= MIN_WORK ? 1 : (int64_t)(MIN_WORK / (per > 1 ? per : 1)) + 1;
-  stl_parallel_for(pieces, grain, fn, ctx);
+  host->parallel_for(pieces, grain, fn, ctx);
 }
 
 /* Runs a primitive over n items of `work` each in at most SLOTS pieces (exactly n pieces when
  * `exact`: a correlation's parts), each piece with its own scratch slot. */
-static void run(int kind, const void *args, StlDtype dt, int64_t n, double work, bool exact, char *scratch,
-                size_t slot_bytes) {
+static void run(const StlHost *host, int kind, const void *args, StlDtype dt, int64_t n, double work, bool exact,
+                char *scratch, size_t slot_bytes) {
   if (n <= 0) return;
-  int64_t pieces = exact ? n : 4 * threads();
+  int64_t pieces = exact ? n : 4 * host->num_threads();
   if (pieces > n) pieces = n;
   if (pieces > SLOTS) pieces = SLOTS;
   Job j = {kind, args, stl_cpu_isa(), ct_index(dt), n, pieces, scratch, slot_bytes};
-  parallel(pieces, work * (double)n, job_range, &j);
+  parallel(host, pieces, work * (double)n, job_range, &j);
 }
 
 static size_t slot_bytes(int t, int r, StlDtype dt, bool backward) {
@@ -155,43 +146,7 @@ static size_t slot_bytes(int t, int r, StlDtype dt, bool backward) {
 /* Parts of one block's correlation: fixed by the block's size alone. */
 static int64_t corr_parts(int64_t nb) { return nb < SLOTS ? nb : SLOTS; }
 
-/* --------------------------------------------------------------------- the batched GEMMs */
-static int32_t torch_dtype(StlDtype ct) {
-  return ct == STL_F64 ? stl_abi.dtype_float64() : ct == STL_BF16 ? stl_abi.dtype_bfloat16() : stl_abi.dtype_float32();
-}
-
-static AtenTensorHandle blob(const void *p, StlDtype ct, const int64_t sz[3], const int64_t st[3]) {
-  AtenTensorHandle h = NULL;
-  if (stl_abi.create_tensor_from_blob((void *)p, 3, sz, st, 0, torch_dtype(ct), stl_abi.device_type_cpu(), 0, &h))
-    return NULL;
-  return h;
-}
-
-/* C[b] (+)= A[b] @ B[b] for b < r, A (m x k) and B (k x n) and C (m x n) given as (pointer, batch
- * stride, row stride, column stride), in ct (the compute type, or bfloat16), through torch's BLAS. */
-typedef struct {
-  const void *p;
-  int64_t s0, s1, s2;
-} Mat;
-
-static void gemms(StlDtype ct, int64_t r, int64_t m, int64_t n, int64_t k, Mat a, Mat b, Mat c, bool accumulate) {
-  if (m == 0 || n == 0) return;
-  const int64_t as[3] = {r, m, k}, bs[3] = {r, k, n}, cs[3] = {r, m, n};
-  const int64_t at[3] = {a.s0, a.s1, a.s2}, bt[3] = {b.s0, b.s1, b.s2}, ct3[3] = {c.s0, c.s1, c.s2};
-  AtenTensorHandle ha = blob(a.p, ct, as, at), hb = blob(b.p, ct, bs, bt), hc = blob(c.p, ct, cs, ct3);
-  AOTITorchError err = !ha || !hb || !hc;
-  if (!err) {
-    if (accumulate)
-      err = stl_abi.cpu_baddbmm_out(hc, hc, ha, hb, 1.0, 1.0);
-    else
-      err = stl_abi.cpu_bmm_out(hc, ha, hb);
-  }
-  if (ha) stl_abi.delete_tensor_object(ha);
-  if (hb) stl_abi.delete_tensor_object(hb);
-  if (hc) stl_abi.delete_tensor_object(hc);
-  if (err) stl_kernel_error("stl_torch CPU: torch's batched GEMM (bmm_out/baddbmm_out) failed");
-}
-
+/* ------------------------------------------------------------------------- conversions */
 /* Convert n storage elements to the compute type (or copy), in parallel chunks. */
 typedef struct {
   StlDtype dt;
@@ -224,15 +179,15 @@ static void cvt_range(int64_t c0, int64_t c1, void *ctx) {
   }
 }
 
-static void convert(StlDtype dt, const void *src, void *dst, int64_t n, bool to_compute) {
+static void convert(const StlHost *host, StlDtype dt, const void *src, void *dst, int64_t n, bool to_compute) {
   Cvt c = {dt, src, dst, n, to_compute, false};
-  parallel((n + (1 << 16) - 1) >> 16, (double)n, cvt_range, &c);
+  parallel(host, (n + (1 << 16) - 1) >> 16, (double)n, cvt_range, &c);
 }
 
 /* dst (float) += src (storage dt), n elements */
-static void add_converted(StlDtype dt, const void *src, float *dst, int64_t n) {
+static void add_converted(const StlHost *host, StlDtype dt, const void *src, float *dst, int64_t n) {
   Cvt c = {dt, src, dst, n, true, true};
-  parallel((n + (1 << 16) - 1) >> 16, (double)n, cvt_range, &c);
+  parallel(host, (n + (1 << 16) - 1) >> 16, (double)n, cvt_range, &c);
 }
 
 static void load_small(StlDtype dt, StlSmallMat m, int64_t rows, int64_t cols, void *dst) {
@@ -279,7 +234,7 @@ typedef struct {
 
 static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-static size_t fwd_layout(const StlForward *f, FwdWs *w, char *base) {
+static size_t fwd_layout(const StlForward *f, const StlHost *host, FwdWs *w, char *base) {
   const int t = f->t, r = f->r, t2 = t * t;
   const size_t e = (size_t)esz_of(f->dt);
   w->Mt = (f->M + t - 1) / t, w->Nt = f->N / t, w->Pt = f->P / t;
@@ -291,7 +246,7 @@ static size_t fwd_layout(const StlForward *f, FwdWs *w, char *base) {
   w->mp = round_up(w->mb, STL_MR);
   /* work items: (panel, group of rows), a group small enough that its Z tile (r x rows x KB) stays
    * in L2 between the GEMMs that write it and the decode that reads it */
-  const int64_t T = threads();
+  const int64_t T = host->num_threads();
   w->panels = (w->Pt + STL_KB - 1) / STL_KB;
   w->rows_g = (int64_t)(((size_t)192 << 10) / mul3((size_t)r, STL_KB, e)) / STL_MR * STL_MR;
   if (w->rows_g < STL_MR) w->rows_g = STL_MR;
@@ -314,11 +269,6 @@ static size_t fwd_layout(const StlForward *f, FwdWs *w, char *base) {
   w->xe = carve(&c, mul3((size_t)r, (size_t)w->mp, (size_t)w->Nt * e));
   w->scratch = carve(&c, mul3((size_t)nslots, w->slot, 1));
   return c.used;
-}
-
-static int cpu_forward_supported(const StlForward *f) {
-  (void)f;
-  return 1;
 }
 
 
@@ -366,10 +316,10 @@ static void panel_range(int64_t s0, int64_t s1, void *ctx) {
     }
 }
 
-static void forward_fused(const StlForward *f, void *ws, size_t ws_bytes) {
+static void forward_fused(const StlForward *f, void *ws, size_t ws_bytes, const StlHost *host) {
   FwdWs w;
-  if (fwd_layout(f, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU forward: workspace too small");
-  fwd_layout(f, &w, (char *)ws);
+  if (fwd_layout(f, host, &w, NULL) > ws_bytes) host->error(host, "stl_torch CPU forward: workspace too small");
+  fwd_layout(f, host, &w, (char *)ws);
   const int t = f->t, r = f->r, t2 = t * t;
   const int64_t Mt = w.Mt, Nt = w.Nt, Pt = w.Pt, e = esz_of(f->dt);
   load_small(f->dt, f->enc, r, t2, w.E);
@@ -379,17 +329,17 @@ static void forward_fused(const StlForward *f, void *ws, size_t ws_bytes) {
     load_small(f->dt, b, 1, f->P, w.bias);
   }
   StlPackArgs pa = {f->dt, f->wt, Nt, Pt, w.panels, w.wpack};
-  run(JOB_PACK, &pa, f->dt, (int64_t)r * w.panels, (double)Nt * STL_KB, false, NULL, 0);
+  run(host, JOB_PACK, &pa, f->dt, (int64_t)r * w.panels, (double)Nt * STL_KB, false, NULL, 0);
   for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
     const int64_t nb = Mt - I0 < w.mb ? Mt - I0 : w.mb, row0 = (int64_t)t * I0;
     const int64_t Mb = f->M - row0 < (int64_t)t * nb ? f->M - row0 : (int64_t)t * nb;
     StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, w.mp * Nt};
-    run(JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
+    run(host, JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
     if (nb < w.mp) /* the micro-kernel's rows past the block read zeros */
       for (int l = 0; l < r; l++)
         memset((char *)w.xe + (size_t)((l * w.mp + nb) * Nt * e), 0, (size_t)((w.mp - nb) * Nt * e));
     PanelJob pj = {f, &w, I0, nb, row0, Mb, stl_cpu_isa(), ct_index(f->dt)};
-    parallel(w.pieces, (double)r * w.mp * Nt * Pt, panel_range, &pj);
+    parallel(host, w.pieces, (double)r * w.mp * Nt * Pt, panel_range, &pj);
   }
 }
 
@@ -421,9 +371,9 @@ static size_t mkl_layout(const StlForward *f, MklWs *w, char *base) {
   return c.used;
 }
 
-static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
+static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes, const StlHost *host) {
   MklWs w;
-  if (mkl_layout(f, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU forward: workspace too small");
+  if (mkl_layout(f, &w, NULL) > ws_bytes) host->error(host, "stl_torch CPU forward: workspace too small");
   mkl_layout(f, &w, (char *)ws);
   const int t = f->t, r = f->r, t2 = t * t;
   const bool h = b16(f->dt);
@@ -437,7 +387,7 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
   }
   const void *wt = f->wt;
   if (!native(f->dt) && !h) {
-    convert(f->dt, f->wt, w.wt, (int64_t)r * Nt * Pt, true);
+    convert(host, f->dt, f->wt, w.wt, (int64_t)r * Nt * Pt, true);
     wt = w.wt;
   }
   for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
@@ -445,8 +395,9 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
     const int64_t Mb = f->M - row0 < (int64_t)t * nb ? f->M - row0 : (int64_t)t * nb;
     StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt, h,
                         stream_bytes((size_t)r * nb * Nt * ge)};
-    run(JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
-    gemms(ct, r, nb, Pt, Nt, (Mat){w.xe, nb * Nt, Nt, 1}, (Mat){wt, Nt * Pt, Pt, 1}, (Mat){w.z, nb * Pt, Pt, 1}, false);
+    run(host, JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
+    host->batched_gemm(host, ct, r, nb, Pt, Nt, (StlMat){w.xe, nb * Nt, Nt, 1}, (StlMat){wt, Nt * Pt, Pt, 1},
+                       (StlMat){w.z, nb * Pt, Pt, 1}, false);
     if (f->z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */
       for (int l = 0; l < r; l++) {
         const char *src = (const char *)w.z + (size_t)l * nb * Pt * ge;
@@ -455,7 +406,7 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes) {
         else stl_store_f(f->dt, dst, 0, nb * Pt, (const float *)src);
       }
     StlDecodeArgs da = {f->dt, w.z, nb * Pt, Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P), f->P, h};
-    run(JOB_DECODE, &da, f->dt, nb, (double)r * t * f->P, false, (char *)w.scratch, w.slot);
+    run(host, JOB_DECODE, &da, f->dt, nb, (double)r * t * f->P, false, (char *)w.scratch, w.slot);
   }
 }
 
@@ -472,19 +423,18 @@ static bool use_fused(const StlForward *f) {
   return wt <= fused_wt_limit();
 }
 
-static size_t cpu_forward_ws_bytes(const StlForward *f) {
+static size_t cpu_forward_ws_bytes(const StlForward *f, const StlHost *host) {
   if (use_fused(f)) {
     FwdWs w;
-    return fwd_layout(f, &w, NULL);
+    return fwd_layout(f, host, &w, NULL);
   }
   MklWs w;
   return mkl_layout(f, &w, NULL);
 }
 
-static void cpu_forward(const StlForward *f, void *ws, size_t ws_bytes, void *stream) {
-  (void)stream;
-  if (use_fused(f)) forward_fused(f, ws, ws_bytes);
-  else forward_mkl(f, ws, ws_bytes);
+static void cpu_forward(const StlForward *f, void *ws, size_t ws_bytes, const StlHost *host) {
+  if (use_fused(f)) forward_fused(f, ws, ws_bytes, host);
+  else forward_mkl(f, ws, ws_bytes, host);
 }
 
 /* -------------------------------------------------------------------------------- backward */
@@ -496,7 +446,7 @@ typedef struct {
   size_t slot;
 } BwdWs;
 
-static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
+static size_t bwd_layout(const StlBackward *b, const StlHost *host, BwdWs *w, char *base) {
   const int t = b->t, r = b->r, t2 = t * t;
   const size_t e = (size_t)esz_of(b->dt);
   w->Mt = (b->M + t - 1) / t, w->Nt = b->N / t, w->Pt = b->P / t;
@@ -513,7 +463,7 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
    * block's dWt is rounded to bfloat16 before it is summed in float32, so they keep to one block
    * up to the workspace bound. */
   const size_t budget = stl_cpu_block_bytes();
-  if (!stl_abi.cpu_baddbmm_out)
+  if (!host->gemm_accumulates)
     w->mb = w->Mt;
   else if (h)
     w->mb = block_rows(w->Mt, per_row);
@@ -543,24 +493,23 @@ static size_t bwd_layout(const StlBackward *b, BwdWs *w, char *base) {
   return c.used;
 }
 
-static size_t cpu_backward_ws_bytes(const StlBackward *b) {
+static size_t cpu_backward_ws_bytes(const StlBackward *b, const StlHost *host) {
   BwdWs w;
-  return bwd_layout(b, &w, NULL);
+  return bwd_layout(b, host, &w, NULL);
 }
 
-static void correlate_block(const StlBackward *b, BwdWs *w, const void *a, int64_t a_ps, const void *x, int64_t Mb,
-                            int64_t N, int64_t nb, double *acc) {
+static void correlate_block(const StlHost *host, const StlBackward *b, BwdWs *w, const void *a, int64_t a_ps,
+                            const void *x, int64_t Mb, int64_t N, int64_t nb, double *acc) {
   const int64_t nparts = corr_parts(nb), n = (int64_t)b->r * b->t * b->t;
   StlCorrelateArgs ca = {b->dt, a, a_ps, x, Mb, N, b->t, b->r, nparts, w->parts, b16(b->dt)};
-  run(JOB_CORRELATE, &ca, b->dt, nparts, (double)b->r * Mb * N / nparts, true, (char *)w->scratch, w->slot);
+  run(host, JOB_CORRELATE, &ca, b->dt, nparts, (double)b->r * Mb * N / nparts, true, (char *)w->scratch, w->slot);
   add_parts(acc, w->parts, nparts, n);
 }
 
-static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *stream) {
-  (void)stream;
+static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, const StlHost *host) {
   BwdWs w;
-  if (bwd_layout(b, &w, NULL) > ws_bytes) stl_kernel_error("stl_torch CPU backward: workspace too small");
-  bwd_layout(b, &w, (char *)ws);
+  if (bwd_layout(b, host, &w, NULL) > ws_bytes) host->error(host, "stl_torch CPU backward: workspace too small");
+  bwd_layout(b, host, &w, (char *)ws);
   const int t = b->t, r = b->r, t2 = t * t;
   const StlDtype dt = b->dt;
   const bool h = b16(dt), one = w.mb >= w.Mt; /* one: a single block */
@@ -577,7 +526,7 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
   /* where the dWt GEMM writes: the output itself, or a float32 sum over blocks (from bfloat16) */
   void *dwt = native(dt) || (h && one) ? b->dWt : h ? w.dwt16 : w.dwt;
   if (!native(dt) && !h) {
-    convert(dt, b->wt, w.wt, (int64_t)r * Nt * Pt, true);
+    convert(host, dt, b->wt, w.wt, (int64_t)r * Nt * Pt, true);
     wt = w.wt;
   }
   for (int64_t I0 = 0; I0 < Mt; I0 += w.mb) {
@@ -586,7 +535,7 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
     const void *xb = AT(b->x, dt, row0 * b->N), *gb = AT(b->g, dt, row0 * b->P);
     /* Xe = encode(x, E), recomputed: cheaper than keeping it */
     StlEncodeArgs ex = {dt, xb, Mb, b->N, t, r, w.E, NULL, 0, w.xe, nb * Nt, h};
-    run(JOB_ENCODE, &ex, dt, nb, (double)r * t * b->N, false, (char *)w.scratch, w.slot);
+    run(host, JOB_ENCODE, &ex, dt, nb, (double)r * t * b->N, false, (char *)w.scratch, w.slot);
     /* Z: the saved one (read in place when it is the compute type), or recomputed */
     const void *z = w.z;
     int64_t z_ps = nb * Pt;
@@ -597,80 +546,81 @@ static void cpu_backward(const StlBackward *b, void *ws, size_t ws_bytes, void *
       for (int l = 0; l < r; l++)
         stl_load_f(dt, b->z, (int64_t)l * Mt * Pt + I0 * Pt, nb * Pt, (float *)w.z + (size_t)l * nb * Pt);
     } else {
-      gemms(ct, r, nb, Pt, Nt, (Mat){w.xe, nb * Nt, Nt, 1}, (Mat){wt, Nt * Pt, Pt, 1}, (Mat){w.z, nb * Pt, Pt, 1},
-            false);
+      host->batched_gemm(host, ct, r, nb, Pt, Nt, (StlMat){w.xe, nb * Nt, Nt, 1}, (StlMat){wt, Nt * Pt, Pt, 1},
+                         (StlMat){w.z, nb * Pt, Pt, 1}, false);
     }
     /* Gz = encode(G, D^T) (+ dL/dZ);  dD[j, l] += sum Z[l] x G tiles */
     StlEncodeArgs eg = {dt, gb, Mb, b->P, t, r, w.Dt, b->gz ? AT(b->gz, dt, I0 * Pt) : NULL, Mt * Pt, w.gz, nb * Pt, h};
-    run(JOB_ENCODE, &eg, dt, nb, (double)r * t * b->P, false, (char *)w.scratch, w.slot);
-    correlate_block(b, &w, z, z_ps, gb, Mb, b->P, nb, w.dD);
+    run(host, JOB_ENCODE, &eg, dt, nb, (double)r * t * b->P, false, (char *)w.scratch, w.slot);
+    correlate_block(host, b, &w, z, z_ps, gb, Mb, b->P, nb, w.dD);
     /* dXe = Gz @ Wt^T;  dWt (+)= Xe^T @ Gz */
-    gemms(ct, r, nb, Nt, Pt, (Mat){w.gz, nb * Pt, Pt, 1}, (Mat){wt, Nt * Pt, 1, Pt}, (Mat){w.dxe, nb * Nt, Nt, 1},
-          false);
-    gemms(ct, r, Nt, Pt, nb, (Mat){w.xe, nb * Nt, 1, Nt}, (Mat){w.gz, nb * Pt, Pt, 1}, (Mat){dwt, Nt * Pt, Pt, 1},
-          I0 > 0 && !h);
+    host->batched_gemm(host, ct, r, nb, Nt, Pt, (StlMat){w.gz, nb * Pt, Pt, 1}, (StlMat){wt, Nt * Pt, 1, Pt},
+                       (StlMat){w.dxe, nb * Nt, Nt, 1}, false);
+    host->batched_gemm(host, ct, r, Nt, Pt, nb, (StlMat){w.xe, nb * Nt, 1, Nt}, (StlMat){w.gz, nb * Pt, Pt, 1},
+                       (StlMat){dwt, Nt * Pt, Pt, 1}, I0 > 0 && !h);
     if (h && !one) {
-      if (I0 == 0) convert(STL_BF16, w.dwt16, w.dwt, (int64_t)r * Nt * Pt, true);
-      else add_converted(STL_BF16, w.dwt16, (float *)w.dwt, (int64_t)r * Nt * Pt);
+      if (I0 == 0) convert(host, STL_BF16, w.dwt16, w.dwt, (int64_t)r * Nt * Pt, true);
+      else add_converted(host, STL_BF16, w.dwt16, (float *)w.dwt, (int64_t)r * Nt * Pt);
     }
     /* dX = decode(dXe, E^T);  dE[l, j] += sum dXe[l] x X tiles;  db += column sums of G */
     StlDecodeArgs dx = {dt, w.dxe, nb * Nt, Nt, Mb, b->N, t, r, w.Et, NULL, ATW(b->dx, dt, row0 * b->N), b->N, h};
-    run(JOB_DECODE, &dx, dt, nb, (double)r * t * b->N, false, (char *)w.scratch, w.slot);
-    correlate_block(b, &w, w.dxe, nb * Nt, xb, Mb, b->N, nb, w.dE);
+    run(host, JOB_DECODE, &dx, dt, nb, (double)r * t * b->N, false, (char *)w.scratch, w.slot);
+    correlate_block(host, b, &w, w.dxe, nb * Nt, xb, Mb, b->N, nb, w.dE);
     if (w.db) {
       StlColsumArgs cs = {dt, gb, Mb, b->P, w.db};
-      run(JOB_COLSUM, &cs, dt, (b->P + STL_KB - 1) / STL_KB, (double)Mb * STL_KB, false, (char *)w.scratch, w.slot);
+      run(host, JOB_COLSUM, &cs, dt, (b->P + STL_KB - 1) / STL_KB, (double)Mb * STL_KB, false, (char *)w.scratch,
+          w.slot);
     }
   }
   if (Mt == 0) memset(dwt, 0, (size_t)(r * Nt * Pt * gemm_esz(dt))); /* b16: the output; else the compute type */
-  if (!native(dt) && !(h && one)) convert(dt, w.dwt, b->dWt, (int64_t)r * Nt * Pt, false);
+  if (!native(dt) && !(h && one)) convert(host, dt, w.dwt, b->dWt, (int64_t)r * Nt * Pt, false);
   store_doubles(dt, w.dE, r * t2, b->dE, t2, 1, r, t2);  /* dE[l, j] */
   store_doubles(dt, w.dD, r * t2, b->dD, 1, r, r, t2);   /* dD[j, l] = acc[l][j] */
   if (w.db) store_doubles(dt, w.db, b->P, b->db, 0, 1, 1, b->P);
 }
 
-/* ----------------------------------------------- the primitives for ops.c's composition */
-/* stl_forward_unfused and a device-generic backward compose these (storage-dtype tensors). */
+/* ----------------------------------------------------------------- the plain composition */
+/* stl_forward_unfused: encode -> batched GEMM (torch's, through the host) -> decode, each a
+ * separate pass over storage-dtype Xe and Z: the reference the fused and MKL forwards are checked
+ * and timed against, not a product path. */
 typedef struct {
   void *p;
   int token;
 } Temp;
 
-static Temp temp(size_t bytes) {
+static Temp temp(const StlHost *host, size_t bytes) {
   Temp m = {NULL, 0};
   m.p = stl_cpu_workspace_acquire(bytes, &m.token);
   if (!m.p) {
     char msg[160];
     snprintf(msg, sizeof msg, "stl_torch CPU: out of memory (could not allocate %zu bytes of workspace)", bytes);
-    stl_kernel_error(msg);
+    host->error(host, msg);
   }
   return m;
 }
 
-static void enc_cpu(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
-                    const void *extra, void *out, void *stream) {
-  (void)stream;
+static void enc_cpu(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc, void *out,
+                    const StlHost *host) {
   const int64_t Mt = (M + t - 1) / t, Nt = N / t, e = esz_of(dt);
   const size_t slot = slot_bytes(t, r, dt, false);
   Carver c = {NULL, 0};
   carve(&c, (size_t)r * t * t * e);
   carve(&c, native(dt) ? 0 : mul3((size_t)r, (size_t)Mt, (size_t)Nt * e));
   carve(&c, mul3(SLOTS, slot, 1));
-  Temp m = temp(c.used);
+  Temp m = temp(host, c.used);
   c = (Carver){(char *)m.p, 0};
   void *E = carve(&c, (size_t)r * t * t * e);
   void *o = native(dt) ? out : carve(&c, mul3((size_t)r, (size_t)Mt, (size_t)Nt * e));
   char *scr = carve(&c, mul3(SLOTS, slot, 1));
   load_small(dt, enc, r, t * t, E);
-  StlEncodeArgs a = {dt, in, M, N, t, r, E, extra, Mt * Nt, o, Mt * Nt};
-  run(JOB_ENCODE, &a, dt, Mt, (double)r * t * N, false, scr, slot);
-  if (!native(dt)) convert(dt, o, out, (int64_t)r * Mt * Nt, false);
+  StlEncodeArgs a = {dt, in, M, N, t, r, E, NULL, 0, o, Mt * Nt};
+  run(host, JOB_ENCODE, &a, dt, Mt, (double)r * t * N, false, scr, slot);
+  if (!native(dt)) convert(host, dt, o, out, (int64_t)r * Mt * Nt, false);
   stl_cpu_workspace_release(m.p, m.token);
 }
 
 static void dec_cpu(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r, StlSmallMat dec,
-                    const void *bias, void *out, void *stream) {
-  (void)stream;
+                    const void *bias, void *out, const StlHost *host) {
   const int64_t Mt = (M + t - 1) / t, Pt = P / t, e = esz_of(dt);
   const size_t slot = slot_bytes(t, r, dt, false);
   Carver c = {NULL, 0};
@@ -678,7 +628,7 @@ static void dec_cpu(StlDtype dt, const void *in, int64_t M, int64_t P, int t, in
   carve(&c, (size_t)P * e);
   carve(&c, native(dt) ? 0 : mul3((size_t)r, (size_t)Mt, (size_t)Pt * e));
   carve(&c, mul3(SLOTS, slot, 1));
-  Temp m = temp(c.used);
+  Temp m = temp(host, c.used);
   c = (Carver){(char *)m.p, 0};
   void *D = carve(&c, (size_t)r * t * t * e), *b = carve(&c, (size_t)P * e);
   void *z = native(dt) ? (void *)in : carve(&c, mul3((size_t)r, (size_t)Mt, (size_t)Pt * e));
@@ -688,71 +638,35 @@ static void dec_cpu(StlDtype dt, const void *in, int64_t M, int64_t P, int t, in
     StlSmallMat bm = {bias, 0, 1};
     load_small(dt, bm, 1, P, b);
   }
-  if (!native(dt)) convert(dt, in, z, (int64_t)r * Mt * Pt, true);
+  if (!native(dt)) convert(host, dt, in, z, (int64_t)r * Mt * Pt, true);
   StlDecodeArgs a = {dt, z, Mt * Pt, Pt, M, P, t, r, D, bias ? b : NULL, out, P};
-  run(JOB_DECODE, &a, dt, Mt, (double)r * t * P, false, scr, slot);
+  run(host, JOB_DECODE, &a, dt, Mt, (double)r * t * P, false, scr, slot);
   stl_cpu_workspace_release(m.p, m.token);
 }
 
-static size_t cor_ws_cpu(StlDtype dt, int64_t M, int64_t N, int t, int r) {
-  (void)dt, (void)M, (void)N, (void)t, (void)r;
-  return 0; /* the CPU keeps its own workspace */
-}
-static void cor_cpu(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r, void *out,
-                    int64_t s0, int64_t s1, void *ws, size_t ws_bytes, void *stream) {
-  (void)ws, (void)ws_bytes, (void)stream;
-  const int64_t Mt = (M + t - 1) / t, Nt = N / t, e = esz_of(dt), n = (int64_t)r * t * t;
-  const size_t slot = slot_bytes(t, r, dt, true);
+static size_t composed_ws_bytes(const StlForward *f, const StlHost *host) {
+  (void)host;
+  const size_t Mt = (size_t)((f->M + f->t - 1) / f->t), e = (size_t)stl_dtype_size(f->dt);
   Carver c = {NULL, 0};
-  carve(&c, native(dt) ? 0 : mul3((size_t)r, (size_t)Mt, (size_t)Nt * e));
-  carve(&c, (size_t)(SLOTS + 1) * n * sizeof(double));
-  carve(&c, mul3(SLOTS, slot, 1));
-  Temp m = temp(c.used);
-  c = (Carver){(char *)m.p, 0};
-  void *ac = native(dt) ? (void *)a : carve(&c, mul3((size_t)r, (size_t)Mt, (size_t)Nt * e));
-  double *parts = carve(&c, (size_t)(SLOTS + 1) * n * sizeof(double)), *acc = parts + SLOTS * n;
-  char *scr = carve(&c, mul3(SLOTS, slot, 1));
-  if (!native(dt)) convert(dt, a, ac, (int64_t)r * Mt * Nt, true);
-  memset(acc, 0, sizeof(double) * (size_t)n);
-  const int64_t nparts = corr_parts(Mt);
-  StlCorrelateArgs ca = {dt, ac, Mt * Nt, x, M, N, t, r, nparts, parts};
-  run(JOB_CORRELATE, &ca, dt, nparts, (double)r * M * N / nparts, true, scr, slot);
-  add_parts(acc, parts, nparts, n);
-  store_doubles(dt, acc, n, out, s0, s1, r, (int64_t)t * t);
-  stl_cpu_workspace_release(m.p, m.token);
+  carve(&c, mul3((size_t)f->r, Mt, (size_t)(f->N / f->t) * e));        /* Xe */
+  if (!f->z) carve(&c, mul3((size_t)f->r, Mt, (size_t)(f->P / f->t) * e)); /* Z, unless kept */
+  return c.used;
 }
 
-static size_t colsum_ws_cpu(StlDtype dt, int64_t M, int64_t P) {
-  (void)dt, (void)M, (void)P;
-  return 0;
-}
-static void colsum_cpu(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *ws, size_t ws_bytes,
-                       void *stream) {
-  (void)ws, (void)ws_bytes, (void)stream;
-  const size_t slot = slot_bytes(1, 1, dt, true);
-  Carver c = {NULL, 0};
-  carve(&c, (size_t)P * sizeof(double));
-  carve(&c, mul3(SLOTS, slot, 1));
-  Temp m = temp(c.used);
-  c = (Carver){(char *)m.p, 0};
-  double *acc = carve(&c, (size_t)P * sizeof(double));
-  char *scr = carve(&c, mul3(SLOTS, slot, 1));
-  memset(acc, 0, sizeof(double) * (size_t)P);
-  StlColsumArgs a = {dt, g, M, P, acc};
-  run(JOB_COLSUM, &a, dt, (P + STL_KB - 1) / STL_KB, (double)M * STL_KB, false, scr, slot);
-  store_doubles(dt, acc, P, out, 0, 1, 1, P);
-  stl_cpu_workspace_release(m.p, m.token);
+static void composed_forward(const StlForward *f, void *ws, size_t ws_bytes, const StlHost *host) {
+  if (composed_ws_bytes(f, host) > ws_bytes) host->error(host, "stl_torch CPU composed forward: workspace too small");
+  const int64_t Mt = (f->M + f->t - 1) / f->t, Nt = f->N / f->t, Pt = f->P / f->t;
+  const size_t e = (size_t)stl_dtype_size(f->dt);
+  Carver c = {(char *)ws, 0};
+  void *xe = carve(&c, mul3((size_t)f->r, (size_t)Mt, (size_t)Nt * e));
+  void *z = f->z ? f->z : carve(&c, mul3((size_t)f->r, (size_t)Mt, (size_t)Pt * e));
+  enc_cpu(f->dt, f->x, f->M, f->N, f->t, f->r, f->enc, xe, host);
+  host->batched_gemm(host, f->dt, f->r, Mt, Pt, Nt, (StlMat){xe, Mt * Nt, Nt, 1}, (StlMat){f->wt, Nt * Pt, Pt, 1},
+                     (StlMat){z, Mt * Pt, Pt, 1}, 0);
+  dec_cpu(f->dt, z, f->M, f->P, f->t, f->r, f->dec, f->bias, f->y, host);
 }
 
-const StlKernels stl_cpu_kernels = {"cpu",
-                                    enc_cpu,
-                                    dec_cpu,
-                                    cor_ws_cpu,
-                                    cor_cpu,
-                                    colsum_ws_cpu,
-                                    colsum_cpu,
-                                    cpu_forward_supported,
-                                    cpu_forward_ws_bytes,
-                                    cpu_forward,
-                                    cpu_backward_ws_bytes,
-                                    cpu_backward};
+const StlBackend stl_cpu_backend = {"cpu", cpu_forward_ws_bytes, cpu_forward, cpu_backward_ws_bytes, cpu_backward, 1};
+/* the backward has no plain variant: the composition's table shares the product's */
+const StlBackend stl_cpu_composed = {"cpu (composition)", composed_ws_bytes, composed_forward, cpu_backward_ws_bytes,
+                                     cpu_backward, 0};

@@ -56,8 +56,6 @@ static inline uint16_t stl_f32_to_f16(float f) {
   return (uint16_t)(sign | (m >> 13));
 }
 
-static inline int64_t stl_dtype_size(StlDtype dt) { return dt == STL_F64 ? 8 : dt == STL_F32 ? 4 : 2; }
-
 #define STL_DEFINE_CONVERT(A, SUF)                                                          \
   static inline void stl_load_##SUF(StlDtype dt, const void *src, int64_t off, int64_t n,   \
                                     A *dst) {                                               \

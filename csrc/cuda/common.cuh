@@ -27,9 +27,10 @@ extern "C" {
 #include "../stl.h"
 }
 
-/* ops.c: frees the in-flight op's tensor handles, then throws (error.cpp) a std::runtime_error
- * that torch's dispatcher turns into a Python RuntimeError */
-extern "C" [[noreturn]] void stl_kernel_error(const char *msg);
+/* Raises msg through the host of the launch in flight on this thread (StlHost.error: ops.c frees
+ * the op's tensors and throws a Python RuntimeError); with none (the emulator's direct calls) it
+ * prints msg and aborts. runtime.cu. */
+[[noreturn]] void stl_cuda_error(const char *msg);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Storage dtype traits: S is what lives in memory, A is the compute (accumulation) type. */
@@ -60,8 +61,6 @@ struct DF16 {
   __device__ static __forceinline__ A load(S v) { return __half2float(__ushort_as_half(v)); }
   __device__ static __forceinline__ S store(A a) { return __half_as_ushort(__float2half_rn(a)); }
 };
-
-static inline int stl_cuda_dtype_size(StlDtype dt) { return dt == STL_F64 ? 8 : dt == STL_F32 ? 4 : 2; }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Contiguous segments of L elements, moved in the widest aligned word that divides them
@@ -184,12 +183,14 @@ static inline void stl_cuda_check(const char *what) {
   if (err != cudaSuccess) stl_cuda_fail(what, err);
 }
 
-/* Makes the device that owns `ptr` current for the scope (no-op on a one-GPU machine: the only
- * cost there is a cached device count). ops.c passes torch's stream of the tensor's device but
- * sets no device guard itself; a kernel launched on another device's stream would fail. */
+/* Each extern "C" launcher's scope: errors go to `host` (see stl_cuda_error), and the device that
+ * owns `ptr` is current (no-op on a one-GPU machine: the only cost there is a cached device count).
+ * ops.c passes torch's stream of the tensor's device but sets no device guard itself; a kernel
+ * launched on another device's stream would fail. */
 struct StlDeviceGuard {
   int prev;
-  explicit StlDeviceGuard(const void *ptr);
+  const StlHost *prev_host;
+  StlDeviceGuard(const StlHost *host, const void *ptr);
   ~StlDeviceGuard();
 };
 

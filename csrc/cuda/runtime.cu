@@ -1,14 +1,24 @@
 /* Host-side helpers of the CUDA kernels (see common.cuh): errors, device guard and SM count.
- * No memory is allocated here: the reductions' scratch is a torch tensor that ops.c passes in. */
+ * No memory is allocated here: the reductions' scratch is part of the workspace ops.c passes in. */
+#include <stdlib.h>
+
 #include "common.cuh"
 
 #define STL_MAX_DEVICES 64
+
+static thread_local const StlHost *call_host; /* the host of the launcher in flight on this thread */
+
+void stl_cuda_error(const char *msg) {
+  if (call_host) call_host->error(call_host, msg);
+  fprintf(stderr, "stl_torch CUDA: %s\n", msg);
+  abort();
+}
 
 void stl_cuda_fail(const char *what, cudaError_t err) {
   char msg[384];
   snprintf(msg, sizeof msg, "stl_torch CUDA kernel %s failed: %s (%s)", what, cudaGetErrorString(err),
            cudaGetErrorName(err));
-  stl_kernel_error(msg);
+  stl_cuda_error(msg);
 }
 
 static int device_count(void) {
@@ -31,7 +41,8 @@ static int current_device(void) {
   return dev;
 }
 
-StlDeviceGuard::StlDeviceGuard(const void *ptr) : prev(-1) {
+StlDeviceGuard::StlDeviceGuard(const StlHost *host, const void *ptr) : prev(-1), prev_host(call_host) {
+  if (host) call_host = host;
   if (device_count() <= 1 || !ptr) return;
   cudaPointerAttributes at;
   if (cudaPointerGetAttributes(&at, ptr) != cudaSuccess) {
@@ -48,6 +59,7 @@ StlDeviceGuard::StlDeviceGuard(const void *ptr) : prev(-1) {
 
 StlDeviceGuard::~StlDeviceGuard() {
   if (prev >= 0) cudaSetDevice(prev);
+  call_host = prev_host;
 }
 
 int stl_cuda_sm_count(void) {

@@ -1,5 +1,5 @@
-/* CUDA tile primitives of the STL operator: the same four entry points as the CPU backend
- * (csrc/stl.h, csrc/cpu/tile_kernels.c), same semantics:
+/* CUDA tile primitives of the STL operator (launchers.h; composed by backend.c), the semantics of
+ * csrc/stl.h's primitives:
  *   encode_add : out[l,I,K]        = sum_j enc[l,j] * in[t*I+a, t*K+c] (+ extra[l,I,K])   j = a*t+c
  *   decode     : out[t*I+a, t*J+b] = sum_l dec[j,l] * in[l,I,J] (+ bias[t*J+b])          j = a*t+b
  *   correlate  : acc[l,j]          = sum_{I,K} a[l,I,K] * x[t*I+p, t*K+q]                  j = p*t+q
@@ -27,6 +27,9 @@
  * The number of blocks of a reduction depends only on the problem size, so results are
  * bitwise reproducible run to run (and across GPUs). */
 #include "common.cuh"
+extern "C" {
+#include "launchers.h"
+}
 
 #define THREADS 256
 #define SMEM_LIMIT (48 * 1024) /* default dynamic shared memory limit: no opt-in needed */
@@ -456,7 +459,7 @@ static void launch_colsum(const void *g, int64_t M, int64_t P, void *out, double
     case STL_F64: CALL(DF64); break;                                                \
     case STL_BF16: CALL(DBF16); break;                                              \
     case STL_F16: CALL(DF16); break;                                                \
-    default: stl_kernel_error("stl_torch CUDA: unsupported storage dtype");               \
+    default: stl_cuda_error("stl_torch CUDA: unsupported storage dtype");                 \
   }
 
 static Small small_of(StlSmallMat m) {
@@ -465,29 +468,32 @@ static Small small_of(StlSmallMat m) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* The extern "C" entry points                                                                 */
+/* The extern "C" launchers (csrc/cuda/launchers.h), composed by csrc/cuda/backend.c. Errors go
+ * to host->error; host->stream is torch's stream; a NULL host (the emulator) means the default
+ * stream, and errors print and abort. */
 
-static void cu_encode_add(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
-                          const void *extra, void *out, void *stream) {
-  StlDeviceGuard guard(out);
-  cudaStream_t st = (cudaStream_t)stream;
+extern "C" void stl_cuda_encode_add(StlDtype dt, const void *in, int64_t M, int64_t N, int t, int r, StlSmallMat enc,
+                                    const void *extra, void *out, const StlHost *host) {
+  StlDeviceGuard guard(host, out);
+  cudaStream_t st = (cudaStream_t)(host ? host->stream : NULL);
 #define CALL(D) launch_encode<D>(in, M, N, t, r, small_of(enc), extra, out, st)
   DISPATCH(dt, CALL)
 #undef CALL
 }
 
-static void cu_decode(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r, StlSmallMat dec,
-                      const void *bias, void *out, void *stream) {
-  StlDeviceGuard guard(out);
-  cudaStream_t st = (cudaStream_t)stream;
+extern "C" void stl_cuda_decode(StlDtype dt, const void *in, int64_t M, int64_t P, int t, int r, StlSmallMat dec,
+                                const void *bias, void *out, const StlHost *host) {
+  StlDeviceGuard guard(host, out);
+  cudaStream_t st = (cudaStream_t)(host ? host->stream : NULL);
 #define CALL(D) launch_decode<D>(in, M, P, t, r, small_of(dec), bias, out, st)
   DISPATCH(dt, CALL)
 #undef CALL
 }
 
-/* Scratch of the two-pass reductions: G fp64 partials per output. The caller (ops.c) allocates
- * it as a torch tensor on the output's device, so it comes from torch's caching allocator,
- * ordered on torch's stream like every other temporary of the op (and capturable in CUDA graphs). */
+/* Scratch of the two-pass reductions: G fp64 partials per output. It is part of the backend's
+ * workspace, which ops.c allocates as a torch tensor on the output's device: it comes from torch's
+ * caching allocator, ordered on torch's stream like every other temporary of the op (and
+ * capturable in CUDA graphs). */
 extern "C" size_t stl_cuda_correlate_workspace_bytes(StlDtype dt, int64_t M, int64_t N, int t, int r) {
   if (M <= 0 || N <= 0 || (int64_t)r * t * t <= 0) return 0; /* no tiles: no partials */
   return correlate_plan(dt, M, N, t, r).ws_bytes;
@@ -507,15 +513,15 @@ static void check_ws(const char *what, const void *ws, size_t ws_bytes, size_t n
     char msg[200];
     snprintf(msg, sizeof msg, "stl_torch CUDA %s: workspace of %zu bytes at %p, need %zu bytes 8-byte aligned",
              what, ws_bytes, ws, need);
-    stl_kernel_error(msg);
+    stl_cuda_error(msg);
   }
 }
 
 extern "C" void stl_cuda_correlate_ws(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t,
                                       int r, void *out, int64_t s0, int64_t s1, void *ws, size_t ws_bytes,
-                                      void *stream) {
-  StlDeviceGuard guard(out);
-  cudaStream_t st = (cudaStream_t)stream;
+                                      const StlHost *host) {
+  StlDeviceGuard guard(host, out);
+  cudaStream_t st = (cudaStream_t)(host ? host->stream : NULL);
   const int64_t n = (int64_t)r * t * t;
   if (n <= 0) return;
   if (M <= 0 || N <= 0) { /* no tiles: an empty sum (pass 2 over zero partials writes zeros) */
@@ -534,9 +540,9 @@ extern "C" void stl_cuda_correlate_ws(StlDtype dt, const void *a, const void *x,
 }
 
 extern "C" void stl_cuda_colsum_ws(StlDtype dt, const void *g, int64_t M, int64_t P, void *out, void *ws,
-                                   size_t ws_bytes, void *stream) {
-  StlDeviceGuard guard(out);
-  cudaStream_t st = (cudaStream_t)stream;
+                                   size_t ws_bytes, const StlHost *host) {
+  StlDeviceGuard guard(host, out);
+  cudaStream_t st = (cudaStream_t)(host ? host->stream : NULL);
   if (P <= 0) return;
   if (M <= 0) {
 #define CALL(D) LAUNCH(stl_grid(P * 32, THREADS, 8), THREADS, 0, st, reduce_partials<D>)(NULL, 0, P, P, (D::S *)out, 0, 1)
@@ -551,24 +557,3 @@ extern "C" void stl_cuda_colsum_ws(StlDtype dt, const void *g, int64_t M, int64_
   DISPATCH(dt, CALL)
 #undef CALL
 }
-
-/* The fused-forward slot stays empty until a fused kernel has been verified on a GPU. A GPU check
- * build of a candidate (setup.py with STL_TORCH_DEV_FORWARD, see dev/README.md) fills it from
- * dev/cuda/forward_slot.cu. */
-#ifdef STL_DEV_FORWARD
-extern "C" int stl_dev_forward_supported(const StlForward *f);
-extern "C" size_t stl_dev_forward_ws_bytes(const StlForward *f);
-extern "C" void stl_dev_forward(const StlForward *f, void *ws, size_t ws_bytes, void *stream);
-#define STL_FORWARD_SLOT stl_dev_forward_supported, stl_dev_forward_ws_bytes, stl_dev_forward
-#else
-#define STL_FORWARD_SLOT NULL, NULL, NULL
-#endif
-
-extern "C" const StlKernels stl_cuda_kernels = {"cuda",
-                                                cu_encode_add,
-                                                cu_decode,
-                                                stl_cuda_correlate_workspace_bytes,
-                                                stl_cuda_correlate_ws,
-                                                stl_cuda_colsum_workspace_bytes,
-                                                stl_cuda_colsum_ws,
-                                                STL_FORWARD_SLOT};

@@ -5,7 +5,7 @@
  *
  * Xe comes from the ordinary encode kernel (csrc/cuda/tile_kernels.cu). Checked only with the host
  * emulator (dev/cuda/emu) and by compiling for sm_80/sm_90a. A GPU check build puts it in the CUDA
- * backend's forward slot (forward_slot.cu, STL_TORCH_DEV_FORWARD=v1).
+ * backend's forward slot (forward_slot.cu, build_candidate.sh v1).
  *
  * Why only the decode is fused here (cost model, t=4, r=24, bf16; fused_v2_encode_gemm_decode.cu is the
  * alternative that encodes in the prologue on tensor cores):
@@ -134,9 +134,9 @@ extern "C" int stl_cuda_fused_forward_supported(StlDtype dt, int64_t M, int64_t 
 extern "C" void stl_cuda_fused_forward(StlDtype dt, const void *xe, const void *wt, StlSmallMat dec,
                                        const void *bias, void *y, void *z_out, int64_t M, int64_t N, int64_t P,
                                        int t, int r, void *stream) {
-  StlDeviceGuard guard(y);
+  StlDeviceGuard guard(NULL, y); /* errors go to the slot's host */
   if (!stl_cuda_fused_forward_supported(dt, M, N, P, t, r))
-    stl_kernel_error("stl_torch CUDA fused forward: unsupported configuration (call stl_cuda_fused_forward_supported)");
+    stl_cuda_error("stl_torch CUDA fused forward: unsupported configuration (call stl_cuda_fused_forward_supported)");
   cudaStream_t st = (cudaStream_t)stream;
   const int64_t Mt = (M + t - 1) / t, Nt = N / t, Pt = P / t;
   const dim3 grid((unsigned)((Pt + FF_BJ - 1) / FF_BJ), (unsigned)((Mt + FF_BI - 1) / FF_BI));

@@ -6,7 +6,7 @@
  *
  * Checked only under the host emulator (dev/cuda/emu) against float64, and compiled for sm_80 /
  * sm_90a. A GPU check build puts it in the CUDA backend's forward slot (forward_slot.cu,
- * STL_TORCH_DEV_FORWARD=v2).
+ * build_candidate.sh v2).
  *
  * The prologue encode is itself a small GEMM. For a staged chunk of x covering BI x KC tiles,
  *     Xe[l, n] = sum_j E[l, j] * X[j, n]     (n = tile of the chunk, j = a*t + c inside it)
@@ -219,9 +219,9 @@ extern "C" int stl_cuda_fused_encode_forward_supported(StlDtype dt, int64_t M, i
 extern "C" void stl_cuda_fused_encode_forward(StlDtype dt, const void *x, StlSmallMat enc, const void *wt,
                                               StlSmallMat dec, const void *bias, void *y, void *z_out, int64_t M,
                                               int64_t N, int64_t P, int t, int r, void *stream) {
-  StlDeviceGuard guard(y);
+  StlDeviceGuard guard(NULL, y); /* errors go to the slot's host */
   if (!stl_cuda_fused_encode_forward_supported(dt, M, N, P, t, r))
-    stl_kernel_error("stl_torch CUDA fused encode forward: unsupported configuration "
+    stl_cuda_error("stl_torch CUDA fused encode forward: unsupported configuration "
                      "(call stl_cuda_fused_encode_forward_supported)");
   cudaStream_t st = (cudaStream_t)stream;
   const int64_t Mt = (M + t - 1) / t, Pt = P / t;

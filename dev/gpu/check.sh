@@ -11,8 +11,8 @@
 # Environment:
 #   PREBUILT=1                 use the stl_torch/_C*.so already in the tree (built elsewhere with
 #                              STL_TORCH_CUDA=1 python setup.py build_ext --inplace)
-#   STL_TORCH_DEV_FORWARD=v1|v2 build a fused forward candidate from dev/cuda into the CUDA
-#                              backend's forward slot; its tests (dev/gpu/test_dev_forward.py) run
+#   CANDIDATE=v1|v2            build a fused forward candidate from dev/cuda into the CUDA
+#                              backend's forward slot (dev/cuda/build_candidate.sh); its tests (dev/gpu/test_dev_forward.py) run
 #                              and the benchmark times it beside the unfused composition
 #   STL_TORCH_CUDA_ARCH        build targets (default here: sm_90a; the package default is sm_80,sm_90a)
 #   BUDGET                     seconds for the whole check (default 480); each step gets at most
@@ -50,7 +50,11 @@ step() {
 } >"$RES/machine.txt" 2>&1
 cat "$RES/machine.txt"
 
-[ "${PREBUILT:-0}" = 1 ] || step build 240 "$PY" setup.py build_ext --inplace --force
+if [ "${PREBUILT:-0}" != 1 ] && [ -n "${CANDIDATE:-}" ]; then
+  step build 240 env PYTHON="$PY" bash dev/cuda/build_candidate.sh "$CANDIDATE"
+elif [ "${PREBUILT:-0}" != 1 ]; then
+  step build 240 "$PY" setup.py build_ext --inplace --force
+fi
 step smoke 60 "$PY" -c '
 import torch, stl_torch
 info = stl_torch._C.abi_info()
@@ -63,7 +67,7 @@ torch.cuda.synchronize()
 assert torch.isfinite(y).all()
 print("smoke: ok", tuple(y.shape))'
 DEV_TESTS=()
-[ -n "${STL_TORCH_DEV_FORWARD:-}" ] && DEV_TESTS=(dev/gpu/test_dev_forward.py)
+[ -n "${CANDIDATE:-}" ] && DEV_TESTS=(dev/gpu/test_dev_forward.py)
 # shellcheck disable=SC2086
 step test 200 "$PY" -m pytest -q -rfEs -p no:cacheprovider tests/test_cuda.py tests/test_ops.py "${DEV_TESTS[@]}" ${PYTEST_ARGS:-}
 # shellcheck disable=SC2086

@@ -1,5 +1,5 @@
 """A dev build's fused CUDA forward (dev/cuda, built into the CUDA backend's forward slot with
-STL_TORCH_DEV_FORWARD=v1|v2) against the float64 reference and against the unfused composition
+dev/cuda/build_candidate.sh v1|v2) against the float64 reference and against the unfused composition
 (torch.ops.stl_torch.stl_forward_unfused) on the same GPU, on NaN-poisoned memory; the profiler
 proves the fused kernel ran. Run by dev/gpu/check.sh; skipped unless the build fills the slot."""
 import os
@@ -18,7 +18,7 @@ from test_cuda import CUDA_TOL, poison_cuda_cache, to  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not stl_torch._C.abi_info()["fused_forward"].get("cuda"),
-    reason="needs a GPU and a dev build with a fused forward (STL_TORCH_DEV_FORWARD=v1|v2)")
+    reason="needs a GPU and a dev build with a fused forward (dev/cuda/build_candidate.sh v1|v2)")
 
 fwd = torch.ops.stl_torch.stl_forward.default
 unfused = torch.ops.stl_torch.stl_forward_unfused.default

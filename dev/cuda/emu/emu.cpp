@@ -126,7 +126,3 @@ cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr attr, int) {
   *v = attr == cudaDevAttrComputeCapabilityMajor ? 8 : attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 163 * 1024 : 2;
   return cudaSuccess;
 }
-extern "C" [[noreturn]] void stl_kernel_error(const char *msg) {
-  fprintf(stderr, "stl_kernel_error: %s\n", msg);
-  abort();
-}

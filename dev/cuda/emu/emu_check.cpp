@@ -18,8 +18,9 @@
 #include <vector>
 
 #include "common.cuh"
-
-extern "C" const StlKernels stl_cuda_kernels;
+extern "C" {
+#include "launchers.h"
+}
 extern "C" int stl_cuda_fused_forward_supported(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int r);
 extern "C" void stl_cuda_fused_forward(StlDtype dt, const void *xe, const void *wt, StlSmallMat dec, const void *bias,
                                        void *y, void *z_out, int64_t M, int64_t N, int64_t P, int t, int r,
@@ -28,8 +29,6 @@ extern "C" int stl_cuda_fused_encode_forward_supported(StlDtype dt, int64_t M, i
 extern "C" void stl_cuda_fused_encode_forward(StlDtype dt, const void *x, StlSmallMat enc, const void *wt,
                                               StlSmallMat dec, const void *bias, void *y, void *z_out, int64_t M,
                                               int64_t N, int64_t P, int t, int r, void *stream);
-extern "C" void stl_cuda_correlate_ws(StlDtype dt, const void *a, const void *x, int64_t M, int64_t N, int t, int r,
-                                      void *out, int64_t s0, int64_t s1, void *ws, size_t ws_bytes, void *stream);
 
 static int failures = 0, checks = 0;
 
@@ -142,7 +141,7 @@ static void check_shape(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
     Buf out(dt, r * Mt * Nt);
     out.poison();
     StlSmallMat enc = {E.p(), t2, 1};
-    stl_cuda_kernels.encode_add(dt, x.p(), M, N, t, r, enc, NULL, out.p(), NULL);
+    stl_cuda_encode_add(dt, x.p(), M, N, t, r, enc, NULL, out.p(), NULL);
     std::vector<double> ref(out.n);
     for (int l = 0; l < r; l++)
       for (int64_t I = 0; I < Mt; I++)
@@ -159,7 +158,7 @@ static void check_shape(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
     Buf out(dt, r * Mt * Pt);
     out.poison();
     StlSmallMat dT = {D.p(), 1, r};
-    stl_cuda_kernels.encode_add(dt, g.p(), M, P, t, r, dT, extra.p(), out.p(), NULL);
+    stl_cuda_encode_add(dt, g.p(), M, P, t, r, dT, extra.p(), out.p(), NULL);
     std::vector<double> ref(out.n);
     for (int l = 0; l < r; l++)
       for (int64_t I = 0; I < Mt; I++)
@@ -176,7 +175,7 @@ static void check_shape(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
     Buf out(dt, M * P);
     out.poison();
     StlSmallMat dec = {D.p(), r, 1};
-    stl_cuda_kernels.decode(dt, z.p(), M, P, t, r, dec, bias.p(), out.p(), NULL);
+    stl_cuda_decode(dt, z.p(), M, P, t, r, dec, bias.p(), out.p(), NULL);
     std::vector<double> ref(out.n);
     for (int64_t row = 0; row < M; row++)
       for (int64_t col = 0; col < P; col++) {
@@ -193,7 +192,7 @@ static void check_shape(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
     Buf out(dt, M * N);
     out.poison();
     StlSmallMat eT = {E.p(), 1, t2};
-    stl_cuda_kernels.decode(dt, dxe.p(), M, N, t, r, eT, NULL, out.p(), NULL);
+    stl_cuda_decode(dt, dxe.p(), M, N, t, r, eT, NULL, out.p(), NULL);
     std::vector<double> ref(out.n);
     for (int64_t row = 0; row < M; row++)
       for (int64_t col = 0; col < N; col++) {
@@ -215,10 +214,10 @@ static void check_shape(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
     again.poison();
     { /* through the table, as ops.c calls it: a workspace of exactly the advertised size, poisoned
          (every partial must be written before it is read), fenced by canaries */
-      const size_t wsb = stl_cuda_kernels.correlate_ws_bytes(dt, M, W, t, r);
+      const size_t wsb = stl_cuda_correlate_workspace_bytes(dt, M, W, t, r);
       Buf ws(STL_F64, (int64_t)(wsb / 8));
       ws.poison();
-      stl_cuda_kernels.correlate(dt, a.p(), xx.p(), M, W, t, r, out.p(), s0, s1, ws.p(), wsb, NULL);
+      stl_cuda_correlate_ws(dt, a.p(), xx.p(), M, W, t, r, out.p(), s0, s1, ws.p(), wsb, NULL);
       if (!ws.canaries_ok()) failures++, printf("FAIL correlate workspace overrun %s\n", ctx);
       /* the second run through the extern "C" entry point, on the workspace the first one left */
       stl_cuda_correlate_ws(dt, a.p(), xx.p(), M, W, t, r, again.p(), s0, s1, ws.p(), wsb, NULL);
@@ -244,10 +243,10 @@ static void check_shape(StlDtype dt, int64_t M, int64_t N, int64_t P, int t, int
   {
     Buf out(dt, P);
     out.poison();
-    const size_t wsb = stl_cuda_kernels.colsum_ws_bytes(dt, M, P);
+    const size_t wsb = stl_cuda_colsum_workspace_bytes(dt, M, P);
     Buf ws(STL_F64, (int64_t)(wsb / 8));
     ws.poison();
-    stl_cuda_kernels.colsum(dt, g.p(), M, P, out.p(), ws.p(), wsb, NULL);
+    stl_cuda_colsum_ws(dt, g.p(), M, P, out.p(), ws.p(), wsb, NULL);
     std::vector<double> ref(P, 0.0);
     for (int64_t row = 0; row < M; row++)
       for (int64_t c = 0; c < P; c++) ref[c] += g.get(row * P + c);

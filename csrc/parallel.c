@@ -1,11 +1,12 @@
-/* One parallel-for for all CPU kernels. Prefer torch's intra-op pool (torch_parallel_for,
+/* Host services parallel_for and num_threads (StlHost, csrc/stl.h): one parallel-for for all CPU
+ * kernels. Prefer torch's intra-op pool (torch_parallel_for,
  * torch 2.10+): it honours torch.set_num_threads and does not oversubscribe the cores torch's
  * own GEMM uses. Older torch: a plain pthread split. */
 #include <pthread.h>
 #include <unistd.h>
 
-#include "../stl.h"
-#include "../torch_abi.h"
+#include "stl.h"
+#include "torch_abi.h"
 
 typedef struct {
   StlRangeFn fn;
@@ -44,4 +45,11 @@ void stl_parallel_for(int64_t n, int64_t grain, StlRangeFn fn, void *ctx) {
     else
       run_chunk(&ch[i]); /* could not spawn: do it here */
   }
+}
+
+int64_t stl_num_threads(void) {
+  uint32_t n = 0;
+  if (stl_abi.get_num_threads && stl_abi.get_num_threads(&n) == 0 && n > 0) return n;
+  const long c = sysconf(_SC_NPROCESSORS_ONLN);
+  return c > 0 ? c : 1;
 }
