@@ -97,11 +97,6 @@ def eval_ppl(model, chunks, d, micro, amp):
     return loss, math.exp(min(loss, 50))
 
 
-def _next_cache(out):
-    """The cache a transformers output carries (5.x names it ``cache``, 4.x ``past_key_values``)."""
-    return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else out.past_key_values
-
-
 @torch.no_grad()
 def token_by_token_check(model, seqs, device):
     """Scores every next token twice on the same sequences: teacher-forced (one forward over the
@@ -120,9 +115,8 @@ def token_by_token_check(model, seqs, device):
         row, cache = [], None
         for i in range(1, seq.shape[1]):
             if incremental:
-                kw = {"past_key_values": cache} if cache is not None else {}
-                out = model(input_ids=seq[:, i - 1:i], use_cache=True, **kw)
-                cache = _next_cache(out)
+                out = model(input_ids=seq[:, i - 1:i], use_cache=True, cache=cache)
+                cache = out.cache  # transformers' current cache API (past_key_values is deprecated)
             else:
                 out = model(input_ids=seq[:, :i], use_cache=False)
             row.append(torch.log_softmax(out.logits[0, -1].float(), -1)[seq[0, i]])
