@@ -35,6 +35,9 @@ ISA_FLAGS = {
     "csrc/cpu/isa_avx2.c": ["-mavx2", "-mfma", "-mf16c", "-mbmi2"] if X86 else [],
     "csrc/cpu/isa_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mf16c",
                               "-mbmi2"] if X86 else [],
+    # AVX-512 + AVX512-BF16 (vdpbf16ps): the bfloat16 encode/decode (Zen 4, Cooper Lake, Sapphire Rapids)
+    "csrc/cpu/isa_avx512bf16.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mfma",
+                                  "-mf16c", "-mbmi2"] if X86 else [],
 }
 
 SOURCES = [
