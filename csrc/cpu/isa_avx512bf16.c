@@ -225,7 +225,90 @@ static void decode_bf16(const StlDecodeArgs *p, int64_t i0, int64_t i1) {
   else decode_rows(p, i0, i1, pw, keep, 0);
 }
 
-/* The level's encode/decode: the bfloat16 kernels where they apply (bfloat16 storage, bfloat16
+#define LC 12 /* products per register group of the correlation */
+
+/* acc[k] (float32 lanes j = p*4 + c) += sum over the tile-rows [I0, I1) of
+ * a[l0 + k, I, K] * x[4I + p, 4K + c], k < lb; sums flushed into out[(l0 + k) * 16 + j] (double)
+ * every few hundred tiles, so float32 never sums more than that. Lanes = the 16 tile elements;
+ * pair = two adjacent tiles K, K+1: a's pair is one 32-bit word of its plane (a broadcast
+ * operand), x's pair is built from 4 rows of 8 tiles by a 4x4 transpose of 128-bit lanes and an
+ * in-lane byte shuffle. No coefficient here: a zero of a multiplies like any value (as the
+ * float32 correlation does). */
+static inline __attribute__((always_inline)) void corr_rows(const StlCorrelateArgs *p, int64_t I0, int64_t I1, int l0,
+                                                            const int lb, double *out) {
+  const int64_t Nt = p->N / 4, ps = p->a_ps;
+  const uint16_t *x = (const uint16_t *)p->x, *a = (const uint16_t *)p->a + (int64_t)l0 * ps;
+  const __m512i pat = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+  __m512 acc[LC];
+#pragma GCC unroll 12
+  for (int k = 0; k < LC; k++) acc[k] = _mm512_setzero_ps();
+  int64_t since = 0;
+  for (int64_t I = I0; I < I1; I++) {
+    const uint16_t *ar = a + I * Nt;
+    for (int64_t K0 = 0; K0 < Nt; K0 += 8) {
+      const int64_t nt = Nt - K0 < 8 ? Nt - K0 : 8;
+      const __mmask32 m = nt >= 8 ? 0xffffffffu : (__mmask32)((1u << (4 * nt)) - 1);
+      __m512i rw[4];
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; q++) {
+        const int64_t row = 4 * I + q;
+        rw[q] = row < p->M ? _mm512_maskz_loadu_epi16(m, x + row * p->N + 4 * K0) : _mm512_setzero_si512();
+      }
+      const __m512i t0 = _mm512_shuffle_i64x2(rw[0], rw[1], 0x44), t1 = _mm512_shuffle_i64x2(rw[2], rw[3], 0x44);
+      const __m512i t2 = _mm512_shuffle_i64x2(rw[0], rw[1], 0xee), t3 = _mm512_shuffle_i64x2(rw[2], rw[3], 0xee);
+      __m512i xp[4]; /* xp[i]: tiles K0 + 2i, K0 + 2i + 1, lane j = (x_K[j], x_K+1[j]) */
+      xp[0] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t0, t1, 0x88), pat);
+      xp[1] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t0, t1, 0xdd), pat);
+      xp[2] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0x88), pat);
+      xp[3] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0xdd), pat);
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; i++) {
+        const int64_t K = K0 + 2 * i;
+        if (K >= Nt) continue;
+        const int whole = K + 1 < Nt; /* else the odd last tile: a's second half reads as zero */
+#pragma GCC unroll 12
+        for (int k = 0; k < LC; k++) {
+          if (k >= lb) continue;
+          uint32_t w = 0;
+          if (whole) memcpy(&w, ar + k * ps + K, 4);
+          else w = ar[k * ps + K];
+          acc[k] = dp(acc[k], xp[i], w);
+        }
+      }
+    }
+    since += Nt;
+    if (since >= 256 || I + 1 == I1) {
+      since = 0;
+#pragma GCC unroll 12
+      for (int k = 0; k < LC; k++) {
+        if (k >= lb) continue;
+        float v[16];
+        _mm512_storeu_ps(v, acc[k]);
+        acc[k] = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j++) out[(int64_t)(l0 + k) * 16 + j] += (double)v[j];
+      }
+    }
+  }
+}
+
+/* Correlate, t = 4, bfloat16 planes a and bfloat16 x: part q sums its fixed range of tile-rows
+ * into its own double slot (same split as the float32 primitive: results do not depend on threads). */
+static void correlate_bf16(const StlCorrelateArgs *p, int64_t q0, int64_t q1) {
+  const int r = p->r;
+  const int64_t Mt = (p->M + 3) / 4;
+  for (int64_t q = q0; q < q1; q++) {
+    double *accq = p->partials + q * (int64_t)r * 16;
+    memset(accq, 0, sizeof(double) * (size_t)r * 16);
+    const int64_t I0 = q * Mt / p->nparts, I1 = (q + 1) * Mt / p->nparts;
+    if (I0 >= I1) continue;
+    for (int l0 = 0; l0 < r; l0 += LC) {
+      if (r - l0 >= LC) corr_rows(p, I0, I1, l0, LC, accq);
+      else corr_rows(p, I0, I1, l0, r - l0, accq);
+    }
+  }
+}
+
+/* The level's encode/decode/correlate: the bfloat16 kernels where they apply (bfloat16 storage, bfloat16
  * planes, t = 4, r <= 64), the generic primitives otherwise. */
 static void encode_f(const StlEncodeArgs *p, int64_t i0, int64_t i1, void *scratch) {
   if (p->dt == STL_BF16 && p->out_bf16 && p->t == 4 && p->r <= 64) encode_bf16(p, i0, i1);
@@ -236,11 +319,16 @@ static void decode_f(const StlDecodeArgs *p, int64_t i0, int64_t i1, void *scrat
   else decode_f_avx512bf16(p, i0, i1, scratch);
 }
 
+static void correlate_f(const StlCorrelateArgs *p, int64_t q0, int64_t q1, void *scratch) {
+  if (p->dt == STL_BF16 && p->a_bf16 && p->t == 4) correlate_bf16(p, q0, q1);
+  else correlate_f_avx512bf16(p, q0, q1, scratch);
+}
+
 const StlCpuIsa stl_cpu_isa_avx512bf16 = {"avx512bf16",
                                           STL_VBYTES,
                                           {encode_f, encode_d_avx512bf16},
                                           {decode_f, decode_d_avx512bf16},
-                                          ISA_PAIR(correlate_),
+                                          {correlate_f, correlate_d_avx512bf16},
                                           ISA_PAIR(colsum_),
                                           ISA_PAIR(gemm_),
                                           ISA_PAIR(pack_)};
