@@ -4,7 +4,7 @@ The extension does not include or link torch at build time (the ABI is resolved 
 so the build needs only a C compiler and one wheel serves torch 2.9+.
 
 The CPU kernels are compiled once per instruction-set level (csrc/cpu/isa_*.c: a portable
-baseline, AVX2+FMA and AVX-512 on x86-64; the baseline alone elsewhere) and the best level the
+baseline, AVX2+FMA, AVX-512 and AVX-512 with AVX512-BF16 on x86-64; the baseline alone elsewhere) and the best level the
 CPU supports is chosen at import: a wheel built on one machine runs at full speed on another. Every
 other file is compiled for the architecture's baseline. STL_TORCH_MARCH (unset by default) adds a
 -march flag to all files, for a build meant only for the machine that builds it.
