@@ -233,6 +233,8 @@ MUTANTS += [
      "out[(int64_t)(l0 + k) * 16 + j] = (double)v[j];", BF16_TESTS),
     ("bf16-corr-lane-transpose", BF16_FILE, "xp[3] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0xdd), pat);",
      "xp[3] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0x88), pat);", BF16_TESTS),
+    ("bf16-colsum-second-half", BF16_FILE, "const __m512i a = _mm512_maskz_loadu_epi16(m0, row), b = _mm512_maskz_loadu_epi16(m1, row + 32);",
+     "const __m512i a = _mm512_maskz_loadu_epi16(m0, row), b = _mm512_maskz_loadu_epi16(m1, row);", BF16_TESTS),
 ]
 
 

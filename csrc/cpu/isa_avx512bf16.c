@@ -306,6 +306,34 @@ static void correlate_bf16(const StlCorrelateArgs *p, int64_t q0, int64_t q1) {
   }
 }
 
+/* Column sums of bfloat16 g (db): acc[c] += sum_m g[m, c] for the columns of chunks [c0, c1) of
+ * STL_KB, the bfloat16 rows widened by a shift (no scalar conversion); float32 sums of at most
+ * 64 rows (error at most 64 * 2^-24 of the terms' size) flushed into the double sums. Chunk c owns
+ * its columns (no thread sums another's). */
+static void colsum_bf16(const StlColsumArgs *p, int64_t c0, int64_t c1) {
+  const uint16_t *g = (const uint16_t *)p->g;
+  for (int64_t c = c0; c < c1; c++) {
+    const int64_t cb = c * STL_KB, n = p->P - cb < STL_KB ? p->P - cb : STL_KB;
+    const __mmask32 m0 = n >= 32 ? 0xffffffffu : (__mmask32)((1ull << n) - 1);
+    const __mmask32 m1 = n <= 32 ? 0 : n >= 64 ? 0xffffffffu : (__mmask32)((1ull << (n - 32)) - 1);
+    for (int64_t m0r = 0; m0r < p->M; m0r += 64) {
+      const int64_t m1r = p->M - m0r < 64 ? p->M : m0r + 64;
+      __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t m = m0r; m < m1r; m++) {
+        const uint16_t *row = g + m * p->P + cb;
+        const __m512i a = _mm512_maskz_loadu_epi16(m0, row), b = _mm512_maskz_loadu_epi16(m1, row + 32);
+        s[0] = _mm512_add_ps(s[0], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(a)), 16)));
+        s[1] = _mm512_add_ps(s[1], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(a, 1)), 16)));
+        s[2] = _mm512_add_ps(s[2], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16)));
+        s[3] = _mm512_add_ps(s[3], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16)));
+      }
+      float v[STL_KB];
+      for (int k = 0; k < 4; k++) _mm512_storeu_ps(v + 16 * k, s[k]);
+      for (int64_t i = 0; i < n; i++) p->acc[cb + i] += (double)v[i];
+    }
+  }
+}
+
 /* The level's encode/decode/correlate: the bfloat16 kernels where they apply (bfloat16 storage, bfloat16
  * planes, t = 4, r <= 64), the generic primitives otherwise. */
 static void encode_f(const StlEncodeArgs *p, int64_t i0, int64_t i1, void *scratch) {
@@ -322,12 +350,17 @@ static void correlate_f(const StlCorrelateArgs *p, int64_t q0, int64_t q1, void 
   else correlate_f_avx512bf16(p, q0, q1, scratch);
 }
 
+static void colsum_f(const StlColsumArgs *p, int64_t c0, int64_t c1, void *scratch) {
+  if (p->dt == STL_BF16) colsum_bf16(p, c0, c1);
+  else colsum_f_avx512bf16(p, c0, c1, scratch);
+}
+
 const StlCpuIsa stl_cpu_isa_avx512bf16 = {"avx512bf16",
                                           STL_VBYTES,
                                           {encode_f, encode_d_avx512bf16},
                                           {decode_f, decode_d_avx512bf16},
                                           {correlate_f, correlate_d_avx512bf16},
-                                          ISA_PAIR(colsum_),
+                                          {colsum_f, colsum_d_avx512bf16},
                                           ISA_PAIR(gemm_),
                                           ISA_PAIR(pack_)};
 #endif
