@@ -1,9 +1,11 @@
 /* The CPU primitives at the AVX-512 + AVX512-BF16 level (Zen 4, Cooper Lake, Sapphire Rapids and
  * later): every primitive of the AVX-512 level (primitives.inc compiled again with this file's
  * flags), except that a bfloat16 call whose Xe / Z are bfloat16 (the bfloat16-GEMM path,
- * stl_cpu_bf16_gemm) encodes and decodes 4x4 tiles on the bfloat16 dot-product unit (vdpbf16ps:
- * two bfloat16 products summed into each float32 lane, half the instructions of float32 FMAs),
- * reading and writing bfloat16 directly (no float32 staging, no scalar conversions). setup.py
+ * stl_cpu_bf16_gemm) encodes, decodes and correlates (dE, dD) 4x4 tiles on the bfloat16
+ * dot-product unit (vdpbf16ps: two bfloat16 products summed into each float32 lane, half the
+ * instructions of float32 FMAs), reading and writing bfloat16 directly (no float32 staging, no
+ * scalar conversions), and bfloat16 column sums (db) widen by a shift. Other dtypes, tiles other
+ * than 4, and float32 planes run the AVX-512 primitives unchanged. setup.py
  * compiles this file with -mavx512bf16 on top of the AVX-512 flags; dispatch.c chooses it only
  * where the CPU reports avx512bf16.
  *
@@ -11,7 +13,8 @@
  *   encode: lanes = 16 tiles, pair = two horizontally adjacent elements of one tile row (adjacent
  *           in memory: a 32-bit lane of x), coefficient pair (E[l, j], E[l, j+1]);
  *   decode: lanes = 16 tiles, pair = products l, l+1 of one tile (interleaved from two planes),
- *           coefficient pair (D[j, l], D[j, l+1]).
+ *           coefficient pair (D[j, l], D[j, l+1]);
+ *   correlate: lanes = the 16 tile elements, pair = two adjacent tiles (see corr_rows).
  * A zero coefficient must skip its term (NaN/inf behind a causal mask): its half of the data pair
  * is masked to +0 before the multiply, and a pair of two zeros is skipped. Rounding: the inputs
  * and coefficients are bfloat16 already (exact), sums are float32, each output is rounded once to
@@ -19,7 +22,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #define STL_VBYTES 64
 #define STL_ISA avx512bf16
-#define STL_ISA_OWN_TABLE /* the table is below: encode/decode go through the bfloat16 kernels */
+#define STL_ISA_OWN_TABLE /* the table is below: some primitives go through the bfloat16 kernels */
 #include "isa_level.inc"
 
 #include <immintrin.h>
