@@ -215,9 +215,10 @@ MUTANTS += [
      "return &stl_cpu_isa_avx512;", BF16_TESTS),
     ("bf16-enc-odd-pair-lost", BF16_FILE, "xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, odd, hi);",
      "xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, even, hi);", BF16_TESTS),
-    ("bf16-enc-tail-mask", BF16_FILE,
-     "const __mmask16 mhi = nt <= 8 ? 0 : nt >= 16 ? 0xffff : (__mmask16)((1u << (2 * (nt - 8))) - 1);",
-     "const __mmask16 mhi = nt <= 8 ? 0 : 0xffff;", BF16_TESTS),
+    # (the load masks of a short chunk only keep reads inside x: lanes past it are never stored, so
+    # widening them is invisible; the store mask is what keeps a short chunk out of the next rows)
+    ("bf16-enc-store-mask", BF16_FILE, "const __mmask16 mo = nt >= 16 ? 0xffff : (__mmask16)((1u << nt) - 1);",
+     "const __mmask16 mo = 0xffff;", BF16_TESTS),
     ("bf16-keep-mask-odd-half", BF16_FILE, "(c1 != 0 ? 0xffff0000u : 0)", "0xffff0000u", BF16_TESTS),
     ("bf16-enc-extra-ignored", BF16_FILE, "acc[k] = k < lb && extra ?", "acc[k] = k < lb && !extra ?", BF16_TESTS),
     ("bf16-dec-pair-partner", BF16_FILE, "ix[2 * i + 1] = (uint16_t)(16 + 4 * (i % 4) + i / 4);",
