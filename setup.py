@@ -4,7 +4,7 @@ The extension does not include or link torch at build time (the ABI is resolved 
 so the build needs only a C compiler and one wheel serves torch 2.9+.
 
 The CPU kernels are compiled once per instruction-set level (csrc/cpu/isa_*.c: a portable
-baseline, AVX2+FMA and AVX-512 on x86-64; the baseline alone elsewhere) and the best level the
+baseline, AVX2+FMA, AVX-512 and AVX-512 with AVX512-BF16 on x86-64; the baseline alone elsewhere) and the best level the
 CPU supports is chosen at import: a wheel built on one machine runs at full speed on another. Every
 other file is compiled for the architecture's baseline. STL_TORCH_MARCH (unset by default) adds a
 -march flag to all files, for a build meant only for the machine that builds it.
@@ -36,6 +36,9 @@ ISA_FLAGS = {
     "csrc/cpu/isa_avx2.c": ["-mavx2", "-mfma", "-mf16c", "-mbmi2"] if X86 else [],
     "csrc/cpu/isa_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mf16c",
                               "-mbmi2"] if X86 else [],
+    # AVX-512 + AVX512-BF16 (vdpbf16ps): the bfloat16 encode/decode (Zen 4, Cooper Lake, Sapphire Rapids)
+    "csrc/cpu/isa_avx512bf16.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mfma",
+                                  "-mf16c", "-mbmi2"] if X86 else [],
 }
 
 SOURCES = [

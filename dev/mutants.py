@@ -212,6 +212,42 @@ MUTANTS = [
 ]
 
 
+# ===================================================================================================
+# --- bfloat16 kernels of the avx512bf16 level (csrc/cpu/isa_avx512bf16.c, branch bf16-kernels).
+# Kept as one block after the list so that the list above can be re-anchored independently. They
+# run where the CPU has AVX512-BF16 (elsewhere tests/test_bf16.py skips them: MISSED there).
+BF16_TESTS = ["tests/test_bf16.py"]
+BF16_FILE = "csrc/cpu/isa_avx512bf16.c"
+MUTANTS += [
+    ("bf16-level-never-chosen", "csrc/cpu/dispatch.c", None,
+     'return __builtin_cpu_supports("avx512bf16") ? &stl_cpu_isa_avx512bf16 : &stl_cpu_isa_avx512;',
+     "return &stl_cpu_isa_avx512;", BF16_TESTS),
+    ("bf16-enc-odd-pair-lost", BF16_FILE, None, "xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, odd, hi);",
+     "xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, even, hi);", BF16_TESTS),
+    # (the load masks of a short chunk only keep reads inside x: lanes past it are never stored, so
+    # widening them is invisible; the store mask is what keeps a short chunk out of the next rows)
+    ("bf16-enc-store-mask", BF16_FILE, None, "const __mmask16 mo = nt >= 16 ? 0xffff : (__mmask16)((1u << nt) - 1);",
+     "const __mmask16 mo = 0xffff;", BF16_TESTS),
+    ("bf16-keep-mask-odd-half", BF16_FILE, None, "(c1 != 0 ? 0xffff0000u : 0)", "0xffff0000u", BF16_TESTS),
+    ("bf16-enc-extra-ignored", BF16_FILE, None, "acc[k] = k < lb && extra ?", "acc[k] = k < lb && !extra ?", BF16_TESTS),
+    ("bf16-dec-pair-partner", BF16_FILE, None, "ix[2 * i + 1] = (uint16_t)(16 + 4 * (i % 4) + i / 4);",
+     "ix[2 * i + 1] = (uint16_t)(4 * (i % 4) + i / 4);", BF16_TESTS),
+    ("bf16-dec-bias-offset", BF16_FILE, None, "const float *bp = bias + 4 * J0;", "const float *bp = bias;", BF16_TESTS),
+    ("bf16-dec-zero-path-never", BF16_FILE, None,
+     "if (pair_words((const float *)p->coef, 16, p->r, 1, 16, pw, keep)) decode_rows(p, i0, i1, pw, keep, 1);",
+     "if (0 && pair_words((const float *)p->coef, 16, p->r, 1, 16, pw, keep)) decode_rows(p, i0, i1, pw, keep, 1);",
+     BF16_TESTS),
+    ("bf16-corr-odd-tile-reads-next", BF16_FILE, None, "else w = ar[k * ps + K];", "else memcpy(&w, ar + k * ps + K, 4);",
+     BF16_TESTS),
+    ("bf16-corr-flush-overwrites", BF16_FILE, None, "out[(int64_t)(l0 + k) * 16 + j] += (double)v[j];",
+     "out[(int64_t)(l0 + k) * 16 + j] = (double)v[j];", BF16_TESTS),
+    ("bf16-corr-lane-transpose", BF16_FILE, None, "xp[3] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0xdd), pat);",
+     "xp[3] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0x88), pat);", BF16_TESTS),
+    ("bf16-colsum-second-half", BF16_FILE, None, "const __m512i a = _mm512_maskz_loadu_epi16(m0, row), b = _mm512_maskz_loadu_epi16(m1, row + 32);",
+     "const __m512i a = _mm512_maskz_loadu_epi16(m0, row), b = _mm512_maskz_loadu_epi16(m1, row);", BF16_TESTS),
+]
+
+
 def _c_body(text, func):
     """(start, end) of each definition of C function `func` in text: its line at column 0 up to the
     first line starting with '}' (prototypes, calls and macros are not definitions)."""

@@ -263,7 +263,7 @@ def test_16bit_conversions_match_torch():
             assert same.all(), (dtype, w, x[~same][:5], y[~same][:5], want[~same][:5])
 
 
-LEVELS = ["baseline", "avx2", "avx512"]
+LEVELS = ["baseline", "avx2", "avx512", "avx512bf16"]
 
 
 def _levels_below():
@@ -275,7 +275,8 @@ def _levels_below():
 # fused in one block); the best level also with 256 KiB blocks (t4 and t2 through MKL, the backward
 # in blocks) and with 32 KiB blocks (the float32 t3 shape fused in 4 row blocks, the last one
 # partial; the MKL forward and the backward in several blocks)
-CONFIGS = [("baseline", None), ("avx2", None), ("avx512", None), ("best", 256 << 10), ("best", 32 << 10)]
+CONFIGS = [("baseline", None), ("avx2", None), ("avx512", None), ("avx512bf16", None), ("best", 256 << 10),
+           ("best", 32 << 10)]
 
 
 @pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_ISA") is not None, reason="already a per-level run")

@@ -1,5 +1,5 @@
 /* Which ISA level's primitives run: the best this CPU (and OS) supports, chosen once at import,
- * the way PyTorch's own CPU-capability dispatch works. STL_TORCH_CPU_ISA=baseline|avx2|avx512
+ * the way PyTorch's own CPU-capability dispatch works. STL_TORCH_CPU_ISA=baseline|avx2|avx512|avx512bf16
  * forces a lower level (a level the CPU lacks is refused at import with a clear message). Also
  * chosen here: the block size and whether bfloat16 calls multiply in bfloat16. */
 #include <stdio.h>
@@ -22,7 +22,7 @@ static const StlCpuIsa *best_supported(void) {
   /* __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0) */
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
-    return &stl_cpu_isa_avx512;
+    return __builtin_cpu_supports("avx512bf16") ? &stl_cpu_isa_avx512bf16 : &stl_cpu_isa_avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
       __builtin_cpu_supports("bmi2"))
     return &stl_cpu_isa_avx2;
@@ -96,6 +96,7 @@ const char *stl_cpu_isa_init(void) {
 #if defined(__x86_64__) || defined(_M_X64)
       &stl_cpu_isa_avx2,
       &stl_cpu_isa_avx512,
+      &stl_cpu_isa_avx512bf16,
 #endif
   };
   const int n = (int)(sizeof levels / sizeof levels[0]);
@@ -114,7 +115,7 @@ const char *stl_cpu_isa_init(void) {
   }
   snprintf(msg, sizeof msg,
            "stl_torch: STL_TORCH_CPU_ISA=%s is not a level of this build; expected one of baseline%s (or unset)",
-           want, n > 1 ? ", avx2, avx512" : "");
+           want, n > 1 ? ", avx2, avx512, avx512bf16" : "");
   return msg;
 }
 

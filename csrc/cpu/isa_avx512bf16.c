@@ -1,0 +1,369 @@
+/* The CPU primitives at the AVX-512 + AVX512-BF16 level (Zen 4, Cooper Lake, Sapphire Rapids and
+ * later): every primitive of the AVX-512 level (primitives.inc compiled again with this file's
+ * flags), except that a bfloat16 call whose Xe / Z are bfloat16 (the bfloat16-GEMM path,
+ * stl_cpu_bf16_gemm) encodes, decodes and correlates (dE, dD) 4x4 tiles on the bfloat16
+ * dot-product unit (vdpbf16ps: two bfloat16 products summed into each float32 lane, half the
+ * instructions of float32 FMAs), reading and writing bfloat16 directly (no float32 staging, no
+ * scalar conversions), and bfloat16 column sums (db) widen by a shift. Other dtypes, tiles other
+ * than 4, and float32 planes run the AVX-512 primitives unchanged. setup.py
+ * compiles this file with -mavx512bf16 on top of the AVX-512 flags; dispatch.c chooses it only
+ * where the CPU reports avx512bf16.
+ *
+ * The pair unit of vdpbf16ps is a pair of adjacent bfloat16 in one 32-bit lane:
+ *   encode: lanes = 16 tiles, pair = two horizontally adjacent elements of one tile row (adjacent
+ *           in memory: a 32-bit lane of x), coefficient pair (E[l, j], E[l, j+1]);
+ *   decode: lanes = 16 tiles, pair = products l, l+1 of one tile (interleaved from two planes),
+ *           coefficient pair (D[j, l], D[j, l+1]);
+ *   correlate: lanes = the 16 tile elements, pair = two adjacent tiles (see corr_rows).
+ * A zero coefficient must skip its term (NaN/inf behind a causal mask): its half of the data pair
+ * is masked to +0 before the multiply, and a pair of two zeros is skipped. Rounding: the inputs
+ * and coefficients are bfloat16 already (exact), sums are float32, each output is rounded once to
+ * nearest even (vcvtne2ps2bf16), as the float32 primitives round them. */
+#if defined(__x86_64__) || defined(_M_X64)
+#define STL_VBYTES 64
+#define STL_ISA avx512bf16
+#define STL_ISA_OWN_TABLE /* the table is below: some primitives go through the bfloat16 kernels */
+#include "isa_level.inc"
+
+#include <immintrin.h>
+
+/* float coefficient (a bfloat16 value, or any float: rounded to nearest even) -> bfloat16 bits */
+static inline uint32_t bf_bits(float c) { return stl_f32_to_bf16(c); }
+
+/* Coefficient pairs as 32-bit words: pw[k*ks + p*qs] = (c[k][2p], c[k][2p+1]) (the second 0 past
+ * n), and the lanes' keep masks: 0xffff for each half whose coefficient is nonzero. Returns
+ * whether some coefficient is zero. The strides let each kernel read its words at constant offsets
+ * from one pointer (folded into vdpbf16ps as broadcast operands). */
+static int pair_words(const float *c, int rows, int n, int64_t ks, int64_t qs, uint32_t *pw, uint32_t *keep) {
+  const int np = (n + 1) / 2;
+  int zero = 0;
+  for (int k = 0; k < rows; k++)
+    for (int p = 0; p < np; p++) {
+      const float c0 = c[(int64_t)k * n + 2 * p], c1 = 2 * p + 1 < n ? c[(int64_t)k * n + 2 * p + 1] : 0.0f;
+      pw[k * ks + p * qs] = bf_bits(c0) | bf_bits(c1) << 16;
+      keep[k * ks + p * qs] = (c0 != 0 ? 0xffffu : 0) | (c1 != 0 ? 0xffff0000u : 0);
+      zero |= c0 == 0 || (2 * p + 1 < n && c1 == 0);
+    }
+  return zero;
+}
+
+static inline __m512 dp(__m512 acc, __m512i x, uint32_t w) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)_mm512_set1_epi32((int)w));
+}
+/* the same with a zero coefficient's half of x masked to +0 (keep != 0: some half is kept) */
+static inline __m512 dpk(__m512 acc, __m512i x, uint32_t w, uint32_t keep) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_and_si512(x, _mm512_set1_epi32((int)keep)),
+                          (__m512bh)_mm512_set1_epi32((int)w));
+}
+
+/* 16 bfloat16 at p (the first n) <-> float32 */
+static inline __m512 load_bf16(const uint16_t *p, int64_t n) {
+  const __mmask16 m = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+#define LB 8 /* products per register group of the encode: 8 x-pair vectors + 8 accumulators */
+
+/* acc[k] += sum_j E[l0 + k, j] * x tiles for k < lb, from the 8 x-pair vectors; ZERO as dec_products. */
+static inline __attribute__((always_inline)) void enc_products(__m512 acc[LB], const __m512i xp[8], const uint32_t *pw,
+                                                               const uint32_t *keep, int lb, const int ZERO) {
+#pragma GCC unroll 8
+  for (int q = 0; q < 8; q++)
+#pragma GCC unroll 8
+    for (int k = 0; k < LB; k++) {
+      if (k >= lb) continue;
+      if (!ZERO) {
+        acc[k] = dp(acc[k], xp[q], pw[k * 8 + q]);
+      } else {
+        const uint32_t kp = keep[k * 8 + q];
+        if (kp) acc[k] = dpk(acc[k], xp[q], pw[k * 8 + q], kp);
+      }
+    }
+}
+
+/* Encode, t = 4, bfloat16 x -> bfloat16 Xe planes (+ the bfloat16 extra planes, added in float32
+ * before the one rounding). Tile-rows [i0, i1). */
+static inline __attribute__((always_inline)) void encode_rows(const StlEncodeArgs *p, int64_t i0, int64_t i1,
+                                                              const uint32_t *pw, const uint32_t *keep, const int ZERO) {
+  const int r = p->r;
+  const int64_t Nt = p->N / 4;
+  /* p->stream is ignored: non-temporal stores of 32 bytes into r planes at once (half a line each,
+   * more streams than write-combining buffers) measured 2x slower than plain stores here (Zen 4,
+   * 8192 x 1536, one thread: 10.6 vs 5.2 ms) */
+  const uint16_t *x = (const uint16_t *)p->in, *extra = (const uint16_t *)p->extra;
+  uint16_t *out = (uint16_t *)p->out;
+  /* 32-bit lane k of a tile row's 16 tiles: pair (k & 1) of tile k / 2; even lanes -> tiles' pair 0 */
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t I = i0; I < i1; I++)
+    for (int64_t K0 = 0; K0 < Nt; K0 += 16) {
+      const int64_t nt = Nt - K0 < 16 ? Nt - K0 : 16;
+      const __mmask16 mlo = nt >= 8 ? 0xffff : (__mmask16)((1u << (2 * nt)) - 1);
+      const __mmask16 mhi = nt <= 8 ? 0 : nt >= 16 ? 0xffff : (__mmask16)((1u << (2 * (nt - 8))) - 1);
+      __m512i xp[8]; /* xp[2a + h]: the pair (2h, 2h+1) of row a of the 16 tiles */
+#pragma GCC unroll 4
+      for (int a = 0; a < 4; a++) {
+        const int64_t row = 4 * I + a;
+        if (row >= p->M) {
+          xp[2 * a] = xp[2 * a + 1] = _mm512_setzero_si512();
+          continue;
+        }
+        const uint16_t *s = x + row * p->N + 4 * K0;
+        const __m512i lo = _mm512_maskz_loadu_epi32(mlo, s), hi = _mm512_maskz_loadu_epi32(mhi, s + 32);
+        xp[2 * a] = _mm512_permutex2var_epi32(lo, even, hi);
+        xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, odd, hi);
+      }
+      const int64_t off = I * Nt + K0;
+      const __mmask16 mo = nt >= 16 ? 0xffff : (__mmask16)((1u << nt) - 1);
+      for (int l0 = 0; l0 < r; l0 += LB) {
+        const int lb = r - l0 < LB ? r - l0 : LB;
+        __m512 acc[LB];
+#pragma GCC unroll 8
+        for (int k = 0; k < LB; k++)
+          acc[k] = k < lb && extra ? load_bf16(extra + (l0 + k) * p->extra_ps + off, nt) : _mm512_setzero_ps();
+        if (lb == LB) enc_products(acc, xp, pw + l0 * 8, keep + l0 * 8, LB, ZERO);
+        else enc_products(acc, xp, pw + l0 * 8, keep + l0 * 8, lb, ZERO);
+#pragma GCC unroll 8
+        for (int k = 0; k < LB; k++) /* constant indices: the accumulators stay in registers */
+          if (k < lb) {
+            uint16_t *o = out + (l0 + k) * p->out_ps + off;
+            const __m256i v = (__m256i)_mm512_cvtneps_pbh(acc[k]);
+            _mm256_mask_storeu_epi16(o, mo, v);
+          }
+      }
+    }
+}
+
+static void encode_bf16(const StlEncodeArgs *p, int64_t i0, int64_t i1) {
+  uint32_t pw[64 * 8], keep[64 * 8];
+  if (pair_words((const float *)p->coef, p->r, 16, 8, 1, pw, keep)) encode_rows(p, i0, i1, pw, keep, 1);
+  else encode_rows(p, i0, i1, pw, keep, 0);
+}
+
+/* acc[j] += sum_l D[j, l] * Z[l] over the 16 tiles at zp (the first nt: mask mt), pairs of
+ * products at once. ZERO (a literal) selects the path that masks zero coefficients' halves. The
+ * 16 accumulators stay in registers (each pair vector built once serves all 16). */
+static inline __attribute__((always_inline)) void dec_products(__m512 acc[16], const uint16_t *zp, int64_t ps, int r,
+                                                               __mmask16 mt, __m512i idx, const uint32_t *pw,
+                                                               const uint32_t *keep, const int ZERO) {
+  const int np = (r + 1) / 2;
+  for (int q = 0; q < np; q++) {
+    const __m256i z0 = _mm256_maskz_loadu_epi16(mt, zp + (int64_t)(2 * q) * ps);
+    const __m256i z1 = 2 * q + 1 < r ? _mm256_maskz_loadu_epi16(mt, zp + (int64_t)(2 * q + 1) * ps) : _mm256_setzero_si256();
+    const __m512i v = _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(z0), z1, 1));
+    const uint32_t *w = pw + 16 * q, *kq = keep + 16 * q; /* words [q][j] */
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; j++) {
+      if (!ZERO) {
+        acc[j] = dp(acc[j], v, w[j]);
+      } else if (kq[j]) {
+        acc[j] = dpk(acc[j], v, w[j], kq[j]);
+      }
+    }
+  }
+}
+
+/* Decode, t = 4, bfloat16 Z planes -> bfloat16 rows of y (+ the float32 bias), tile-rows [i0, i1).
+ * Accumulator j (= a*4 + b) lane 4L + q holds tile 4q + L of the chunk: the 4x4 transposes of the
+ * output (in-lane unpacks) then leave the tiles of each row in order. */
+static inline __attribute__((always_inline)) void decode_rows(const StlDecodeArgs *p, int64_t i0, int64_t i1,
+                                                              const uint32_t *pw, const uint32_t *keep, const int ZERO) {
+  const int r = p->r;
+  const int64_t Pt = p->P / 4;
+  const uint16_t *z = (const uint16_t *)p->in;
+  const float *bias = (const float *)p->bias;
+  uint16_t *y = (uint16_t *)p->out;
+  /* 16-bit lane 2i <- plane l, lane 2i+1 <- plane l+1 (at +16), of tile 4(i%4) + i/4 */
+  uint16_t ix[32];
+  for (int i = 0; i < 16; i++) ix[2 * i] = (uint16_t)(4 * (i % 4) + i / 4), ix[2 * i + 1] = (uint16_t)(16 + 4 * (i % 4) + i / 4);
+  __m512i idx;
+  memcpy(&idx, ix, sizeof idx);
+  for (int64_t I = i0; I < i1; I++)
+    for (int64_t J0 = 0; J0 < Pt; J0 += 16) {
+      const int64_t nt = Pt - J0 < 16 ? Pt - J0 : 16;
+      const __mmask16 mt = nt >= 16 ? 0xffff : (__mmask16)((1u << nt) - 1);
+      __m512 acc[16];
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+      const uint16_t *zp = z + I * p->in_ld + J0;
+      dec_products(acc, zp, p->in_ps, r, mt, idx, pw, keep, ZERO);
+      const int64_t ne = 4 * nt; /* output elements of a row in this chunk */
+      const __mmask32 m0 = ne >= 32 ? 0xffffffffu : (__mmask32)((1u << ne) - 1);
+      const __mmask32 m1 = ne <= 32 ? 0 : ne >= 64 ? 0xffffffffu : (__mmask32)((1u << (ne - 32)) - 1);
+      /* fully unrolled, constant indices: the accumulators never go through memory */
+#pragma GCC unroll 4
+      for (int a = 0; a < 4; a++) {
+        const int64_t row = 4 * I + a;
+        if (row >= p->M) continue;
+        const __m512 t0 = _mm512_unpacklo_ps(acc[4 * a], acc[4 * a + 1]), t1 = _mm512_unpackhi_ps(acc[4 * a], acc[4 * a + 1]);
+        const __m512 t2 = _mm512_unpacklo_ps(acc[4 * a + 2], acc[4 * a + 3]);
+        const __m512 t3 = _mm512_unpackhi_ps(acc[4 * a + 2], acc[4 * a + 3]);
+        __m512 o[4];
+        o[0] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+        o[1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+        o[2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+        o[3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+        if (bias) {
+          const float *bp = bias + 4 * J0;
+#pragma GCC unroll 4
+          for (int k = 0; k < 4; k++) {
+            const int64_t n = ne - 16 * k;
+            if (n <= 0) continue;
+            const __mmask16 mb = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+            o[k] = _mm512_add_ps(o[k], _mm512_maskz_loadu_ps(mb, bp + 16 * k));
+          }
+        }
+        uint16_t *yp = y + row * p->out_ld + 4 * J0;
+        _mm512_mask_storeu_epi16(yp, m0, (__m512i)_mm512_cvtne2ps_pbh(o[1], o[0]));
+        if (m1) _mm512_mask_storeu_epi16(yp + 32, m1, (__m512i)_mm512_cvtne2ps_pbh(o[3], o[2]));
+      }
+    }
+}
+
+static void decode_bf16(const StlDecodeArgs *p, int64_t i0, int64_t i1) {
+  uint32_t pw[16 * 32], keep[16 * 32];
+  if (pair_words((const float *)p->coef, 16, p->r, 1, 16, pw, keep)) decode_rows(p, i0, i1, pw, keep, 1);
+  else decode_rows(p, i0, i1, pw, keep, 0);
+}
+
+#define LC 12 /* products per register group of the correlation */
+
+/* acc[k] (float32 lanes j = p*4 + c) += sum over the tile-rows [I0, I1) of
+ * a[l0 + k, I, K] * x[4I + p, 4K + c], k < lb; sums flushed into out[(l0 + k) * 16 + j] (double)
+ * every few hundred tiles, so float32 never sums more than that. Lanes = the 16 tile elements;
+ * pair = two adjacent tiles K, K+1: a's pair is one 32-bit word of its plane (a broadcast
+ * operand), x's pair is built from 4 rows of 8 tiles by a 4x4 transpose of 128-bit lanes and an
+ * in-lane byte shuffle. No coefficient here: a zero of a multiplies like any value (as the
+ * float32 correlation does). */
+static inline __attribute__((always_inline)) void corr_rows(const StlCorrelateArgs *p, int64_t I0, int64_t I1, int l0,
+                                                            const int lb, double *out) {
+  const int64_t Nt = p->N / 4, ps = p->a_ps;
+  const uint16_t *x = (const uint16_t *)p->x, *a = (const uint16_t *)p->a + (int64_t)l0 * ps;
+  const __m512i pat = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+  __m512 acc[LC];
+#pragma GCC unroll 12
+  for (int k = 0; k < LC; k++) acc[k] = _mm512_setzero_ps();
+  int64_t since = 0;
+  for (int64_t I = I0; I < I1; I++) {
+    const uint16_t *ar = a + I * Nt;
+    for (int64_t K0 = 0; K0 < Nt; K0 += 8) {
+      const int64_t nt = Nt - K0 < 8 ? Nt - K0 : 8;
+      const __mmask32 m = nt >= 8 ? 0xffffffffu : (__mmask32)((1u << (4 * nt)) - 1);
+      __m512i rw[4];
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; q++) {
+        const int64_t row = 4 * I + q;
+        rw[q] = row < p->M ? _mm512_maskz_loadu_epi16(m, x + row * p->N + 4 * K0) : _mm512_setzero_si512();
+      }
+      const __m512i t0 = _mm512_shuffle_i64x2(rw[0], rw[1], 0x44), t1 = _mm512_shuffle_i64x2(rw[2], rw[3], 0x44);
+      const __m512i t2 = _mm512_shuffle_i64x2(rw[0], rw[1], 0xee), t3 = _mm512_shuffle_i64x2(rw[2], rw[3], 0xee);
+      __m512i xp[4]; /* xp[i]: tiles K0 + 2i, K0 + 2i + 1, lane j = (x_K[j], x_K+1[j]) */
+      xp[0] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t0, t1, 0x88), pat);
+      xp[1] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t0, t1, 0xdd), pat);
+      xp[2] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0x88), pat);
+      xp[3] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0xdd), pat);
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; i++) {
+        const int64_t K = K0 + 2 * i;
+        if (K >= Nt) continue;
+        const int whole = K + 1 < Nt; /* else the odd last tile: a's second half reads as zero */
+#pragma GCC unroll 12
+        for (int k = 0; k < LC; k++) {
+          if (k >= lb) continue;
+          uint32_t w = 0;
+          if (whole) memcpy(&w, ar + k * ps + K, 4);
+          else w = ar[k * ps + K];
+          acc[k] = dp(acc[k], xp[i], w);
+        }
+      }
+    }
+    since += Nt;
+    if (since >= 256 || I + 1 == I1) {
+      since = 0;
+#pragma GCC unroll 12
+      for (int k = 0; k < LC; k++) {
+        if (k >= lb) continue;
+        float v[16];
+        _mm512_storeu_ps(v, acc[k]);
+        acc[k] = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j++) out[(int64_t)(l0 + k) * 16 + j] += (double)v[j];
+      }
+    }
+  }
+}
+
+/* Correlate, t = 4, bfloat16 planes a and bfloat16 x: part q sums its fixed range of tile-rows
+ * into its own double slot (same split as the float32 primitive: results do not depend on threads). */
+static void correlate_bf16(const StlCorrelateArgs *p, int64_t q0, int64_t q1) {
+  const int r = p->r;
+  const int64_t Mt = (p->M + 3) / 4;
+  for (int64_t q = q0; q < q1; q++) {
+    double *accq = p->partials + q * (int64_t)r * 16;
+    memset(accq, 0, sizeof(double) * (size_t)r * 16);
+    const int64_t I0 = q * Mt / p->nparts, I1 = (q + 1) * Mt / p->nparts;
+    if (I0 >= I1) continue;
+    for (int l0 = 0; l0 < r; l0 += LC) {
+      if (r - l0 >= LC) corr_rows(p, I0, I1, l0, LC, accq);
+      else corr_rows(p, I0, I1, l0, r - l0, accq);
+    }
+  }
+}
+
+/* Column sums of bfloat16 g (db): acc[c] += sum_m g[m, c] for the columns of chunks [c0, c1) of
+ * STL_KB, the bfloat16 rows widened by a shift (no scalar conversion); float32 sums of at most
+ * 64 rows (error at most 64 * 2^-24 of the terms' size) flushed into the double sums. Chunk c owns
+ * its columns (no thread sums another's). */
+static void colsum_bf16(const StlColsumArgs *p, int64_t c0, int64_t c1) {
+  const uint16_t *g = (const uint16_t *)p->g;
+  for (int64_t c = c0; c < c1; c++) {
+    const int64_t cb = c * STL_KB, n = p->P - cb < STL_KB ? p->P - cb : STL_KB;
+    const __mmask32 m0 = n >= 32 ? 0xffffffffu : (__mmask32)((1ull << n) - 1);
+    const __mmask32 m1 = n <= 32 ? 0 : n >= 64 ? 0xffffffffu : (__mmask32)((1ull << (n - 32)) - 1);
+    for (int64_t m0r = 0; m0r < p->M; m0r += 64) {
+      const int64_t m1r = p->M - m0r < 64 ? p->M : m0r + 64;
+      __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t m = m0r; m < m1r; m++) {
+        const uint16_t *row = g + m * p->P + cb;
+        const __m512i a = _mm512_maskz_loadu_epi16(m0, row), b = _mm512_maskz_loadu_epi16(m1, row + 32);
+        s[0] = _mm512_add_ps(s[0], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(a)), 16)));
+        s[1] = _mm512_add_ps(s[1], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(a, 1)), 16)));
+        s[2] = _mm512_add_ps(s[2], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16)));
+        s[3] = _mm512_add_ps(s[3], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16)));
+      }
+      float v[STL_KB];
+      for (int k = 0; k < 4; k++) _mm512_storeu_ps(v + 16 * k, s[k]);
+      for (int64_t i = 0; i < n; i++) p->acc[cb + i] += (double)v[i];
+    }
+  }
+}
+
+/* The level's encode/decode/correlate: the bfloat16 kernels where they apply (bfloat16 storage, bfloat16
+ * planes, t = 4, r <= 64), the generic primitives otherwise. */
+static void encode_f(const StlEncodeArgs *p, int64_t i0, int64_t i1, void *scratch) {
+  if (p->dt == STL_BF16 && p->out_bf16 && p->t == 4 && p->r <= 64) encode_bf16(p, i0, i1);
+  else encode_f_avx512bf16(p, i0, i1, scratch);
+}
+static void decode_f(const StlDecodeArgs *p, int64_t i0, int64_t i1, void *scratch) {
+  if (p->dt == STL_BF16 && p->in_bf16 && p->t == 4 && p->r <= 64) decode_bf16(p, i0, i1);
+  else decode_f_avx512bf16(p, i0, i1, scratch);
+}
+
+static void correlate_f(const StlCorrelateArgs *p, int64_t q0, int64_t q1, void *scratch) {
+  if (p->dt == STL_BF16 && p->a_bf16 && p->t == 4) correlate_bf16(p, q0, q1);
+  else correlate_f_avx512bf16(p, q0, q1, scratch);
+}
+
+static void colsum_f(const StlColsumArgs *p, int64_t c0, int64_t c1, void *scratch) {
+  if (p->dt == STL_BF16) colsum_bf16(p, c0, c1);
+  else colsum_f_avx512bf16(p, c0, c1, scratch);
+}
+
+const StlCpuIsa stl_cpu_isa_avx512bf16 = {"avx512bf16",
+                                          STL_VBYTES,
+                                          {encode_f, encode_d_avx512bf16},
+                                          {decode_f, decode_d_avx512bf16},
+                                          {correlate_f, correlate_d_avx512bf16},
+                                          {colsum_f, colsum_d_avx512bf16},
+                                          ISA_PAIR(gemm_),
+                                          ISA_PAIR(pack_)};
+#endif

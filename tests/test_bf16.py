@@ -1,0 +1,155 @@
+"""The bfloat16 kernels of the avx512bf16 level (csrc/cpu/isa_avx512bf16.c): encode, decode and
+the backward's correlations of 4x4 tiles on vdpbf16ps, where a bfloat16 call's GEMMs run in
+bfloat16. Against float64 rounded where the op rounds (test_kernels.composition), on shapes that
+cut every chunk of the kernels short: M not a multiple of 4, N/t and P/t neither a multiple of the
+16-tile (encode, decode) nor of the 8-tile (correlate) chunks, N/t odd (the correlation's last tile
+pair is a single tile), r odd (decode's last product pair is one product), r = 64 (the most words
+a call holds), a narrow layer (N/t = 3), parts of the correlation long enough to flush their
+float32 sums more than once. test_kernels.py's own bfloat16 tests run them too; this
+file adds the shapes and the zero-coefficient cases that the pairs of vdpbf16ps make special:
+a zero coefficient in either half of a pair, or both."""
+import os
+
+import pytest
+import torch
+
+import stl_torch
+from conftest import operands, rel_err
+from test_kernels import composition, ulp_diff
+
+fwd = torch.ops.stl_torch.stl_forward.default
+bwd = torch.ops.stl_torch.stl_backward.default
+INFO = stl_torch._C.abi_info()
+ACTIVE = pytest.mark.skipif(INFO["cpu_isa"] != "avx512bf16" or not INFO["cpu_bf16_gemm"],
+                            reason="the bfloat16 kernels run at the avx512bf16 level with bfloat16 GEMMs")
+
+
+def _cpu_has_avx512_bf16():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags and " avx512bw" in flags and " avx512vl" in flags
+BF = torch.bfloat16
+
+SHAPES = {  # (M, N, P, r)
+    "odd": (4 * 37 + 1, 4 * 35, 4 * 19, 25),      # N/t = 35 (odd, 2 chunks + 3), P/t = 19, r odd
+    "wide_r": (4 * 20 + 2, 4 * 18, 4 * 33, 64),   # the most products of a 4x4 tile
+    "narrow": (4 * 50 + 3, 4 * 3, 4 * 5, 5),      # fewer tiles than one chunk of each kernel
+    "model": (4 * 64, 4 * 64, 4 * 128, 24),       # T2T-ViT-like, whole chunks
+    # each correlation part (3 tile-rows of 131 tiles) flushes its float32 sums more than once
+    "long": (4 * 192 - 1, 4 * 131, 4 * 21, 8),
+}
+
+
+@pytest.mark.skipif(not _cpu_has_avx512_bf16(), reason="the CPU has no AVX512-BF16")
+def test_the_level_is_chosen_and_can_be_forced_off():
+    """Chosen by default where /proc/cpuinfo reports avx512_bf16; STL_TORCH_CPU_ISA=avx512 forces
+    the plain AVX-512 level (today's kernels)."""
+    import subprocess
+    import sys
+    assert INFO["cpu_isa_supported"] == "avx512bf16"
+    if os.environ.get("STL_TORCH_CPU_ISA") is None:
+        assert INFO["cpu_isa"] == "avx512bf16"
+    r = subprocess.run([sys.executable, "-c", "import stl_torch; print(stl_torch._C.abi_info()['cpu_isa'])"],
+                       env=dict(os.environ, STL_TORCH_CPU_ISA="avx512"), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and r.stdout.split()[-1] == "avx512", r.stderr[-500:]
+
+
+@ACTIVE
+@pytest.mark.parametrize("name", SHAPES)
+@pytest.mark.parametrize("with_gz", [False, True])
+def test_rounds_like_the_composition(name, with_gz):
+    """Every output and gradient against float64 rounded at the op's points: elements equal or 1 ulp
+    apart except where float32 sums round an intermediate the other way (rare, and small against
+    the sum of |terms|). A lost or misplaced term (a wrong lane, pair or tile order) fails at once."""
+    M, N, P, r = SHAPES[name]
+    t = 4
+    ins = operands(M, N, P, t, r, BF, seed=11)
+    g = torch.randn(M, P, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(BF)
+    y, z = fwd(*ins, t, True)
+    gz = torch.randn(z.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(BF) if with_gz \
+        else torch.empty(0, dtype=BF)
+    grads = bwd(g, gz, *ins[:4], z, True, t)
+    if with_gz:  # dL/dZ enters Gz before its rounding: the composition's Gz = round(encode(G, D^T) + gz)
+        y_ref, z_ref, g_ref = _composition_gz(ins, t, g, gz)
+        y_s, z_s, g_s = _composition_gz([v.abs() for v in ins], t, g.abs(), gz.abs(), rounded=False)
+    else:
+        y_ref, z_ref, g_ref = composition(ins, t, g)
+        y_s, z_s, g_s = composition([v.abs() for v in ins], t, g.abs(), rounded=False)
+    outs = [("y", y, y_ref, y_s), ("z", z, z_ref, z_s)]
+    outs += [(n, a, b, s) for n, a, b, s in zip(("x", "E", "Wt", "D", "bias"), grads, g_ref, g_s)]
+    for n, got, want, scale in outs:
+        assert got.dtype == BF and got.shape == want.shape, n
+        d = ulp_diff(got, want.to(BF), BF)
+        off = (d.abs() > 1) & ((got.double() - want).abs() > 2.0 ** -18 * scale)
+        assert off.double().mean() < 2e-3, (n, off.double().mean().item())
+        assert not ((got.double() - want).abs() > 2.0 ** -9 * scale).any(), n
+        assert (d == 0).double().mean() > 0.98, (n, (d == 0).double().mean().item())
+        assert rel_err(got, want) < 3e-3, (n, rel_err(got, want))
+
+
+def _composition_gz(ins, t, g, gz, rounded=True):
+    """composition() with dL/dZ = gz: Gz = encode(G, D^T) + gz, rounded once."""
+    from stl_torch.tiling import decode, encode_activations, pad_rows
+    q = (lambda v: v.to(BF).double()) if rounded else (lambda v: v)
+    x, E, Wt, D, b = (v.double() for v in ins)
+    g, gz = g.double(), gz.double()
+    M, N, P, r = x.shape[0], x.shape[1], g.shape[1], E.shape[0]
+    xe = q(encode_activations(x, E, t))
+    z = q(torch.bmm(xe, Wt))
+    gzz = q(encode_activations(g, D.t(), t) + gz)
+    dxe = q(torch.bmm(gzz, Wt.transpose(1, 2)))
+    xt, gt = pad_rows(x, t).reshape(-1, t, N // t, t), pad_rows(g, t).reshape(-1, t, P // t, t)
+    grads = [decode(dxe, E.t(), t, M), torch.einsum("lik,iakc->lac", dxe, xt).reshape(r, t * t),
+             torch.bmm(xe.transpose(1, 2), gzz), torch.einsum("lij,iajb->abl", z, gt).reshape(t * t, r), g.sum(0)]
+    return decode(z, D, t, M) + b, z, grads
+
+
+@ACTIVE
+@pytest.mark.parametrize("r", [9, 24])
+def test_a_zero_in_either_half_of_a_pair_is_skipped(r):
+    """vdpbf16ps multiplies pairs: tile elements (2h, 2h+1) in the encode, products (2q, 2q+1) in the
+    decode. A zero coefficient in one half must mask that half's value (inf there), not the other;
+    a pair of two zeros is skipped. Encode: E[l, j] = 0 for j = 5 (odd half) or 4 (even half), or
+    both; x at element j of tile (0, 0) is inf: product l alone stays finite. Decode: D[j, l] = 0,
+    products l (and its pair partner, for both) have inf at tile column 0: output j of tile (0, 0)
+    alone stays finite."""
+    M, N, P, t = 8, 8, 8, 4
+    inf = float("inf")
+    for l in range(r):
+        for zeros in ([5], [4], [4, 5]):
+            x, E, Wt, D, b = operands(M, N, P, t, r, dtype=BF, seed=l)
+            for j in zeros:
+                E[l, j] = 0
+                x[j // t, j % t] = inf
+            _, z = fwd(x, E, Wt, D, b, t, True)
+            assert torch.isfinite(z[:, 0]).all(-1).tolist() == [k == l for k in range(r)], (l, zeros)
+    for j in range(t * t):
+        for both in (False, True):
+            l = j % r
+            ls = [l, l ^ 1] if both and (l ^ 1) < r else [l]
+            x, E, Wt, D, b = operands(M, N, P, t, r, dtype=BF, seed=j)
+            for k in ls:
+                Wt[k, :, 0], D[j, k] = inf, 0
+            y, _ = fwd(x, E, Wt, D, b, t, False)
+            assert torch.isfinite(y[:t, :t]).flatten().tolist() == [k == j for k in range(t * t)], (j, ls)
+
+
+@ACTIVE
+def test_causal_gradients_stay_finite():
+    """The backward's encode of G (coefficients D^T) and decode of dX (E^T) skip zero terms too:
+    with lower-triangular tile masks a NaN in a later row's gradient never reaches earlier inputs."""
+    M, N, P, t, r = 8, 16, 16, 4, 24
+    x, E, Wt, D, b = operands(M, N, P, t, r, dtype=BF, seed=3)
+    rows = torch.arange(t * t) // t
+    # output row a reads only input rows <= a: E[l, j] nonzero for one input row per product,
+    # D[j, l] zero when product l's input row is after j's output row
+    src = torch.arange(r) % t
+    E = torch.where(rows[None, :] == src[:, None], E, torch.zeros((), dtype=BF))
+    D = torch.where(src[None, :] <= rows[:, None], D, torch.zeros((), dtype=BF))
+    g = torch.randn(M, P, dtype=torch.float64).to(BF)
+    g[1] = float("nan")  # output row 1 of tile-row 0
+    _, z = fwd(x, E, Wt, D, b, t, True)
+    dx = bwd(g, torch.empty(0, dtype=BF), x, E, Wt, D, z, True, t)[0]
+    assert torch.isfinite(dx[2:]).all() and not torch.isfinite(dx[:2]).all()
