@@ -11,8 +11,8 @@
  *   bias   (P,) or an empty tensor for none
  *   zcache (B, r, P/t)   per sequence the GEMM row Z_l of every product whose level its tile has
  *                        reached; the step writes the level-pos[b] rows in place and reads levels <= pos[b]
- *   pos    (B,) int64    each sequence's row in its tile, 0 <= pos < t (sequences at different rows: one
- *                        bmm per level present)
+ *   pos    (B,) int64    each sequence's row in its tile, 0 <= pos < t (sequences at different rows: each
+ *                        level's products for its sequences, in one call)
  *   tile   t, 1..16
  *   rows_out (B, t-1, N)  written with the last t-1 inputs after this token (rows shifted by one, x
  *                        appended; may be 'rows' itself), or an empty tensor: not written
