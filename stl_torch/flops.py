@@ -4,6 +4,12 @@ For one call on M rows (M = all leading dims of the input flattened):
   dense  nn.Linear(N -> P):  M*N*P
   STL (tile t, rank r):      r*M*N (encode) + r*M*N*P/t^3 (r batched GEMMs) + r*M*P (decode)
 (encode: r*(M/t)*(N/t) outputs of t^2 terms each; decode: M*P outputs of r terms each)
+A decode step with the product cache (stl_torch.decode: one token per sequence, at row j of its tile)
+runs only the level-j products' share (``stl_step_macs``), per sequence:
+  GEMM row  r_j*N*P/t^2   (r_j = the r/t products of level j, one row of their GEMM)
+  encode    r_j*(j+1)*N   (from the tile's rows 0..j)
+  decode    l_j*P         (one output row from the l_j products of level <= j)
+r*N*P/t^3 + ... at t=4, r=24: 0.375x the dense layer's GEMM multiply-adds.
 with M the *padded* row count the operator really processes (``STLinear.processed_rows``: the tiling
 rule of ``stl_torch.tiling``, where a 2-D input's every row fills a tile, or the shifted layout of a
 left-padded or decoding call). Biases and the padding copies are not counted. A layer called several
@@ -18,7 +24,7 @@ from torch import nn
 from ._call import call_model
 from .nn import STLinear
 
-__all__ = ["flops", "FlopReport", "LayerFlops", "linear_macs", "stl_macs"]
+__all__ = ["flops", "FlopReport", "LayerFlops", "linear_macs", "stl_macs", "stl_step_macs"]
 
 
 def linear_macs(rows, in_features, out_features):
@@ -31,6 +37,21 @@ def stl_macs(rows, in_features, out_features, tile, rank):
     t, r = tile, rank
     return r * rows * in_features + (r * rows * in_features * out_features) // t ** 3 \
         + r * rows * out_features
+
+
+def stl_step_macs(positions, in_features, out_features, tile, rank):
+    """STL multiply-adds of one product-cache decode step: one token per sequence, at row
+    ``positions[b]`` of its tile (docs/llm.md, "Decode speed")."""
+    t, r, N, P = tile, rank, in_features, out_features
+
+    def first(k):  # the first product of level k (stl_torch.init.causal_levels): ceil(k*r/t)
+        return (k * r + t - 1) // t
+    total = 0
+    for j in positions:
+        j = int(j)
+        rj, lj = first(j + 1) - first(j), first(j + 1)
+        total += rj * (N // t) * (P // t) + rj * (j + 1) * N + lj * P
+    return total
 
 
 @dataclass
@@ -106,8 +127,10 @@ def flops(model: nn.Module, example_input, **kwargs) -> FlopReport:
             entry.rows += rows
             entry.dense_macs += linear_macs(rows, mod.in_features, mod.out_features)
             if isinstance(mod, STLinear):
-                entry.macs += stl_macs(mod.processed_rows(shape), mod.in_features,
-                                       mod.out_features, mod.tile, mod.rank)
+                ctx = mod.tile_context
+                step = ctx.step_macs(mod, shape) if ctx is not None else None
+                entry.macs += step if step is not None else stl_macs(mod.processed_rows(shape), mod.in_features,
+                                                                     mod.out_features, mod.tile, mod.rank)
             else:
                 entry.macs += linear_macs(rows, mod.in_features, mod.out_features)
         return fn

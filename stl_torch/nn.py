@@ -45,6 +45,11 @@ class TileContext:
         """Rows the operator runs for an input of ``shape``, padding included (``stl_torch.flops``)."""
         raise NotImplementedError
 
+    def step_macs(self, layer, shape):
+        """Multiply-adds of the layer's last call, when it ran a product-cache decode step (``stl_torch.flops``);
+        None when it ran the operator on :meth:`processed_rows` rows."""
+        return None
+
 
 class STLinear(nn.Module):
     """y = STL(x; E, Wt, D) + bias, same call and forward contract as ``nn.Linear``.
@@ -186,13 +191,15 @@ class STLinear(nn.Module):
         """Whether a decode step may compute only the products of the new token's level (the product
         cache of ``stl_torch.decode``): a causal layer of tile > 1 whose masks are those of
         ``stl_torch.init.causal_masks`` (checked once per change of the mask buffers)."""
-        if not self.causal or self.tile == 1 or self.mask_E is None:
+        bufs = self._buffers  # not through Module.__getattr__: a decode step asks for every layer
+        mask_E, mask_D = bufs.get("mask_E"), bufs.get("mask_D")
+        if mask_E is None or mask_D is None or self.tile == 1 or not self.causal:
             return False
-        key = (self.mask_E._version, self.mask_D._version, self.mask_E.data_ptr(), self.mask_D.data_ptr())
+        key = (mask_E._version, mask_D._version, mask_E.data_ptr(), mask_D.data_ptr())
         if self.__dict__.get("_pc_key") != key:
             mE, mD = stl_init.causal_masks(self.tile, self.rank)
-            ok = (torch.equal(self.mask_E.detach().cpu().double(), mE)
-                  and torch.equal(self.mask_D.detach().cpu().double(), mD))
+            ok = (torch.equal(mask_E.detach().cpu().double(), mE)
+                  and torch.equal(mask_D.detach().cpu().double(), mD))
             self.__dict__["_pc_key"], self.__dict__["_pc_ok"] = key, ok
         return self.__dict__["_pc_ok"]
 

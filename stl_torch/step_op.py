@@ -5,7 +5,11 @@ multiplied by their r/t blocks of Wt (their GEMM row is written into ``zcache`` 
 row ``pos`` is decoded from the cached Z rows of every product of level <= pos.
 
     stl_decode_step(x (B, N), rows (B, t-1, N), E (r, t*t), Wt (r, N/t, P/t), D (t*t, r),
-                    bias (P,) or empty, zcache (B, r, P/t) [mutated], pos (B,) int64, tile) -> y (B, P)
+                    bias (P,) or empty, zcache (B, r, P/t) [mutated], pos (B,) int64, tile,
+                    rows_out (B, t-1, N) or empty [mutated]) -> y (B, P)
+
+``rows_out`` receives the last t-1 inputs after the step (``rows`` shifted by one row, ``x`` appended;
+it may be ``rows`` itself): the tile state's next rows without a ``torch.cat``.
 
 E and D are the raw parameters: only their causal support (``stl_torch.init.causal_masks``) is read.
 CPU only for now.
@@ -22,7 +26,7 @@ _op = torch.ops.stl_torch.stl_decode_step.default
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _check(x, rows, E, Wt, D, bias, zcache, pos, tile):
+def _check(x, rows, E, Wt, D, bias, zcache, pos, tile, rows_out):
     op = "stl_decode_step"
     torch._check(1 <= tile <= MAX_TILE, lambda: f"{op}: argument 'tile' is {tile}; expected 1 <= tile <= {MAX_TILE}")
     torch._check(x.dtype in _FLOATS, lambda: f"{op}: argument 'x' has dtype {x.dtype}; expected a float dtype")
@@ -42,20 +46,23 @@ def _check(x, rows, E, Wt, D, bias, zcache, pos, tile):
                      f"expected {want}")
     torch._check(bias.numel() == 0 or tuple(bias.shape) == (pt * tile,),
                  lambda: f"{op}: argument 'bias' has shape {tuple(bias.shape)}; expected ({pt * tile},) or empty")
+    torch._check(rows_out.numel() == 0 or tuple(rows_out.shape) == (B, tile - 1, N),
+                 lambda: f"{op}: argument 'rows_out' has shape {tuple(rows_out.shape)}; expected {(B, tile - 1, N)} "
+                 "or empty")
     torch._check(tuple(pos.shape) == (B,) and pos.dtype == torch.int64,
                  lambda: f"{op}: argument 'pos' must be an int64 tensor of shape ({B},)")
     return B, pt * tile
 
 
 @torch.library.register_fake("stl_torch::stl_decode_step")
-def _fake(x, rows, E, Wt, D, bias, zcache, pos, tile):
-    B, P = _check(x, rows, E, Wt, D, bias, zcache, pos, tile)
+def _fake(x, rows, E, Wt, D, bias, zcache, pos, tile, rows_out):
+    B, P = _check(x, rows, E, Wt, D, bias, zcache, pos, tile, rows_out)
     return x.new_empty((B, P))
 
 
-def decode_step(x, rows, E, Wt, D, bias, zcache, pos, tile):
-    """The op (no autograd: decoding runs under ``torch.no_grad``)."""
-    return _op(x, rows, E, Wt, D, bias, zcache, pos, tile)
+def decode_step(x, rows, E, Wt, D, bias, zcache, pos, tile, rows_out=None):
+    """The op (no autograd: decoding runs under ``torch.no_grad``); ``rows_out`` None: not written."""
+    return _op(x, rows, E, Wt, D, bias, zcache, pos, tile, x.new_empty((0,)) if rows_out is None else rows_out)
 
 
 def decode_step_reference(x, rows, E, Wt, D, bias, zcache, pos, tile):

@@ -11,6 +11,7 @@ from torch import nn
 import stl_torch
 from stl_torch import STLConfig, STLinear, convert, flops
 from stl_torch.decode import tile_cache
+from stl_torch.flops import stl_step_macs
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -218,15 +219,29 @@ def test_a_cache_filled_without_tile_state_is_refused():
 
 
 def test_flops_counts_what_a_decode_step_runs():
-    """A decode step recomputes the token's tile: t rows per sequence per STL layer."""
+    """A decode step with the product cache at row j of its tile runs the r/t products of level j:
+    their GEMM row, their encode from rows 0..j, and the decode of one row from the products of
+    level <= j (stl_torch.decode, csrc/cpu/step_isa.inc)."""
     model = tiny_llama(12)
     ids = prompt(80, 6, batch=2)
+    t, r, N, P = 4, 24, 32, 64
     with torch.no_grad():
         cache = model(ids).cache
         rep = flops(model, {"input_ids": ids[:, :1], "cache": cache})
-    layer = next(x for x in rep.layers if x.name == "model.layers.0.mlp.up_proj")
-    t, r, N, P = 4, 24, 32, 64
-    assert layer.rows == 2 and layer.macs == 2 * t * (r * N + r * N * P // t ** 3 + r * P)
+        layer = next(x for x in rep.layers if x.name == "model.layers.0.mlp.up_proj")
+        # 6 tokens: the step is row j=2 of its tile; levels 0..3 hold products 0-5, 6-11, 12-17, 18-23
+        gemm, enc, dec = 6 * (N // t) * (P // t), 6 * 3 * N, 18 * P
+        assert (gemm, enc, dec) == (768, 576, 1152)
+        assert layer.rows == 2 and layer.macs == 2 * (gemm + enc + dec) == 4992
+        assert layer.dense_macs == 2 * N * P == 4096
+        # r*N*P/t^3 per token in the GEMM, summed over a whole tile (rows 0..3): the level shares
+        assert sum(stl_step_macs([j], N, P, t, r) for j in range(t)) == \
+            r * N * P // t ** 2 + 6 * (1 + 2 + 3 + 4) * N + (6 + 12 + 18 + 24) * P
+        # a call that cannot step (two tokens) runs the operator on its tile rows, counted as before
+        cache = model(ids).cache
+        rep2 = flops(model, {"input_ids": ids[:, :2], "cache": cache})
+    layer2 = next(x for x in rep2.layers if x.name == "model.layers.0.mlp.up_proj")
+    assert layer2.macs == 2 * t * (r * N + r * N * P // t ** 3 + r * P)
 
 
 def test_hand_built_model_with_stlinear_layers():

@@ -2,6 +2,7 @@
 computes only the r/t products of its token's level (torch.ops.stl_torch.stl_decode_step) and decodes
 from the cached Z rows of the lower levels; outputs equal a full forward for every batch layout."""
 import copy
+import os
 
 import pytest
 import torch
@@ -245,3 +246,63 @@ def test_tile_context_is_the_one_interface():
         layer.set_tile_context(object())
     import inspect
     assert "decode" not in inspect.getsource(stl_torch.nn).split('"""', 2)[2].split("class TileContext")[0]
+
+
+# shapes that reach every path of the kernel (csrc/cpu/step_isa.inc) at every vector width: P/t with
+# whole 4-vector column blocks, single vectors and a scalar tail, more than one decode chunk (64
+# columns), 9 sequences (groups of 4 and a remainder) at every row of their tiles
+KERNEL_SHAPES = [(4, 24, 4 * 37, 4 * 150, 9), (4, 10, 4 * 8, 4 * 67, 6), (2, 7, 2 * 21, 2 * 19, 9),
+                 (3, 2, 3 * 5, 3 * 33, 3), (8, 24, 8 * 4, 8 * 70, 9)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t,r,N,P,B", KERNEL_SHAPES)
+def test_step_kernel_against_float64_with_nan_where_it_must_not_read(t, r, N, P, B, dtype):
+    """Fresh random inputs at the ISA level of this process (test_step_kernel_at_every_isa_level reruns
+    it at every level the CPU has): y and the level's Z rows against the float64 reference, rows_out
+    the shifted rows; NaN in the rows of the previous tile, in E/D outside the causal support and in
+    the Z rows of levels above each token's never reach the output."""
+    g = torch.Generator().manual_seed(1000 * t + r + N + P)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x, rows, E, Wt, D, bias, z = mk(B, N), mk(B, t - 1, N), mk(r, t * t), mk(r, N // t, P // t), mk(t * t, r), \
+        mk(P), mk(B, r, P // t)
+    pos = torch.randint(0, t, (B,), generator=g)
+    pos[:t] = torch.arange(min(B, t))
+    x, rows, E, Wt, D, bias, z = (v.to(dtype) for v in (x, rows, E, Wt, D, bias, z))
+    lev = torch.as_tensor(causal_levels(t, r))
+    for b in range(B):
+        rows[b, :t - 1 - int(pos[b])] = float("nan")
+        z[b, lev > pos[b]] = float("nan")
+    rowsE = torch.arange(t * t) // t
+    E[rowsE[None, :] > lev[:, None]] = float("nan")
+    D[rowsE[:, None] < lev[None, :]] = float("nan")
+    want_y, want_z = decode_step_reference(x, rows.nan_to_num(), E.nan_to_num(), Wt, D.nan_to_num(), bias,
+                                           z.nan_to_num(), pos, t)
+    rows_before = rows.clone()
+    rows_out = torch.full_like(rows, float("nan"))
+    y = decode_step(x, rows, E, Wt, D, bias, z, pos, t, rows_out)
+    assert torch.isfinite(y).all()
+    tol = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    assert ((y.double() - want_y).norm() / want_y.norm()).item() < tol
+    for b in range(B):
+        keep = lev <= pos[b]
+        assert ((z[b, keep].double() - want_z[b, keep]).norm() / want_z[b, keep].norm()).item() < tol
+    assert torch.equal(rows_out[:, -1], x) and torch.equal(rows_out[:, :-1].isnan(), rows_before[:, 1:].isnan())
+    assert torch.equal(rows_out[:, :-1].nan_to_num(), rows_before[:, 1:].nan_to_num())
+    # rows_out may be rows itself: the same step, the rows shifted in place
+    z2 = z.clone()
+    y2 = decode_step(x, rows, E, Wt, D, bias, z2, pos, t, rows)
+    assert torch.equal(y2, y) and torch.equal(rows.nan_to_num(), rows_out.nan_to_num())
+
+
+@pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_ISA") is not None, reason="already a per-level run")
+@pytest.mark.parametrize("level", ["baseline", "avx2", "avx512"])
+def test_step_kernel_at_every_isa_level(level):
+    """The step kernel is compiled per ISA level (step_<level>.c) and chosen at import: the kernel
+    tests again in a subprocess at every level this CPU has (STL_TORCH_CPU_ISA)."""
+    from test_kernels import _levels_below, rerun_in_subprocess
+    if level not in _levels_below():
+        pytest.skip(f"this CPU does not support {level}")
+    if level == stl_torch._C.abi_info()["cpu_isa"]:
+        pytest.skip("that is this process")
+    rerun_in_subprocess(["test_decode_cache.py"], {"STL_TORCH_CPU_ISA": level}, k="step_kernel or step_op")
