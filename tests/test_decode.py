@@ -57,23 +57,6 @@ def test_greedy_generate_with_cache_equals_without(seed):
     assert torch.equal(a, b), (a, b)
 
 
-@pytest.mark.parametrize("chunks", [[1] * 13, [3, 1, 1, 1, 5, 2], [6, 7], [4, 4, 1, 4]])
-def test_incremental_logits_equal_the_full_forward(chunks):
-    """Calls of 1..7 tokens, starting and ending anywhere in a tile, through the cache that the
-    first call (no cache given, use_cache=True) returns: logits within 1e-8 of one full forward."""
-    model = tiny_llama(3)
-    ids = prompt(3, sum(chunks))
-    with torch.no_grad():
-        full = model(ids, use_cache=False).logits
-        cache, out, pos = None, [], 0
-        for n in chunks:
-            o = model(ids[:, pos:pos + n], cache=cache, use_cache=True)
-            cache, pos = o.cache, pos + n
-            out.append(o.logits)
-            assert tile_cache(cache).length == pos
-    assert (torch.cat(out, 1) - full).abs().max() < 1e-8
-
-
 @pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 def test_plain_loop_with_a_user_cache_and_past_key_values():
     model = tiny_llama(4)
