@@ -45,6 +45,7 @@ ISA_FLAGS.update({f"csrc/cpu/step_{lv}.c": ISA_FLAGS[f"csrc/cpu/isa_{lv}.c"] for
 
 SOURCES = [
     "csrc/module.c",
+    "csrc/op_call.c",
     "csrc/ops.c",
     "csrc/decode_step.c",
     "csrc/cpu/decode_step.c",

@@ -4,165 +4,36 @@
  * its stable C ABI (torch_abi.h). Kernels are boxed: inputs arrive on the stack as owning handles,
  * outputs leave as owning handles. A boxed C kernel reports bad input by freeing every handle it
  * owns and then calling stl_throw (error.cpp). */
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "stl.h"
-#include "torch_abi.h"
+#include "op_call.h"
 
-void stl_throw(const char *msg) __attribute__((noreturn));
+/* Each call's handles and CPU workspace live in one StlCall (op_call.h), freed before any error. */
 
-#define MAX_HANDLES 24
+static StlArg arg(StlCall *o, StableIValue v, const char *name) { return stl_call_arg(o, v, name, true); }
 
-/* Every handle a kernel owns (and its CPU workspace), so an error can free them all before raising. */
-typedef struct {
-  const char *op;
-  AtenTensorHandle h[MAX_HANDLES];
-  int n;
-  void *ws;
-  int ws_token;
-} Owned;
-
-static AtenTensorHandle own(Owned *o, AtenTensorHandle h) {
-  if (h && o->n < MAX_HANDLES) o->h[o->n++] = h;
-  return h;
+static StlDtype stl_dtype(StlCall *o, const StlArg *a) {
+  StlDtype dt;
+  if (!stl_call_dtype(a->dtype, &dt))
+    stl_call_fail(o, "argument '%s' has dtype %s; expected float32, float64, bfloat16 or float16", a->name,
+                  stl_call_dtype_name(a->dtype));
+  return dt;
 }
 
-static void release(Owned *o, AtenTensorHandle h) {
-  for (int i = 0; i < o->n; i++)
-    if (o->h[i] == h) {
-      o->h[i] = o->h[--o->n];
-      return;
-    }
-}
-
-static void free_all(Owned *o) {
-  for (int i = 0; i < o->n; i++) stl_abi.delete_tensor_object(o->h[i]);
-  o->n = 0;
-  if (o->ws) stl_cpu_workspace_release(o->ws, o->ws_token);
-  o->ws = NULL;
-}
-
-static void fail(Owned *o, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
-static void fail(Owned *o, const char *fmt, ...) {
-  char msg[512];
-  int k = snprintf(msg, sizeof msg, "%s: ", o->op);
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg + k, sizeof msg - (size_t)k, fmt, ap);
-  va_end(ap);
-  free_all(o);
-  stl_throw(msg);
-}
-
-static void check(Owned *o, AOTITorchError err, const char *what) {
-  if (err) fail(o, "torch C ABI call failed: %s", what);
-}
-
-typedef struct {
-  AtenTensorHandle h;
-  const char *name;
-  int32_t dtype, dev_type, dev_index;
-  int64_t dim, *sizes, *strides, numel;
-  void *data;
-} Arg;
-
-static Arg arg(Owned *o, StableIValue v, const char *name) {
-  Arg a = {0};
-  a.h = own(o, (AtenTensorHandle)(uintptr_t)v);
-  a.name = name;
-  bool defined = a.h != NULL;
-  if (defined && stl_abi.is_defined && stl_abi.is_defined(a.h, &defined)) defined = false;
-  if (!defined || stl_abi.get_device_type(a.h, &a.dev_type)) /* None arrives as an undefined tensor */
-    fail(o, "argument '%s' is None; expected a tensor (an empty tensor stands for 'no %s')", name, name);
-  check(o, stl_abi.get_dtype(a.h, &a.dtype), "get_dtype");
-  check(o, stl_abi.get_device_index(a.h, &a.dev_index), "get_device_index");
-  check(o, stl_abi.get_dim(a.h, &a.dim), "get_dim");
-  check(o, stl_abi.get_sizes(a.h, &a.sizes), "get_sizes");
-  check(o, stl_abi.get_strides(a.h, &a.strides), "get_strides");
-  check(o, stl_abi.get_data_ptr(a.h, &a.data), "get_data_ptr");
-  a.numel = 1;
-  for (int64_t i = 0; i < a.dim; i++)
-    if (__builtin_mul_overflow(a.numel, a.sizes[i], &a.numel)) fail(o, "argument '%s' has too many elements", name);
-  return a;
-}
-
-static const char *dtype_name(int32_t d) {
-  if (d == stl_abi.dtype_float32()) return "float32";
-  if (d == stl_abi.dtype_float64()) return "float64";
-  if (d == stl_abi.dtype_bfloat16()) return "bfloat16";
-  if (d == stl_abi.dtype_float16()) return "float16";
-  for (int i = 0; i < STL_ABI_OTHER_DTYPES; i++)
-    if (stl_abi.other_dtypes[i].get && d == stl_abi.other_dtypes[i].get()) return stl_abi.other_dtypes[i].name;
-  return "an unsupported dtype";
-}
-
-static StlDtype stl_dtype(Owned *o, const Arg *a) {
-  if (a->dtype == stl_abi.dtype_float32()) return STL_F32;
-  if (a->dtype == stl_abi.dtype_float64()) return STL_F64;
-  if (a->dtype == stl_abi.dtype_bfloat16()) return STL_BF16;
-  if (a->dtype == stl_abi.dtype_float16()) return STL_F16;
-  fail(o, "argument '%s' has dtype %s; expected float32, float64, bfloat16 or float16", a->name,
-       dtype_name(a->dtype));
-}
-
-static void fmt_shape(const Arg *a, char *buf, size_t n) {
-  size_t k = (size_t)snprintf(buf, n, "(");
-  for (int64_t i = 0; i < a->dim && k < n; i++)
-    k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)a->sizes[i]);
-  if (k < n) snprintf(buf + k, n - k, ")");
-}
-
-/* Expect `a` to have exactly the given sizes (ndim entries, -1 = any). */
-static void expect_shape(Owned *o, const Arg *a, int ndim, const int64_t *want, const char *meaning) {
-  int ok = a->dim == ndim;
-  for (int i = 0; ok && i < ndim; i++) ok = want[i] < 0 || a->sizes[i] == want[i];
-  if (!ok) {
-    char got[128];
-    fmt_shape(a, got, sizeof got);
-    fail(o, "argument '%s' has shape %s; expected %s", a->name, got, meaning);
-  }
-}
-
-static void expect_contiguous(Owned *o, const Arg *a) {
-  if (a->numel == 0) return; /* torch calls every empty tensor contiguous, whatever its strides */
-  int64_t s = 1;
-  for (int64_t i = a->dim - 1; i >= 0; i--) {
-    if (a->sizes[i] != 1 && a->strides[i] != s)
-      fail(o, "argument '%s' must be contiguous (call .contiguous() first)", a->name);
-    s *= a->sizes[i];
-  }
-}
-
-static void expect_like(Owned *o, const Arg *a, const Arg *ref) {
+static void expect_like(StlCall *o, const StlArg *a, const StlArg *ref) {
   if (a->dtype != ref->dtype)
-    fail(o, "argument '%s' has dtype %s but '%s' has dtype %s; all tensors must share one dtype",
-         a->name, dtype_name(a->dtype), ref->name, dtype_name(ref->dtype));
+    stl_call_fail(o, "argument '%s' has dtype %s but '%s' has dtype %s; all tensors must share one dtype",
+                  a->name, stl_call_dtype_name(a->dtype), ref->name, stl_call_dtype_name(ref->dtype));
   if (a->dev_type != ref->dev_type || a->dev_index != ref->dev_index)
-    fail(o, "argument '%s' is on a different device than '%s'", a->name, ref->name);
-  expect_contiguous(o, a);
+    stl_call_fail(o, "argument '%s' is on a different device than '%s'", a->name, ref->name);
+  stl_call_expect_contiguous(o, a);
 }
 
-static AtenTensorHandle new_tensor(Owned *o, const Arg *like, int ndim, const int64_t *sizes) {
-  int64_t strides[4];
-  int64_t s = 1;
-  for (int i = ndim - 1; i >= 0; i--) {
-    strides[i] = s;
-    s *= sizes[i] > 0 ? sizes[i] : 1;
-  }
-  AtenTensorHandle h = NULL;
-  check(o, stl_abi.empty_strided(ndim, sizes, strides, like->dtype, like->dev_type, like->dev_index, &h),
-        "empty_strided (could not allocate a result; out of memory?)");
-  return own(o, h);
-}
-
-static void *data_of(Owned *o, AtenTensorHandle h) {
-  void *p = NULL;
-  check(o, stl_abi.get_data_ptr(h, &p), "get_data_ptr");
-  return p;
+static AtenTensorHandle new_tensor(StlCall *o, const StlArg *like, int ndim, const int64_t *sizes) {
+  return stl_call_new_tensor(o, like, ndim, sizes, "empty_strided (could not allocate a result; out of memory?)");
 }
 
 /* Scratch memory for a backend: on the CPU, its cached workspace (no fresh pages per call);
@@ -174,25 +45,25 @@ typedef struct {
   size_t bytes;
 } Scratch;
 
-static Scratch scratch(Owned *o, const Arg *x, size_t bytes) {
+static Scratch scratch(StlCall *o, const StlArg *x, size_t bytes) {
   Scratch s = {NULL, 0};
   if (bytes == 0) return s;
   if (bytes == SIZE_MAX || bytes > (size_t)INT64_MAX - 64)
-    fail(o, "the operands are too large: the call would need more than 2^63 bytes of workspace");
+    stl_call_fail(o, "the operands are too large: the call would need more than 2^63 bytes of workspace");
   if (x->dev_type == stl_abi.device_type_cpu()) {
-    if (o->ws) fail(o, "internal: a second workspace in one call");
+    if (o->ws) stl_call_fail(o, "internal: a second workspace in one call");
     o->ws = stl_cpu_workspace_acquire(bytes, &o->ws_token);
-    if (!o->ws) fail(o, "out of memory: could not allocate %zu bytes of workspace", bytes);
+    if (!o->ws) stl_call_fail(o, "out of memory: could not allocate %zu bytes of workspace", bytes);
     s.p = o->ws;
     s.bytes = bytes;
     return s;
   }
   const int64_t n = (int64_t)((bytes + 7) / 8), stride = 1;
   AtenTensorHandle h = NULL;
-  check(o, stl_abi.empty_strided(1, &n, &stride, stl_abi.dtype_float64(), x->dev_type, x->dev_index, &h),
+  stl_call_check(o, stl_abi.empty_strided(1, &n, &stride, stl_abi.dtype_float64(), x->dev_type, x->dev_index, &h),
         "empty_strided (workspace; out of memory?)");
-  own(o, h);
-  s.p = data_of(o, h);
+  stl_call_own(o, h);
+  s.p = stl_call_data(o, h);
   s.bytes = (size_t)n * 8;
   return s;
 }
@@ -200,14 +71,14 @@ static Scratch scratch(Owned *o, const Arg *x, size_t bytes) {
 /* ---------------------------------------------------------------------------- host services */
 /* What a backend may ask of torch during a call (StlHost, stl.h). */
 typedef struct {
-  Owned *o;
+  StlCall *o;
   int32_t dev_type, dev_index;
   AOTITorchError (*bmm_out)(AtenTensorHandle, AtenTensorHandle, AtenTensorHandle);
 } Call;
 
 static void host_error(const StlHost *h, const char *msg) __attribute__((noreturn));
 static void host_error(const StlHost *h, const char *msg) {
-  free_all(((const Call *)h->call)->o);
+  stl_call_free(((const Call *)h->call)->o);
   stl_throw(msg);
 }
 
@@ -254,7 +125,7 @@ typedef struct {
   StlHost host;
 } Dims;
 
-static void pick_backend(Owned *o, const Arg *x, Dims *d) {
+static void pick_backend(StlCall *o, const StlArg *x, Dims *d) {
   d->call = (Call){o, x->dev_type, x->dev_index, NULL};
   d->host = (StlHost){host_gemm, stl_parallel_for, stl_num_threads, host_error, 0, NULL, NULL};
   if (x->dev_type == stl_abi.device_type_cpu()) {
@@ -270,12 +141,12 @@ static void pick_backend(Owned *o, const Arg *x, Dims *d) {
     d->be = &stl_cuda_backend;
     d->composed = &stl_cuda_composed;
     d->call.bmm_out = stl_abi.cuda_bmm_out;
-    check(o, stl_abi.get_current_cuda_stream(x->dev_index, &d->host.stream), "get_current_cuda_stream");
+    stl_call_check(o, stl_abi.get_current_cuda_stream(x->dev_index, &d->host.stream), "get_current_cuda_stream");
     d->dt = stl_dtype(o, x);
     return;
   }
 #endif
-  fail(o, "argument '%s' is on a device this build of stl_torch has no kernels for (built with CPU%s)",
+  stl_call_fail(o, "argument '%s' is on a device this build of stl_torch has no kernels for (built with CPU%s)",
        x->name,
 #ifdef STL_WITH_CUDA
        " and CUDA"
@@ -286,58 +157,59 @@ static void pick_backend(Owned *o, const Arg *x, Dims *d) {
 }
 
 /* Fills *dp (the host's call state points into it, so it must not move) */
-static void check_operands(Owned *o, const Arg *x, const Arg *E, const Arg *Wt, const Arg *D, int64_t tile, Dims *dp) {
+static void check_operands(StlCall *o, const StlArg *x, const StlArg *E, const StlArg *Wt, const StlArg *D, int64_t tile,
+                           Dims *dp) {
   Dims d = {0};
   if (tile < 1 || tile > STL_MAX_TILE)
-    fail(o, "argument 'tile' is %lld; expected 1 <= tile <= %d", (long long)tile, STL_MAX_TILE);
+    stl_call_fail(o, "argument 'tile' is %lld; expected 1 <= tile <= %d", (long long)tile, STL_MAX_TILE);
   d.t = (int)tile;
   pick_backend(o, x, &d);
   if (x->dim != 2) {
     char got[128];
-    fmt_shape(x, got, sizeof got);
-    fail(o, "argument '%s' has shape %s; expected a 2-D (M, N) tensor", x->name, got);
+    stl_call_fmt_shape(x, got, sizeof got);
+    stl_call_fail(o, "argument '%s' has shape %s; expected a 2-D (M, N) tensor", x->name, got);
   }
-  expect_contiguous(o, x);
+  stl_call_expect_contiguous(o, x);
   d.M = x->sizes[0];
   d.N = x->sizes[1];
   if (d.N <= 0 || d.N % d.t)
-    fail(o, "argument '%s' has N=%lld columns; expected a positive multiple of tile=%d", x->name,
+    stl_call_fail(o, "argument '%s' has N=%lld columns; expected a positive multiple of tile=%d", x->name,
          (long long)d.N, d.t);
   if (E->dim != 2 || E->sizes[1] != (int64_t)d.t * d.t) {
     char got[128];
-    fmt_shape(E, got, sizeof got);
-    fail(o, "argument 'E' has shape %s; expected (rank, tile*tile) = (r, %d)", got, d.t * d.t);
+    stl_call_fmt_shape(E, got, sizeof got);
+    stl_call_fail(o, "argument 'E' has shape %s; expected (rank, tile*tile) = (r, %d)", got, d.t * d.t);
   }
-  if (E->sizes[0] < 1) fail(o, "argument 'E' has rank 0; expected at least one product");
+  if (E->sizes[0] < 1) stl_call_fail(o, "argument 'E' has rank 0; expected at least one product");
   if (E->sizes[0] > STL_MAX_RANK)
-    fail(o, "argument 'E' has rank %lld; expected at most %d products", (long long)E->sizes[0], STL_MAX_RANK);
+    stl_call_fail(o, "argument 'E' has rank %lld; expected at most %d products", (long long)E->sizes[0], STL_MAX_RANK);
   d.r = (int)E->sizes[0];
   expect_like(o, E, x);
   const int64_t wd[3] = {d.r, d.N / d.t, -1};
   char m[160];
   snprintf(m, sizeof m, "(rank, N/tile, P/tile) = (%d, %lld, P/%d)", d.r, (long long)(d.N / d.t), d.t);
-  expect_shape(o, Wt, 3, wd, m);
+  stl_call_expect_shape(o, Wt, 3, wd, m);
   expect_like(o, Wt, x);
   d.Pt = Wt->sizes[2];
-  if (d.Pt <= 0) fail(o, "argument 'Wt' has P/tile=0 output tiles; expected at least one");
+  if (d.Pt <= 0) stl_call_fail(o, "argument 'Wt' has P/tile=0 output tiles; expected at least one");
   d.P = d.Pt * d.t;
   d.Nt = d.N / d.t;
   d.Mt = (d.M + d.t - 1) / d.t;
   const int64_t dd[2] = {(int64_t)d.t * d.t, d.r};
   snprintf(m, sizeof m, "(tile*tile, rank) = (%d, %d)", d.t * d.t, d.r);
-  expect_shape(o, D, 2, dd, m);
+  stl_call_expect_shape(o, D, 2, dd, m);
   expect_like(o, D, x);
   *dp = d;
   dp->host.call = &dp->call;
 }
 
-static void check_z_like(Owned *o, const Arg *z, const Arg *x, const Dims *d, const char *meaning) {
+static void check_z_like(StlCall *o, const StlArg *z, const StlArg *x, const Dims *d, const char *meaning) {
   if (z->numel == 0) return; /* "absent" */
   const int64_t zd[3] = {d->r, d->Mt, d->Pt};
   char m[160];
   snprintf(m, sizeof m, "(rank, ceil(M/tile), P/tile) = (%d, %lld, %lld) %s", d->r, (long long)d->Mt,
            (long long)d->Pt, meaning);
-  expect_shape(o, z, 3, zd, m);
+  stl_call_expect_shape(o, z, 3, zd, m);
   expect_like(o, z, x);
 }
 
@@ -345,10 +217,10 @@ static void check_z_like(Owned *o, const Arg *z, const Arg *x, const Dims *d, co
  * `composed` (stl_forward_unfused, a test/dev op) through the plain composition of its primitives,
  * encode -> batched GEMM -> decode: the cross-check and benchmark baseline of a fused kernel. */
 static void forward_impl(StableIValue *stack, uint64_t n_in, uint64_t n_out, const char *name, bool composed) {
-  Owned o = {name, {0}, 0};
-  if (n_in != 7 || n_out != 2) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
+  StlCall o = {.op = name};
+  if (n_in != 7 || n_out != 2) stl_call_fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
                                     (unsigned long long)n_out);
-  Arg x = arg(&o, stack[0], "x"), E = arg(&o, stack[1], "E"), Wt = arg(&o, stack[2], "Wt"),
+  StlArg x = arg(&o, stack[0], "x"), E = arg(&o, stack[1], "E"), Wt = arg(&o, stack[2], "Wt"),
       D = arg(&o, stack[3], "D"), b = arg(&o, stack[4], "bias");
   int64_t tile;
   memcpy(&tile, &stack[5], sizeof tile);
@@ -359,7 +231,7 @@ static void forward_impl(StableIValue *stack, uint64_t n_in, uint64_t n_out, con
     const int64_t bd[1] = {d.P};
     char m[96];
     snprintf(m, sizeof m, "(P,) = (%lld,), or an empty tensor for no bias", (long long)d.P);
-    expect_shape(&o, &b, 1, bd, m);
+    stl_call_expect_shape(&o, &b, 1, bd, m);
     expect_like(&o, &b, &x);
   }
   const int64_t z_s[3] = {d.r, d.Mt, d.Pt}, y_s[2] = {d.M, d.P};
@@ -368,14 +240,14 @@ static void forward_impl(StableIValue *stack, uint64_t n_in, uint64_t n_out, con
   AtenTensorHandle z = need_z ? new_tensor(&o, &x, 3, z_s) : new_tensor(&o, &x, 1, empty_s);
   if (d.M > 0) {
     StlForward f = {d.dt, d.M, d.N, d.P, d.t, d.r, x.data, {E.data, d.t * d.t, 1}, Wt.data, {D.data, d.r, 1},
-                    b.numel ? b.data : NULL, data_of(&o, y), need_z ? data_of(&o, z) : NULL};
+                    b.numel ? b.data : NULL, stl_call_data(&o, y), need_z ? stl_call_data(&o, z) : NULL};
     const StlBackend *be = composed ? d.composed : d.be;
     const Scratch ws = scratch(&o, &x, be->forward_ws_bytes(&f, &d.host));
     be->forward(&f, ws.p, ws.bytes, &d.host);
   }
-  release(&o, y);
-  release(&o, z);
-  free_all(&o); /* inputs and temporaries */
+  stl_call_release(&o, y);
+  stl_call_release(&o, z);
+  stl_call_free(&o); /* inputs and temporaries */
   stack[0] = (StableIValue)(uintptr_t)y;
   stack[1] = (StableIValue)(uintptr_t)z;
 }
@@ -389,10 +261,10 @@ static void k_forward_unfused(StableIValue *stack, uint64_t n_in, uint64_t n_out
 
 /* stl_backward(grad_y, grad_z, x, E, Wt, D, z, has_bias, tile) -> (dx, dE, dWt, dD, db) */
 static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
-  Owned o = {"stl_backward", {0}, 0};
-  if (n_in != 9 || n_out != 5) fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
+  StlCall o = {.op = "stl_backward"};
+  if (n_in != 9 || n_out != 5) stl_call_fail(&o, "internal: bad stack (%llu in, %llu out)", (unsigned long long)n_in,
                                     (unsigned long long)n_out);
-  Arg g = arg(&o, stack[0], "grad_y"), gz = arg(&o, stack[1], "grad_z"), x = arg(&o, stack[2], "x"),
+  StlArg g = arg(&o, stack[0], "grad_y"), gz = arg(&o, stack[1], "grad_z"), x = arg(&o, stack[2], "x"),
       E = arg(&o, stack[3], "E"), Wt = arg(&o, stack[4], "Wt"), D = arg(&o, stack[5], "D"),
       zs = arg(&o, stack[6], "z");
   const bool has_bias = (stack[7] & 0xff) != 0;
@@ -403,7 +275,7 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
   const int64_t gd[2] = {d.M, d.P};
   char m[96];
   snprintf(m, sizeof m, "(M, P) = (%lld, %lld), the shape of y", (long long)d.M, (long long)d.P);
-  expect_shape(&o, &g, 2, gd, m);
+  stl_call_expect_shape(&o, &g, 2, gd, m);
   expect_like(&o, &g, &x);
   check_z_like(&o, &gz, &x, &d, "or an empty tensor");
   check_z_like(&o, &zs, &x, &d, "or an empty tensor to recompute it");
@@ -416,20 +288,20 @@ static void k_backward(StableIValue *stack, uint64_t n_in, uint64_t n_out) {
                    dWt = new_tensor(&o, &x, 3, w_s), dD = new_tensor(&o, &x, 2, d_s),
                    db = new_tensor(&o, &x, 1, b_s);
   if (d.M == 0) {
-    check(&o, stl_abi.zero_(dE), "zero_");
-    check(&o, stl_abi.zero_(dWt), "zero_");
-    check(&o, stl_abi.zero_(dD), "zero_");
-    if (has_bias) check(&o, stl_abi.zero_(db), "zero_");
+    stl_call_check(&o, stl_abi.zero_(dE), "zero_");
+    stl_call_check(&o, stl_abi.zero_(dWt), "zero_");
+    stl_call_check(&o, stl_abi.zero_(dD), "zero_");
+    if (has_bias) stl_call_check(&o, stl_abi.zero_(db), "zero_");
   } else {
     StlBackward bw = {d.dt, d.M, d.N, d.P, d.t, d.r, g.data, gz.numel ? gz.data : NULL, x.data, {E.data, t2, 1},
-                      Wt.data, {D.data, d.r, 1}, zs.numel ? zs.data : NULL, data_of(&o, dx), data_of(&o, dE),
-                      data_of(&o, dWt), data_of(&o, dD), has_bias ? data_of(&o, db) : NULL};
+                      Wt.data, {D.data, d.r, 1}, zs.numel ? zs.data : NULL, stl_call_data(&o, dx),
+                      stl_call_data(&o, dE), stl_call_data(&o, dWt), stl_call_data(&o, dD), has_bias ? stl_call_data(&o, db) : NULL};
     const Scratch ws = scratch(&o, &x, d.be->backward_ws_bytes(&bw, &d.host));
     d.be->backward(&bw, ws.p, ws.bytes, &d.host);
   }
   AtenTensorHandle outs[5] = {dx, dE, dWt, dD, db};
-  for (int i = 0; i < 5; i++) release(&o, outs[i]);
-  free_all(&o);
+  for (int i = 0; i < 5; i++) stl_call_release(&o, outs[i]);
+  stl_call_free(&o);
   for (int i = 0; i < 5; i++) stack[i] = (StableIValue)(uintptr_t)outs[i];
 }
 

@@ -170,10 +170,10 @@ MUTANTS = [
     # --- ops.c: checks and dispatch
     ("ops-D-rank-unchecked", "csrc/ops.c", "check_operands", "const int64_t dd[2] = {(int64_t)d.t * d.t, d.r};",
      "const int64_t dd[2] = {(int64_t)d.t * d.t, -1};", ["tests/test_bad_input.py"]),
-    ("ops-bias-shape-unchecked", "csrc/ops.c", "forward_impl", "    expect_shape(&o, &b, 1, bd, m);\n", "",
+    ("ops-bias-shape-unchecked", "csrc/ops.c", "forward_impl", "    stl_call_expect_shape(&o, &b, 1, bd, m);\n", "",
      ["tests/test_bad_input.py"]),
     ("ops-drops-partial-tile", "csrc/ops.c", "check_operands", "d.Mt = (d.M + d.t - 1) / d.t;", "d.Mt = d.M / d.t;", KERNEL_TESTS),
-    ("ops-backward-no-bias-grad", "csrc/ops.c", "k_backward", "has_bias ? data_of(&o, db) : NULL};", "NULL};", KERNEL_TESTS),
+    ("ops-backward-no-bias-grad", "csrc/ops.c", "k_backward", "has_bias ? stl_call_data(&o, db) : NULL};", "NULL};", KERNEL_TESTS),
     ("isa-env-allows-unsupported", "csrc/cpu/dispatch.c", "stl_cpu_isa_init", "    if (i > best_i) {", "    if (i > best_i + 1) {",
      ["tests/test_isa.py"]),
     # --- CUDA kernels under the host emulator
