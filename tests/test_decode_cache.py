@@ -18,6 +18,19 @@ transformers = pytest.importorskip("transformers")
 from test_decode import GEN, left_pad, prompt, tiny_llama  # noqa: E402
 
 
+
+def poison_outside_the_step(rows, z, E, D, pos, t, r):
+    """NaN wherever a decode step at row pos[b] of its tile must not read: the previous tile's rows,
+    the Z rows of levels above pos[b], E and D outside the causal support. Returns the levels."""
+    lev = torch.as_tensor(causal_levels(t, r))
+    for b in range(rows.shape[0]):
+        rows[b, :t - 1 - int(pos[b])] = float("nan")
+        z[b, lev > pos[b]] = float("nan")
+    rowsE = torch.arange(t * t) // t
+    E[rowsE[None, :] > lev[:, None]] = float("nan")
+    D[rowsE[:, None] < lev[None, :]] = float("nan")
+    return lev
+
 def stl_layers(model):
     return [m for m in model.modules() if isinstance(m, STLinear)]
 
@@ -186,13 +199,7 @@ def test_step_op_matches_its_reference_and_ignores_what_it_must_not_read(t, r):
     levels above the token's never reach the output; the level's Z rows are written in place."""
     x, rows, E, Wt, D, bias, z, pos, _ = operands(B=5, N=4 * t, P=3 * t, t=t, r=r)
     pos = torch.tensor([0, 1, t - 1, 0, t - 1]) % t
-    lev = torch.as_tensor(causal_levels(t, r))
-    for b in range(5):
-        rows[b, :t - 1 - int(pos[b])] = float("nan")
-        z[b, lev > pos[b]] = float("nan")
-    rowsE = torch.arange(t * t) // t
-    E[rowsE[None, :] > lev[:, None]] = float("nan")
-    D[rowsE[:, None] < lev[None, :]] = float("nan")
+    lev = poison_outside_the_step(rows, z, E, D, pos, t, r)
     want_y, want_z = decode_step_reference(x, rows.nan_to_num(), E.nan_to_num(), Wt, D.nan_to_num(), bias,
                                            z.nan_to_num(), pos, t)
     y = decode_step(x, rows, E, Wt, D, bias, z, pos, t)
@@ -274,13 +281,7 @@ def test_step_kernel_against_float64_with_nan_where_it_must_not_read(t, r, N, P,
     pos = torch.randint(0, t, (B,), generator=g)
     pos[:t] = torch.arange(min(B, t))
     x, rows, E, Wt, D, bias, z = (v.to(dtype) for v in (x, rows, E, Wt, D, bias, z))
-    lev = torch.as_tensor(causal_levels(t, r))
-    for b in range(B):
-        rows[b, :t - 1 - int(pos[b])] = float("nan")
-        z[b, lev > pos[b]] = float("nan")
-    rowsE = torch.arange(t * t) // t
-    E[rowsE[None, :] > lev[:, None]] = float("nan")
-    D[rowsE[:, None] < lev[None, :]] = float("nan")
+    lev = poison_outside_the_step(rows, z, E, D, pos, t, r)
     want_y, want_z = decode_step_reference(x, rows.nan_to_num(), E.nan_to_num(), Wt, D.nan_to_num(), bias,
                                            z.nan_to_num(), pos, t)
     rows_before = rows.clone()
