@@ -18,7 +18,6 @@ transformers = pytest.importorskip("transformers")
 from test_decode import GEN, left_pad, prompt, tiny_llama  # noqa: E402
 
 
-
 def poison_outside_the_step(rows, z, E, D, pos, t, r):
     """NaN wherever a decode step at row pos[b] of its tile must not read: the previous tile's rows,
     the Z rows of levels above pos[b], E and D outside the causal support. Returns the levels."""
@@ -30,6 +29,7 @@ def poison_outside_the_step(rows, z, E, D, pos, t, r):
     E[rowsE[None, :] > lev[:, None]] = float("nan")
     D[rowsE[:, None] < lev[None, :]] = float("nan")
     return lev
+
 
 def stl_layers(model):
     return [m for m in model.modules() if isinstance(m, STLinear)]
