@@ -366,7 +366,9 @@ static size_t mkl_layout(const StlForward *f, MklWs *w, char *base) {
   w->bias = f->bias ? carve(&c, (size_t)f->P * e) : NULL;
   w->wt = native(f->dt) || b16(f->dt) ? NULL : carve(&c, wt_bytes);
   w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * ge));
-  w->z = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * ge));
+  /* one block whose Z is kept in its own type: the GEMMs write the kept Z, no copy of it */
+  const bool z_direct = f->z && (native(f->dt) || b16(f->dt)) && w->mb >= w->Mt;
+  w->z = z_direct ? NULL : carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * ge));
   w->scratch = carve(&c, mul3(SLOTS, w->slot, 1));
   return c.used;
 }
@@ -396,16 +398,17 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes, const St
     StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt, h,
                         stream_bytes((size_t)r * nb * Nt * ge)};
     run(host, JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
+    void *zb = w.z ? w.z : f->z; /* NULL w.z: one block, written where it is kept */
     host->batched_gemm(host, ct, r, nb, Pt, Nt, (StlMat){w.xe, nb * Nt, Nt, 1}, (StlMat){wt, Nt * Pt, Pt, 1},
-                       (StlMat){w.z, nb * Pt, Pt, 1}, false);
-    if (f->z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */
+                       (StlMat){zb, nb * Pt, Pt, 1}, false);
+    if (f->z && w.z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */
       for (int l = 0; l < r; l++) {
         const char *src = (const char *)w.z + (size_t)l * nb * Pt * ge;
         void *dst = ATW(f->z, f->dt, (int64_t)l * Mt * Pt + I0 * Pt);
         if (native(f->dt) || h) memcpy(dst, src, (size_t)(nb * Pt * ge));
         else stl_store_f(f->dt, dst, 0, nb * Pt, (const float *)src);
       }
-    StlDecodeArgs da = {f->dt, w.z, nb * Pt, Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P), f->P, h};
+    StlDecodeArgs da = {f->dt, zb, nb * Pt, Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P), f->P, h};
     run(host, JOB_DECODE, &da, f->dt, nb, (double)r * t * f->P, false, (char *)w.scratch, w.slot);
   }
 }
