@@ -109,6 +109,9 @@ static inline __attribute__((always_inline)) void encode_rows(const StlEncodeArg
           continue;
         }
         const uint16_t *s = x + row * p->N + 4 * K0;
+        /* the next tile-row's bytes of this row: the loads stalled on memory without it */
+        _mm_prefetch((const char *)(s + 4 * p->N), _MM_HINT_T0);
+        _mm_prefetch((const char *)(s + 4 * p->N + 32), _MM_HINT_T0);
         const __m512i lo = _mm512_maskz_loadu_epi32(mlo, s), hi = _mm512_maskz_loadu_epi32(mhi, s + 32);
         xp[2 * a] = _mm512_permutex2var_epi32(lo, even, hi);
         xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, odd, hi);
@@ -140,6 +143,10 @@ static void encode_bf16(const StlEncodeArgs *p, int64_t i0, int64_t i1) {
   else encode_rows(p, i0, i1, pw, keep, 0);
 }
 
+/* Z elements fetched ahead per plane: the r planes are more streams than the hardware prefetcher
+ * follows, and the decode stalled on their loads (Zen 4: 9% off the decode-bound 6272x64->2048
+ * forward, 8% off the T2T-ViT MLP's, one thread) */
+#define ZPF 512
 /* acc[j] += sum_l D[j, l] * Z[l] over the 16 tiles at zp (the first nt: mask mt), pairs of
  * products at once. ZERO (a literal) selects the path that masks zero coefficients' halves. The
  * 16 accumulators stay in registers (each pair vector built once serves all 16). */
@@ -151,6 +158,8 @@ static inline __attribute__((always_inline)) void dec_products(__m512 acc[16], c
     const __m256i z0 = _mm256_maskz_loadu_epi16(mt, zp + (int64_t)(2 * q) * ps);
     const __m256i z1 = 2 * q + 1 < r ? _mm256_maskz_loadu_epi16(mt, zp + (int64_t)(2 * q + 1) * ps) : _mm256_setzero_si256();
     const __m512i v = _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(z0), z1, 1));
+    _mm_prefetch((const char *)(zp + (int64_t)(2 * q) * ps + ZPF), _MM_HINT_T0);
+    if (2 * q + 1 < r) _mm_prefetch((const char *)(zp + (int64_t)(2 * q + 1) * ps + ZPF), _MM_HINT_T0);
     const uint32_t *w = pw + 16 * q, *kq = keep + 16 * q; /* words [q][j] */
 #pragma GCC unroll 16
     for (int j = 0; j < 16; j++) {
@@ -226,6 +235,9 @@ static void decode_bf16(const StlDecodeArgs *p, int64_t i0, int64_t i1) {
   else decode_rows(p, i0, i1, pw, keep, 0);
 }
 
+/* a-plane elements fetched ahead in the correlation (and x's next tile-row), as ZPF for the
+ * decode: the T2T-ViT MLP's forward + backward 7% faster (Zen 4, one thread) */
+#define CPF 256
 #define LC 12 /* products per register group of the correlation */
 
 /* acc[k] (float32 lanes j = p*4 + c) += sum over the tile-rows [I0, I1) of
@@ -250,10 +262,13 @@ static inline __attribute__((always_inline)) void corr_rows(const StlCorrelateAr
       const int64_t nt = Nt - K0 < 8 ? Nt - K0 : 8;
       const __mmask32 m = nt >= 8 ? 0xffffffffu : (__mmask32)((1u << (4 * nt)) - 1);
       __m512i rw[4];
+      if (!(K0 & 31)) /* once per 64-byte line of each plane */
+        for (int k = 0; k < lb; k++) _mm_prefetch((const char *)(ar + k * ps + K0 + CPF), _MM_HINT_T0);
 #pragma GCC unroll 4
       for (int q = 0; q < 4; q++) {
         const int64_t row = 4 * I + q;
         rw[q] = row < p->M ? _mm512_maskz_loadu_epi16(m, x + row * p->N + 4 * K0) : _mm512_setzero_si512();
+        _mm_prefetch((const char *)(x + (row + 4) * p->N + 4 * K0), _MM_HINT_T0);
       }
       const __m512i t0 = _mm512_shuffle_i64x2(rw[0], rw[1], 0x44), t1 = _mm512_shuffle_i64x2(rw[2], rw[3], 0x44);
       const __m512i t2 = _mm512_shuffle_i64x2(rw[0], rw[1], 0xee), t3 = _mm512_shuffle_i64x2(rw[2], rw[3], 0xee);
