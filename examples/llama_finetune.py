@@ -15,6 +15,7 @@ token file at offsets fixed by (--seed, step), so a resumed run reads the same b
   python examples/llama_finetune.py --method dense  --tokens 2000000
   python examples/llama_finetune.py --method sparse24 --tokens 2000000
   python examples/llama_finetune.py --method stl --init fitted --tile 4 --rank 24 --tokens 2000000
+  python examples/llama_finetune.py --method stl ... --distill [--distill-hidden 1]   # dense teacher
   torchrun --nproc_per_node=2 examples/llama_finetune.py --method stl ...     # DDP
   python examples/llama_finetune.py --tiny --data DIR ...                     # tiny random model
   python examples/llama_finetune.py --model TinyLlama-1.1B --data 'SlimPajama/train/chunk1/*.jsonl.zst'
@@ -26,6 +27,11 @@ the held-out documents is measured teacher-forced (one pass over each sequence) 
 subset, token by token (each next token scored from a forward pass over its prefix only: what
 generation sees). With causal STL (or dense / 2:4) the two agree to float rounding; with
 --no-causal STL they do not, because a tile then mixes later tokens into earlier ones.
+
+--distill trains every method against the loaded dense model as a frozen teacher (KL on the
+logits at --distill-temp mixed with the LM loss by --distill-alpha, optionally a per-block
+hidden-state loss: stl_recipes/distill.py); each evaluation row then records the teacher's
+forward time per token and its share of the step time.
 
 Writes OUT/metrics.json, OUT/metrics.csv, OUT/metrics.png and OUT/checkpoint.pt (atomically at
 every evaluation; --resume continues from it).
@@ -47,13 +53,14 @@ from torch import nn  # noqa: E402
 import stl_torch  # noqa: E402
 from stl_torch.cli import add_stl_args, stl_config_from_args  # noqa: E402
 from stl_recipes import dist as RD  # noqa: E402
+from stl_recipes import distill as RK  # noqa: E402
 from stl_recipes import metrics as RM  # noqa: E402
 from stl_recipes import shards as SH  # noqa: E402
 from stl_recipes import sparsity as RS  # noqa: E402
 from stl_recipes import text as RX  # noqa: E402
 from stl_recipes import training as RT  # noqa: E402
 from stl_recipes.llama import (DEFAULT_TARGETS, eval_ppl, lm_head_tied, load_model,  # noqa: E402
-                                     nll_sum, token_by_token_check)
+                                     token_by_token_check)
 
 
 # settings that change the model, data or step size: a checkpoint only resumes under the same ones
@@ -64,7 +71,7 @@ CONVERSION_KEYS = ("model", "gguf_file", "tiny", "data", "text_field", "split_se
 MODEL_KEYS = ("model", "gguf_file", "tiny", "data", "max_docs", "eval_frac", "split_seed",
               "text_field", "windows", "seq_len", "method",
               "targets", "tile", "rank", "init", "causal", "calibrate_seqs", "calibration", "sparse_scores",
-              "distill_steps", "batch_size", "seed")
+              "distill_steps", "batch_size", "seed", "distill", "distill_alpha", "distill_temp", "distill_hidden")
 
 
 def parse_args(argv=None):
@@ -128,6 +135,18 @@ def parse_args(argv=None):
                         "followed by layer-wise distillation of E, D and Wt (Adam)")
     g.add_argument("--distill-steps", type=int, default=200,
                    help="Adam steps per layer for --calibration distill")
+    g = p.add_argument_group("distillation from the dense model (stl_recipes/distill.py)")
+    g.add_argument("--distill", action="store_true",
+                   help="train against the loaded dense model as a frozen teacher (copied before "
+                        "conversion; eval mode, no gradients, the student's autocast): "
+                        "(1-alpha) LM + alpha T^2 KL(teacher||student) [+ W hidden]")
+    g.add_argument("--distill-alpha", type=float, default=RK.DEFAULT_ALPHA,
+                   help="weight of the KL term; 1 - alpha weighs the LM loss (0.5: equal)")
+    g.add_argument("--distill-temp", type=float, default=RK.DEFAULT_TEMPERATURE,
+                   help="softmax temperature T of the KL term (scaled by T^2)")
+    g.add_argument("--distill-hidden", type=float, default=0.0, metavar="W",
+                   help="weight of the per-block hidden-state loss (squared error over the teacher's "
+                        "mean square, mean over blocks; 0: off)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--tokens", type=float, default=2e6, help="training token budget")
     g.add_argument("--batch-size", type=int, default=16, help="global sequences per step")
@@ -161,6 +180,8 @@ def parse_args(argv=None):
     g.add_argument("--rank-checksums", action="store_true",
                    help="every rank writes OUT/checksum_rank<R>.txt (a parameter hash) at the end")
     a = p.parse_args(argv)
+    if not 0 <= a.distill_alpha <= 1 or a.distill_temp <= 0 or a.distill_hidden < 0:
+        p.error("need 0 <= --distill-alpha <= 1, --distill-temp > 0, --distill-hidden >= 0")
     if a.out_dir is None:
         a.out_dir = os.path.join("runs", f"llama-{a.method}")
     return a
@@ -182,6 +203,8 @@ def main(argv=None):
     t_load = time.time()
     model, tok, model_src = load_model(a.model, a.gguf_file, a.tokenizer, a.tiny, a.seq_len + 1)
     load_s = time.time() - t_load
+    # the teacher: the dense model as loaded, before conversion, a resumed checkpoint or any step
+    teacher = RK.make_teacher(model) if a.distill else None
     tied = lm_head_tied(model)
     if getattr(model.config, "tie_word_embeddings", False) and not tied and d.main:
         print("WARNING: config says tie_word_embeddings but lm_head is not tied", flush=True)
@@ -206,8 +229,8 @@ def main(argv=None):
     model.to(d.device)
     ckpt_path = os.path.join(a.out_dir, "checkpoint.pt")
     ck = RT.load_checkpoint(ckpt_path) if a.resume and os.path.exists(ckpt_path) else None
-    if ck:
-        RT.check_resume_args(ck["args"], vars(a), MODEL_KEYS)
+    if ck:  # settings added later than a checkpoint count at their defaults
+        RT.check_resume_args({**vars(parse_args([])), **ck["args"]}, vars(a), MODEL_KEYS)
     elif a.resume and d.main:
         print(f"--resume: no checkpoint at {ckpt_path}, starting fresh", flush=True)
     base = ck["meta"]["base"] if ck else None
@@ -262,6 +285,8 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(a.conversion_cache)), exist_ok=True)
         RT.atomic_torch_save({"key": conv_key, "state": model.state_dict(), "report": report}, a.conversion_cache)
     model.to(d.device)
+    if teacher is not None:
+        teacher.to(d.device)
     a.amp = RT.resolve_amp(model, d.device, a.amp)
     amp = RT.autocast_ctx(d.device, a.amp)
 
@@ -287,7 +312,9 @@ def main(argv=None):
         "linear_flops_per_seq": fl["linear_flops"],
         "linear_flops_per_seq_if_dense": fl["linear_flops_if_dense"],
         "flops_per_layer": fl["per_layer"], "stl_torch_flops": fl["stl_torch_flops"],
-        "convert_report": RM.report_to_json(report), "tbt": {}}
+        "convert_report": RM.report_to_json(report), "tbt": {},
+        "distill": {"alpha": a.distill_alpha, "temperature": a.distill_temp, "hidden": a.distill_hidden,
+                    "teacher": "the loaded dense model, frozen"} if a.distill else None}
 
     groups = RT.param_groups(model, lr=a.lr, weight_decay=a.weight_decay, ed_lr_mult=a.ed_lr_mult)
     opt = RT.make_optimizer(groups, betas=(0.9, 0.95), device=d.device)
@@ -344,6 +371,7 @@ def main(argv=None):
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     interval_loss, interval_steps, interval_time, interval_tokens = 0.0, 0, 0.0, 0
+    interval_parts = {}  # distillation: summed per-step "kd", "hidden" and teacher seconds
     bar = RM.progress(range(start, total_steps), d.main and not a.no_progress, initial=start,
                      total=total_steps, desc=a.method)
     step, ran = start, 0
@@ -359,10 +387,12 @@ def main(argv=None):
             x = batch[j].to(d.device, non_blocking=True)
             sync = net.no_sync() if d.enabled and j < accum - 1 else contextlib.nullcontext()
             with sync:
-                s, c = nll_sum(net, x, amp)
-                loss = s / c
+                loss, parts = RK.train_loss(net, x, amp, teacher, a.distill_alpha, a.distill_temp,
+                                            a.distill_hidden)
                 (loss / accum).backward()
-            step_loss += loss.item() / accum
+            step_loss += parts.pop("lm") / accum  # train_loss stays the LM loss, with or without --distill
+            for k, v in parts.items():
+                interval_parts[k] = interval_parts.get(k, 0.0) + (v if k == "teacher_s" else v / accum)
         if a.clip_grad > 0:
             nn.utils.clip_grad_norm_(model.parameters(), a.clip_grad)
         opt.step()
@@ -390,10 +420,20 @@ def main(argv=None):
                    "train_loss": interval_loss / interval_steps, "eval_loss": loss,
                    "eval_ppl": ppl, "lr": sched.get_last_lr()[0],
                    "train_tokens_per_s": round(interval_tokens / max(interval_time, 1e-9), 1)}
+            if teacher is not None:  # averaged over the ranks
+                kd, hid, t_teacher = (v / d.world for v in RD.all_reduce_sum(
+                    d, interval_parts["kd"], interval_parts.get("hidden", 0.0), interval_parts["teacher_s"]))
+                row["train_kd_loss"] = kd / interval_steps
+                if a.distill_hidden > 0:
+                    row["train_hidden_loss"] = hid / interval_steps
+                # wall seconds of teacher forward per training token, and its share of the step time
+                row["teacher_s_per_token"] = t_teacher / interval_tokens
+                row["teacher_time_frac"] = round(t_teacher / max(interval_time, 1e-9), 4)
+                interval_parts = {}
             metrics.history.append(row)
             if d.main:
-                msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in row.items())
+                msg = " ".join(f"{k}={v:.4g}" if k == "teacher_s_per_token" else f"{k}={v:.4f}"
+                               if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
                 (bar.write if hasattr(bar, "write") else print)(msg)
                 sys.stdout.flush()
             interval_loss, interval_steps, interval_time, interval_tokens = 0.0, 0, 0.0, 0

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from .dist import all_reduce_sum
 from .text import ByteTokenizer, HFTokenizer
 
-__all__ = ["SMOLLM2_GGUF", "DEFAULT_TARGETS", "default_model_dir", "load_model", "lm_head_tied", "nll_sum",
-           "eval_ppl", "token_by_token_check"]
+__all__ = ["SMOLLM2_GGUF", "DEFAULT_TARGETS", "default_model_dir", "load_model", "lm_head_tied", "scored_mask",
+           "model_inputs", "nll_sum", "logits_nll_sum", "eval_ppl", "token_by_token_check"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_TARGETS = r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
@@ -75,12 +75,39 @@ def lm_head_tied(model):
     return out is not None and out.weight.data_ptr() == inp.weight.data_ptr()
 
 
-def nll_sum(model, x, amp):
-    """(sum of next-token NLL over the batch, number of scored tokens)."""
+def scored_mask(attention_mask):
+    """Which next-token predictions of ``x[:, :-1]`` a loss counts, from the (B, L+1) attention
+    mask of ``x``: position i (predicting token i+1) counts when tokens i and i+1 are both real, so
+    neither a padding target nor a prediction made at a padding position is scored. (B, L) bool,
+    or None (every position) when there is no mask. The LM loss and the distillation losses use
+    this same mask."""
+    if attention_mask is None:
+        return None
+    m = attention_mask.bool()
+    return m[:, :-1] & m[:, 1:]
+
+
+def model_inputs(x, attention_mask=None):
+    """The forward's keyword arguments for the next-token losses on ``x`` (B, L+1)."""
+    kw = {"input_ids": x[:, :-1], "use_cache": False}
+    if attention_mask is not None:
+        kw["attention_mask"] = attention_mask[:, :-1]
+    return kw
+
+
+def logits_nll_sum(logits, x, mask=None):
+    """(sum of next-token NLL of ``logits`` against ``x[:, 1:]`` over the scored positions, their number)."""
+    if mask is None:
+        return F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="sum"), x[:, 1:].numel()
+    return F.cross_entropy(logits.float()[mask], x[:, 1:][mask], reduction="sum"), int(mask.sum())
+
+
+def nll_sum(model, x, amp, attention_mask=None):
+    """(sum of next-token NLL over the batch, number of scored tokens); ``attention_mask`` (B, L+1)
+    excludes padding (``scored_mask``)."""
     with amp():
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits
-    nll = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
-    return nll, x[:, 1:].numel()
+        logits = model(**model_inputs(x, attention_mask)).logits
+    return logits_nll_sum(logits, x, scored_mask(attention_mask))
 
 
 @torch.no_grad()

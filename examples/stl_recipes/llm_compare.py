@@ -17,6 +17,12 @@ where it stopped when started again).
 Runs made on another machine join the table with --collect-only --merge EARLIER/llm_compare.json
 (each row keeps the env it ran in).
 
+--distill runs every method (grid and comparison) against the dense model as a frozen teacher
+(llama_finetune --distill, stl_recipes/distill.py): its runs and rows are "METHOD, distill", with
+their own grid, beside the plain ones under the same --out, so one table holds both. A distilled
+row records the teacher's forward time per token and share of the step, and the plain run's
+tokens/s when that run is in the table.
+
 Conversions are made once per method and reused by the grid and the comparison
 (llama_finetune --conversion-cache). Other llama_finetune arguments go after `--`.
 """
@@ -29,6 +35,8 @@ import subprocess
 import sys
 import time
 
+from .distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+
 # name: (llama_finetune arguments, learning-rate grid)
 METHODS = {
     "dense": (["--method", "dense"], [3e-5, 1e-4, 3e-4]),
@@ -39,8 +47,17 @@ METHODS = {
 }
 
 
+DISTILL = ", distill"  # the label suffix of distilled runs
+MACHINE_KEYS = ("device", "gpu", "cpu", "cpu_isa_used", "threads", "world_size")  # rows' env: speeds compare
+
+
 def slug(name):
-    return name.lower().replace(":", "").replace("=", "").replace(" ", "-")
+    return name.lower().replace(":", "").replace("=", "").replace(",", "").replace(" ", "-")
+
+
+def label(a, name):
+    """The run label (and grid key) of method ``name`` in this invocation."""
+    return name + (DISTILL if a.distill else "")
 
 
 def parse_args(argv=None):
@@ -56,6 +73,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--calibrate-seqs", type=int, default=8, help="calibration sequences (STL, Wanda)")
     p.add_argument("--calibration", default="lstsq", choices=["lstsq", "distill"])
+    p.add_argument("--distill", action="store_true",
+                   help="distil every run from the dense model (llama_finetune --distill); rows 'METHOD, distill'")
+    p.add_argument("--distill-alpha", type=float, default=DEFAULT_ALPHA, help="KL weight (1 - alpha: LM loss)")
+    p.add_argument("--distill-temp", type=float, default=DEFAULT_TEMPERATURE, help="KL temperature")
+    p.add_argument("--distill-hidden", type=float, default=0.0, metavar="W", help="per-block hidden-state loss weight")
     p.add_argument("--tbt-seqs", type=int, default=2)
     p.add_argument("--tbt-len", type=int, default=128)
     p.add_argument("--out", default=os.path.join("runs", "llm_compare"))
@@ -107,6 +129,9 @@ def metrics(out):
 def common(a, method_args, name):
     conv = os.path.join(a.out, "conversions", slug(name) + ".pt")
     extra = ["--calibrate-seqs", a.calibrate_seqs] if any(k in name for k in ("STL", "Wanda")) else []
+    if a.distill:
+        extra += ["--distill", "--distill-alpha", a.distill_alpha, "--distill-temp", a.distill_temp,
+                  "--distill-hidden", a.distill_hidden]
     return [*method_args, *extra, "--calibration", a.calibration, "--seq-len", a.seq_len,
             "--batch-size", a.batch_size, "--conversion-cache", conv, *a.extra]
 
@@ -115,16 +140,17 @@ def grid(a):
     chosen = {}
     for name in a.methods:
         margs, lrs = METHODS[name]
+        key = label(a, name)
         finals = {}
         for lr in lrs:
-            out = os.path.join(a.out, "grid", f"{slug(name)}-lr{lr:g}")
+            out = os.path.join(a.out, "grid", f"{slug(key)}-lr{lr:g}")
             run_recipe(a, [*common(a, margs, name), "--lr", lr, "--tokens", a.grid_tokens,
                         "--eval-tokens", a.grid_eval_tokens, "--eval-every", 10 ** 9, "--tbt-seqs", 0,
                         "--warmup-frac", 0.1, "--out-dir", out], os.path.join(a.out, "log.txt"))
             finals[lr] = metrics(out)["history"][-1]["eval_ppl"]
         best = min(finals, key=lambda k: finals[k] if math.isfinite(finals[k]) else math.inf)
-        chosen[name] = {"lr": best, "grid": {f"{k:g}": v for k, v in finals.items()}}
-        print(f"[grid] {name}: final held-out ppl by lr {chosen[name]['grid']} -> lr {best:g}", flush=True)
+        chosen[key] = {"lr": best, "grid": {f"{k:g}": v for k, v in finals.items()}}
+        print(f"[grid] {key}: final held-out ppl by lr {chosen[key]['grid']} -> lr {best:g}", flush=True)
     return chosen
 
 
@@ -133,8 +159,8 @@ def compare(a, chosen):
     every = max(1, round(a.eval_every_tokens / step_tokens))
     for name in a.methods:
         margs, lrs = METHODS[name]
-        lr = chosen.get(name, {}).get("lr", lrs[len(lrs) // 2])
-        folder = slug(name)
+        lr = chosen.get(label(a, name), {}).get("lr", lrs[len(lrs) // 2])
+        folder = slug(label(a, name))
         if name in a.lr_override:
             lr = a.lr_override[name]
             folder += f"-lr{lr:g}"
@@ -145,21 +171,22 @@ def compare(a, chosen):
 
 def collect(a, chosen):
     rows, curves = [], {}
-    runs = []  # (label, method, folder): each method's run, then its runs at --lr rates
+    runs = []  # (label, variant, folder): each method's run, then its runs at --lr rates; plain, then distilled
     for name in a.methods:
-        base = os.path.join(a.out, "runs", slug(name))
-        runs.append((name, name, base))
-        runs += [(None, name, p) for p in sorted(glob.glob(base + "-lr*"))]
-    for label, method, path in runs:
+        for variant in (name, name + DISTILL):
+            base = os.path.join(a.out, "runs", slug(variant))
+            runs.append((variant, variant, base))
+            runs += [(None, variant, p) for p in sorted(glob.glob(base + "-lr*"))]
+    for lab, variant, path in runs:
         if not os.path.exists(os.path.join(path, "metrics.json")):
             continue
         m = metrics(path)
         meta, hist = m["meta"], m["history"]
-        name = label or f"{method}, lr {meta['args']['lr']:g}"
+        name = lab or f"{variant}, lr {meta['args']['lr']:g}"
         curves[name] = [(r["tokens"], r["eval_ppl"]) for r in hist]
         speeds = [r["train_tokens_per_s"] for r in hist if r.get("train_tokens_per_s")]
         rows.append({
-            "method": name, "lr": meta["args"]["lr"], "grid": chosen.get(method, {}).get("grid"),
+            "method": name, "lr": meta["args"]["lr"], "grid": chosen.get(variant, {}).get("grid"),
             "ppl_by_tokens": {str(t): p for t, p in curves[name]},
             "base_ppl": meta["base"]["eval_ppl"], "final_ppl": hist[-1]["eval_ppl"],
             "tokens": hist[-1]["tokens"], "done": hist[-1]["step"] >= meta["total_steps"],
@@ -168,23 +195,30 @@ def collect(a, chosen):
             "converted_flop_reduction": meta["target_flop_reduction"],
             "params_total": meta["params_total"], "params_linear": meta["params_linear"],
             "train_tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
-            "tbt": meta.get("tbt", {}), "env": meta["env"]})
+            "tbt": meta.get("tbt", {}), "env": meta["env"], "distill": meta.get("distill"),
+            "teacher_s_per_token": median(r.get("teacher_s_per_token") for r in hist),
+            "teacher_time_frac": median(r.get("teacher_time_frac") for r in hist)})
     if a.merge:
         rows = merged(a, rows, curves, chosen)
+    pair_distill_costs(rows)
     os.makedirs(a.results, exist_ok=True)
     with open(os.path.join(a.results, "llm_compare.json"), "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%d"), "settings": {k: v for k, v in vars(a).items()
                                                                    if k not in ("collect_only", "grid_only", "recipe")},
                    "grid": chosen, "rows": rows}, f, indent=1)
     budgets = sorted({t for c in curves.values() for t, _ in c})
+    kd = any(r.get("distill") for r in rows)  # a column for the teacher's share of the step time
     lines = ["| method | lr | " + " | ".join(f"ppl @ {t / 1000:g}k" for t in budgets)
-             + " | converted-layer MACs/token (× fewer) | params | train tokens/s |",
-             "|---|---:|" + "---:|" * len(budgets) + "---:|---:|---:|"]
+             + " | converted-layer MACs/token (× fewer) | params | train tokens/s |"
+             + (" teacher time |" if kd else ""),
+             "|---|---:|" + "---:|" * len(budgets) + "---:|---:|---:|" + ("---:|" if kd else "")]
     for r in rows:
         ppl = [r["ppl_by_tokens"].get(str(t)) for t in budgets]
+        frac = r.get("teacher_time_frac")
         lines.append(f"| {r['method']} | {r['lr']:g} | " + " | ".join("–" if p is None else f"{p:.2f}" for p in ppl)
                      + f" | {r['converted_macs_per_token'] / 1e6:.1f}M ({r['converted_flop_reduction']:.2f}×) | "
-                       f"{r['params_total'] / 1e6:.1f}M | {r['train_tokens_per_s'] or 0:.0f} |")
+                       f"{r['params_total'] / 1e6:.1f}M | {r['train_tokens_per_s'] or 0:.0f} |"
+                     + ((f" {100 * frac:.0f}% |" if frac is not None else " – |") if kd else ""))
     lines += grid_table(a, chosen)
     with open(os.path.join(a.results, "llm_compare.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -207,10 +241,11 @@ def collect(a, chosen):
 def grid_table(a, chosen):
     """The learning-rate grid as Markdown lines: held-out perplexity after the grid's short run at
     each rate of a method's grid, the chosen rate in bold (nothing when no grid ran)."""
-    names = [m for m in METHODS if m in chosen]
+    rank = {m: i for i, m in enumerate(METHODS)}
+    names = sorted((k for k in chosen if base_method(k) in METHODS), key=lambda k: (rank[base_method(k)], k))
     if not names:
         return []
-    ncols = max(len(METHODS[m][1]) for m in names)
+    ncols = max(len(METHODS[base_method(m)][1]) for m in names)
     lines = ["", f"Learning-rate grid: held-out perplexity after {a.grid_tokens / 1000:g}k training tokens "
                  f"(evaluated on {a.grid_eval_tokens / 1000:g}k tokens); the chosen rate in bold.", "",
              "| method | " + " | ".join(f"lr {i + 1}" for i in range(ncols)) + " |", "|---|" + "---:|" * ncols]
@@ -228,6 +263,29 @@ def base_method(label):
     return max((m for m in METHODS if label == m or label.startswith(m + ",")), key=len, default=label)
 
 
+def variant(label):
+    """The run variant (and grid key) of a row's label: "STL r=24, distill, lr 0.001" -> "STL r=24, distill"."""
+    b = base_method(label)
+    return b + DISTILL if label.startswith(b + DISTILL) else b
+
+
+def median(values):
+    v = sorted(x for x in values if x is not None)
+    return v[len(v) // 2] if v else None
+
+
+def pair_distill_costs(rows):
+    """Each distilled row gets the tokens/s of the plain run of the same label, when the table has
+    one that ran on the same kind of machine, and the ratio: the measured cost of --distill."""
+    machine = lambda r: tuple((r.get("env") or {}).get(k) for k in MACHINE_KEYS)  # noqa: E731
+    plain = {r["method"]: r for r in rows if not r.get("distill")}
+    for r in rows:
+        p = plain.get(r["method"].replace(DISTILL, "", 1)) if r.get("distill") else None
+        if p and p.get("train_tokens_per_s") and r.get("train_tokens_per_s") and machine(p) == machine(r):
+            r["plain_train_tokens_per_s"] = p["train_tokens_per_s"]
+            r["distill_slowdown"] = round(p["train_tokens_per_s"] / r["train_tokens_per_s"], 3)
+
+
 def merged(a, rows, curves, chosen):
     """rows plus the earlier rows of --merge whose label no run here has, in METHODS order; each
     earlier row gets its method's grid when one ran here."""
@@ -238,14 +296,14 @@ def merged(a, rows, curves, chosen):
         if r["method"] in have:
             continue
         r = dict(r, merged_from=a.merge)  # its env names the machine and time it ran on
-        r["grid"] = chosen.get(base_method(r["method"]), {}).get("grid") or r.get("grid")
+        r["grid"] = chosen.get(variant(r["method"]), {}).get("grid") or r.get("grid")
         rows.append(r)
         curves[r["method"]] = sorted((int(t), p) for t, p in r["ppl_by_tokens"].items())
     rank = {m: i for i, m in enumerate(METHODS)}
 
-    def place(r):  # a method's own run first, then its runs at other rates
-        base = base_method(r["method"])
-        return rank.get(base, len(rank)), r["method"] != base
+    def place(r):  # a method's own run first, then its runs at other rates; plain before distilled
+        base, var = base_method(r["method"]), variant(r["method"])
+        return rank.get(base, len(rank)), var != base, r["method"] != var
     rows.sort(key=place)
     for name in [r["method"] for r in rows]:  # the plot's legend in the table's order
         curves[name] = curves.pop(name)
@@ -260,7 +318,7 @@ def main(argv=None, recipe=None):
     chosen_path = os.path.join(a.out, "grid.json")
     chosen = json.load(open(chosen_path)) if os.path.exists(chosen_path) else {}
     if not a.collect_only:
-        if a.grid_tokens > 0 and any(m not in chosen for m in a.methods):
+        if a.grid_tokens > 0 and any(label(a, m) not in chosen for m in a.methods):
             chosen.update(grid(a))
             with open(chosen_path, "w") as f:
                 json.dump(chosen, f, indent=1)
