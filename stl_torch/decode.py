@@ -495,6 +495,10 @@ def _remove_hooks(model, fns):
                 m._forward_hooks_always_called.pop(k, None)
 
 
+def _is_enabled(model):
+    return any(h is _pre_hook for h in model._forward_pre_hooks.values())
+
+
 def enable(model: nn.Module) -> nn.Module:
     """Make ``model``'s STL layers follow each sequence: tiles start at each row's first real token
     (``attention_mask``), and calls that pass a transformers cache continue their tiles (incremental

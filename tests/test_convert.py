@@ -435,6 +435,28 @@ def test_mapping_inputs_such_as_batch_encoding_are_accepted():
     assert flops(model, batch).total_macs > 0
 
 
+def test_padded_calibration_batches_need_token_shaped_layer_inputs():
+    """With a padded attention_mask, calibration leaves each row's padding out; a layer whose input is not
+    (batch, tokens, features) of the call cannot tell its padding rows apart: a ValueError names it, and
+    the model is left as it was."""
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(128, 256)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.fc(input_ids.reshape(1, -1, input_ids.shape[-1]))
+
+    model = Flat()
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, :3] = 0
+    with pytest.raises(ValueError, match=r"padded attention_mask of shape \(2, 8\), but layer 'fc' gets an input "
+                                         r"of shape \(1, 16, 128\)"):
+        convert(model, STLConfig(tile=4, rank=24),
+                calibration_data=[{"input_ids": torch.randn(2, 8, 128), "attention_mask": mask}])
+    assert type(model.fc) is nn.Linear and not model._forward_pre_hooks
+
+
 def test_classifier_head_is_kept_dense_and_report_agrees_with_flops():
     from stl_torch import flops
 

@@ -88,6 +88,30 @@ def test_left_padded_full_forward_tiles_from_the_first_real_token():
             assert (batched[b, -p.shape[1]:] - alone[0]).abs().max() < 1e-10, b
 
 
+def test_calibration_on_padded_batches_fits_as_their_prompts_alone():
+    """Padding takes no part in calibration: a left- or right-padded batch fits every layer as its prompts,
+    one batch each, do (tiles start at each row's first real token, in the layers converted before too)."""
+    prompts = [prompt(30, 9), prompt(31, 3), prompt(32, 6)]
+    left, lmask = left_pad(prompts)
+    right, rmask = torch.zeros_like(left), torch.zeros_like(lmask)
+    for b, p in enumerate(prompts):
+        right[b, :p.shape[1]], rmask[b, :p.shape[1]] = p[0], 1
+    cfg = STLConfig(tile=4, rank=24, causal=True)
+
+    def calibrated(data):
+        model = tiny_llama(7, convert_it=False)
+        convert(model, cfg, calibration_data=data, only_if_cheaper=False)
+        return model.state_dict()
+
+    alone = calibrated(prompts)
+    for ids, mask in ((left, lmask), (right, rmask)):
+        pos = (mask.cumsum(1) - 1).clamp(min=0)  # RoPE in float32 is not exactly shift-invariant
+        padded = calibrated([{"input_ids": ids, "attention_mask": mask, "position_ids": pos}])
+        assert alone.keys() == padded.keys()
+        for k in alone:
+            assert (padded[k] - alone[k]).norm() <= 1e-9 * alone[k].norm(), k
+
+
 def test_batched_left_padded_generate_gives_each_row_its_own_tokens():
     model = tiny_llama(6)
     prompts = [prompt(20, 7), prompt(21, 2), prompt(22, 5)]
