@@ -77,15 +77,16 @@ def capture_next_group(model, pending: Dict[str, nn.Linear], batches, t, max_row
     ``pending`` layers (see the module docstring). Returns {fqn: X}; empty when no pending layer ran."""
     order: List[str] = []  # the group, in call order (fixed by the first batch)
     rows: Dict[str, list] = {}
-    state = {"ptr": None, "seen": set(), "spans": None}
+    state = {"first": None, "seen": set(), "spans": None}
 
     def hook_first(fqn):
         # first batch: the group is the first layer plus the later ones fed the same input tensor
         def fn(_mod, args, _out):
             x = args[0]
-            if state["ptr"] is None:
-                state["ptr"] = x.data_ptr()
-            elif x.data_ptr() != state["ptr"] or fqn in order:
+            key = (x.data_ptr(), x.shape, x.stride(), x._version)  # _version: not changed in place since
+            if state["first"] is None:
+                state["first"] = (x, key)  # x held, so that no later input can reuse its memory and pass for it
+            elif key != state["first"][1] or fqn in order:
                 raise _Stop
             order.append(fqn)
             rows[fqn] = [batch_rows(x.detach(), t, state["spans"], fqn)]

@@ -244,6 +244,29 @@ def test_calibration_groups_follow_execution_order():
     assert all(n.startswith("model.layers.1.") for n in pending)
 
 
+def test_calibration_groups_are_not_fooled_by_reused_memory():
+    """A layer whose input sits where the group's first input was (freed and reallocated, or overwritten in
+    place) is not in that group: it must see the first layer converted."""
+    from stl_torch.calibrate import capture_next_group
+
+    class Chain(nn.Module):
+        def __init__(self, in_place):
+            super().__init__()
+            self.fc1, self.fc2, self.in_place = nn.Linear(1024, 1024), nn.Linear(1024, 1024), in_place
+
+        def forward(self, x):
+            if self.in_place:
+                h = x + 1
+                return self.fc2(h.copy_(self.fc1(h)))
+            return self.fc2(self.fc1(x + 1) + 1)  # fc1's input is freed before fc2's: often the same memory
+
+    x = torch.randn(4, 7, 1024, dtype=torch.float64)
+    for in_place in (True, False):
+        model = Chain(in_place).double()
+        for _ in range(10):
+            assert list(capture_next_group(model, {"fc1": model.fc1, "fc2": model.fc2}, [x], 4, 10_000)) == ["fc1"]
+
+
 def test_distill_calibration_fits_encoders_where_lstsq_cannot():
     """calibration="distill" trains E, D and Wt: better than data-free on held-out tiles, also
     where least squares is off (max_unknowns=0), and the kept error is the best of the three."""
