@@ -12,6 +12,11 @@ that share one input tensor (q/k/v of an attention block, gate/up of a gated MLP
 forward there (nothing after them runs); the group is converted, and the next pass captures the
 next group. A model with G groups costs about G/2 full forwards over the calibration data.
 
+Padding: with a 2-D ``attention_mask`` in a batch, a row's rows are its tokens from its first to its
+last real one, tiled from the first (as the converted model tiles them, ``stl_torch.decode``, which
+also lays out the layers converted so far during calibration); padding before and after takes no part
+in the fit.
+
 Errors are relative output errors ``||STL(X) - X W^T|| / ||X W^T||`` (bias excluded: it is
 copied), measured on tiles held out from the fit (every ``holdout``-th tile), so they show
 generalisation, not memorisation (Wt alone has r/t^2 = 1.5x the dense weight's parameters at
@@ -23,8 +28,8 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from . import tiling
-from ._call import call_model
+from . import decode, tiling
+from ._call import call_model, split_inputs
 from .config import CalibrationConfig
 from .ops import stl_linear
 
@@ -38,24 +43,53 @@ def layer_rows(x, t):
     return tiling.pad_rows(tiling.to_tiles(x, t), t)
 
 
+def real_spans(model, batch):
+    """``(spans, S)`` of a batch with a padded 2-D ``attention_mask`` (B, S): per row, the (start, stop)
+    of its tokens from the first to the last real one (None: no real token). None without padding."""
+    args, kwargs = split_inputs(batch)
+    mask = decode._call_args(model, args, kwargs).get("attention_mask")
+    if not torch.is_tensor(mask) or mask.dim() != 2:
+        return None
+    real = mask != 0
+    if bool(real.all()):
+        return None
+    S = real.shape[1]
+    first, last = real.int().argmax(1).tolist(), (S - real.flip(1).int().argmax(1)).tolist()
+    return [(a, b) if any_real else None for any_real, a, b in zip(real.any(1).tolist(), first, last)], S
+
+
+def batch_rows(x, t, spans, fqn):
+    """:func:`layer_rows` of a layer input ``x`` of one batch, only the real rows (``spans``) of each sequence."""
+    if spans is None:
+        return layer_rows(x, t)
+    spans, S = spans
+    if x.dim() != 3 or x.shape[0] != len(spans) or x.shape[1] != S:
+        raise ValueError(f"convert: a calibration batch has a padded attention_mask of shape ({len(spans)}, {S}), "
+                         f"but layer '{fqn}' gets an input of shape {tuple(x.shape)}, not (batch, tokens, features): "
+                         "its padding rows cannot be left out. Calibrate on unpadded batches.")
+    parts = [layer_rows(x[b:b + 1, s[0]:s[1]], t) for b, s in enumerate(spans) if s is not None]
+    return torch.cat(parts) if parts else x.new_zeros(0, x.shape[-1])
+
+
 @torch.no_grad()
 def capture_next_group(model, pending: Dict[str, nn.Linear], batches, t, max_rows):
-    """Inputs (rows, N), rows tiled as STLinear tiles them, of the next group of ``pending`` layers
-    (see the module docstring). Returns {fqn: X}; empty when no pending layer ran."""
+    """Inputs (rows, N), rows tiled as STLinear tiles them (padding left out), of the next group of
+    ``pending`` layers (see the module docstring). Returns {fqn: X}; empty when no pending layer ran."""
     order: List[str] = []  # the group, in call order (fixed by the first batch)
     rows: Dict[str, list] = {}
-    state = {"ptr": None, "seen": set()}
+    state = {"first": None, "seen": set(), "spans": None}
 
     def hook_first(fqn):
         # first batch: the group is the first layer plus the later ones fed the same input tensor
         def fn(_mod, args, _out):
             x = args[0]
-            if state["ptr"] is None:
-                state["ptr"] = x.data_ptr()
-            elif x.data_ptr() != state["ptr"] or fqn in order:
+            key = (x.data_ptr(), x.shape, x.stride(), x._version)  # _version: not changed in place since
+            if state["first"] is None:
+                state["first"] = (x, key)  # x held, so that no later input can reuse its memory and pass for it
+            elif key != state["first"][1] or fqn in order:
                 raise _Stop
             order.append(fqn)
-            rows[fqn] = [layer_rows(x.detach(), t)]
+            rows[fqn] = [batch_rows(x.detach(), t, state["spans"], fqn)]
         return fn
 
     def hook_next(fqn):
@@ -63,7 +97,7 @@ def capture_next_group(model, pending: Dict[str, nn.Linear], batches, t, max_row
             if fqn in state["seen"]:
                 raise _Stop  # called again in the same forward: keep the first call only
             state["seen"].add(fqn)
-            rows[fqn].append(layer_rows(args[0].detach(), t))
+            rows[fqn].append(batch_rows(args[0].detach(), t, state["spans"], fqn))
             if len(state["seen"]) == len(order):
                 raise _Stop
         return fn
@@ -72,7 +106,7 @@ def capture_next_group(model, pending: Dict[str, nn.Linear], batches, t, max_row
     model.eval()
     try:
         for i, batch in enumerate(batches):
-            state["seen"] = set()
+            state["seen"], state["spans"] = set(), real_spans(model, batch)
             hooked = pending if i == 0 else {f: pending[f] for f in order}
             handles = [m.register_forward_hook((hook_first if i == 0 else hook_next)(f))
                        for f, m in hooked.items()]
@@ -213,4 +247,4 @@ def progress_bar(total, enabled):
     return tqdm(total=total, desc="STL calibration", unit="layer")
 
 
-__all__ = ["capture_next_group", "fit_layer", "lstsq_wt", "distill", "layer_rows"]
+__all__ = ["capture_next_group", "fit_layer", "lstsq_wt", "distill", "layer_rows", "real_spans"]

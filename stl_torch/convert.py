@@ -285,6 +285,32 @@ def plan_conversion(model: nn.Module, config: Optional[STLConfig] = None,
     return report
 
 
+def _calibrate(model, pending, make, batches, calibration, t, progress):
+    """Convert the ``pending`` layers ({fqn: (nn.Linear, report entry)}, emptied as they are converted) group
+    by group in execution order, each fitted on the inputs it gets in the partly converted model."""
+    bar = stl_calib.progress_bar(len(pending), progress)
+    try:
+        while pending:
+            caps = stl_calib.capture_next_group(model, {f: m for f, (m, _) in pending.items()},
+                                                batches, t, calibration.max_rows)
+            if not caps:
+                break  # the rest never runs on this data: data-free
+            swapped = {}
+            for fqn, X in caps.items():
+                mod, entry = pending.pop(fqn)
+                new = swapped[id(mod)] = make(mod)
+                res = stl_calib.fit_layer(new, mod, X, calibration)
+                entry.err_data_free, entry.err_lstsq = res["data_free"], res["lstsq"]
+                entry.err_distill, entry.err_calibrated = res["distill"], res["final"]
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"{fqn}: {res['data_free']:.3f} -> {res['final']:.3f}")
+            _swap(model, swapped)  # the next group is captured on the converted model
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def apply_conversion(model: nn.Module, plan: ConversionReport, *, calibration_data=None,
                      calibration: Optional[CalibrationConfig] = None, example_input=None,
                      progress: bool = False) -> ConversionReport:
@@ -316,34 +342,23 @@ def apply_conversion(model: nn.Module, plan: ConversionReport, *, calibration_da
         return new
 
     batches = None if calibration_data is None else list(calibration_data)
-    if batches is not None and pending:
-        bar = stl_calib.progress_bar(len(pending), progress)
-        while pending:
-            caps = stl_calib.capture_next_group(model, {f: m for f, (m, _) in pending.items()},
-                                                batches, t, calibration.max_rows)
-            if not caps:
-                break  # the rest never runs on this data: data-free below
-            swapped = {}
-            for fqn, X in caps.items():
-                mod, entry = pending.pop(fqn)
-                new = swapped[id(mod)] = make(mod)
-                res = stl_calib.fit_layer(new, mod, X, calibration)
-                entry.err_data_free, entry.err_lstsq = res["data_free"], res["lstsq"]
-                entry.err_distill, entry.err_calibrated = res["distill"], res["final"]
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"{fqn}: {res['data_free']:.3f} -> {res['final']:.3f}")
-            _swap(model, swapped)  # the next group is captured on the converted model
-        if bar is not None:
-            bar.close()
-    _swap(model, {id(mod): make(mod) for mod, _ in pending.values()})
-    if example_input is not None and originals:
-        try:
-            _trial(model, example_input)
-        except Exception as e:
-            _swap(model, originals)
-            raise RuntimeError(f"convert: the converted model fails on example_input ({type(e).__name__}: {e}); "
-                               "the dense layers were restored. Exclude the failing layers with filter=") from e
+    hooked = decode._is_enabled(model)
+    try:
+        if batches is not None and pending:
+            decode.enable(model)  # layers converted so far tile from each row's first real token (left padding)
+            _calibrate(model, pending, make, batches, calibration, t, progress)
+        _swap(model, {id(mod): make(mod) for mod, _ in pending.values()})
+        if example_input is not None and originals:
+            try:
+                _trial(model, example_input)
+            except Exception as e:
+                raise RuntimeError(f"convert: the converted model fails on example_input ({type(e).__name__}: {e}); "
+                                   "the dense layers were restored. Exclude the failing layers with filter=") from e
+    except BaseException:  # leave the model as it was
+        _swap(model, originals)
+        if not hooked:
+            decode._remove_hooks(model, (decode._pre_hook, decode._post_hook))
+        raise
     plan.params_after = _param_count(model)
     plan.applied = True
     if plan.converted:

@@ -21,6 +21,10 @@ reset it) happens to the tile state too, because the cache's class is extended w
 ``out = model(ids, cache=out.cache)`` calls both decode exactly, with no extra API.
 
 Without an attention mask and without a cache, a call runs exactly as a bare ``STLinear`` does.
+
+Gradient checkpointing: a block that transformers checkpoints is recomputed in the backward pass, after
+the model call; its checkpoint function is wrapped (:class:`_TiledCheckpoint`) so that the recompute gets
+the call's context again.
 """
 import inspect
 import sys
@@ -179,6 +183,13 @@ class _Context(TileContext):
         self.old_rows, self._empty, self.stepped = {}, {}, {}  # rows a step replaced (the next spares); empty tensors by dtype
         self.no_grad = not torch.is_grad_enabled()
 
+    def replay(self):
+        """A context to run this call's layers again later, as activation checkpointing's recompute does:
+        the same layout, the tile rows from before this call, nothing recorded."""
+        before = TileCache()
+        before.length, before.rows = self.start, dict(self.tiles.rows)
+        return _Context(before, None, self.B, self.S, self.first, False, self.names)
+
     def pos(self, t):
         """(B,) int64: each sequence's row in its current tile at this call's first token."""
         if t not in self._pos:
@@ -302,10 +313,54 @@ def _stl_layers(module):
     return [(fqn, m) for fqn, m in module.named_modules() if isinstance(m, STLinear)]
 
 
-def _checkpointing(module):
-    """Is activation checkpointing on anywhere in ``module``? Read from the flag transformers sets
-    on each checkpointed layer, not through its (deprecated, warning) model properties."""
-    return any(getattr(m, "gradient_checkpointing", False) is True for m in module.modules())
+class _TiledCheckpoint:
+    """The checkpoint function of a block that transformers checkpoints (its ``_gradient_checkpointing_func``),
+    wrapped: the backward pass recomputes the block outside the model call, where no context tells its STL
+    layers where each row's tiles start (left padding) or what came before, so the recompute gets a
+    replay of the first run's context (:meth:`_Context.replay`), kept alive by the autograd graph."""
+
+    def __init__(self, inner, block):
+        self.inner, self.block = inner, block
+
+    def __call__(self, function, *args, **kwargs):
+        layers = [m for m in self.block.modules() if isinstance(m, STLinear)]
+        ctx = layers[0]._stl_ctx if layers else None
+        if not isinstance(ctx, _Context):
+            return self.inner(function, *args, **kwargs)
+        replay = ctx.replay()
+
+        def run(*a, **kw):
+            if layers[0]._stl_ctx is not None:  # the first run, inside the model call
+                return function(*a, **kw)
+            replay.calls = {}
+            for m in layers:
+                m.__dict__["_stl_ctx"] = replay
+            try:
+                return function(*a, **kw)
+            finally:
+                for m in layers:
+                    m.__dict__["_stl_ctx"] = None
+
+        return self.inner(run, *args, **kwargs)
+
+
+def _wrap_checkpointing(module, laid_out):
+    """Give every block of ``module`` that transformers checkpoints a :class:`_TiledCheckpoint`. Found by
+    the flag transformers sets on each checkpointed layer, not through its (deprecated, warning) model
+    properties; done per call, since checkpointing may be enabled after :func:`enable`. A checkpointed
+    block without a checkpoint function to wrap raises when ``laid_out()`` (the call has a layout its
+    recompute would miss)."""
+    for m in module.modules():
+        if getattr(m, "gradient_checkpointing", False) is not True:
+            continue
+        f = getattr(m, "_gradient_checkpointing_func", None)
+        if callable(f) and not isinstance(f, _TiledCheckpoint):
+            m._gradient_checkpointing_func = _TiledCheckpoint(f, m)
+        elif not callable(f) and laid_out():
+            raise RuntimeError(
+                f"stl_torch: {type(m).__name__} is checkpointed without a _gradient_checkpointing_func that "
+                "stl_torch can wrap, so its recompute would not see where each row's tiles start: pad on the right "
+                "(or not at all) when training with gradient checkpointing, or turn checkpointing off.")
 
 
 _LAYERS_OF_CACHE = weakref.WeakKeyDictionary()  # hooked module -> (its last TileCache, its STL layers)
@@ -387,12 +442,8 @@ def _pre_hook(module, args, kwargs):
         has = torch.ones(B, dtype=torch.bool, device=dev)
         pos = torch.zeros(B, dtype=torch.long, device=dev)
     first = torch.where((first < 0) & has.to(first.device), start + pos.to(first.device), first)
-    if (mask is not None and start == 0 and module.training and torch.is_grad_enabled()
-            and _checkpointing(module) and bool((first > 0).any())):
-        raise RuntimeError("stl_torch: gradient checkpointing with a left-padded batch is not supported: a "
-                           "checkpointed block recomputes its forward outside the model call, where the STL layers "
-                           "cannot see where each row's tiles start. Pad on the right (or not at all) when training "
-                           "with gradient checkpointing, or turn checkpointing off.")
+    if module.training and torch.is_grad_enabled() and (mask is not None or start > 0):
+        _wrap_checkpointing(module, lambda: start > 0 or bool((first > 0).any()))
 
     _LAYERS_OF_CACHE[module] = (weakref.ref(tiles), layers)
     ctx = _Context(tiles, cache, B, S, first, record, {m: fqn for fqn, m in layers})
@@ -442,6 +493,10 @@ def _remove_hooks(model, fns):
                 del hooks[k]
                 m._forward_pre_hooks_with_kwargs.pop(k, None)
                 m._forward_hooks_always_called.pop(k, None)
+
+
+def _is_enabled(model):
+    return any(h is _pre_hook for h in model._forward_pre_hooks.values())
 
 
 def enable(model: nn.Module) -> nn.Module:

@@ -5,7 +5,14 @@ Hugging Face config), so ``model.save_pretrained(d)`` writes it into ``config.js
 weights (``E``, ``Wt``, ``D``, ``bias`` and the causal masks, in safetensors as usual).
 :func:`from_pretrained` rebuilds that model: the recorded layers are STLinear from the start,
 built on the meta device, so no initialisation runs for them; transformers then loads every weight.
+
+Plain ``transformers.AutoModelForCausalLM.from_pretrained`` must not load such a folder: it would build
+the recorded layers as nn.Linear, find no ``weight`` for them and initialise them at random (reporting
+only missing keys). So the config also carries a ``quantization_config`` without a ``quant_method``
+(:data:`GUARD`), which transformers' loader refuses with a ``ValueError`` (an unknown ``quant_method``
+would only be warned about and skipped); :func:`from_pretrained` removes it before loading.
 """
+import copy
 from dataclasses import fields
 
 import torch
@@ -19,6 +26,21 @@ __all__ = ["from_pretrained", "record_conversion", "conversion_record", "drop_gg
 
 KEY = "stl_torch"
 FORMAT = 1
+# config.quantization_config of a converted model: no quant_method, so transformers refuses to load it
+GUARD = {KEY: "Strassen-Tile (STL) layers replace nn.Linear layers of this model: load it with "
+              "stl_torch.from_pretrained(path). (No quant_method on purpose: plain transformers refuses this "
+              "folder instead of building those layers as dense ones with random weights.)"}
+
+
+def _is_guard(qc):
+    return isinstance(qc, dict) and KEY in qc and "quant_method" not in qc
+
+
+def _guard(config):
+    """Mark ``config`` as unloadable by plain transformers, unless it holds a real quantization config
+    (a GGUF model's, dropped later by :func:`drop_gguf_quantization`, which then adds the mark)."""
+    if getattr(config, "quantization_config", None) is None:
+        config.quantization_config = dict(GUARD)
 
 
 def record_conversion(model, layers):
@@ -38,6 +60,7 @@ def record_conversion(model, layers):
             rec["configs"].append(d)
         rec["layers"][name] = rec["configs"].index(d)
     setattr(config, KEY, rec)
+    _guard(config)
     return rec
 
 
@@ -58,6 +81,8 @@ def drop_gguf_quantization(model):
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "quantization_config"):
         del config.quantization_config
+        if conversion_record(config) is not None:  # converted before: it still must not load as dense
+            _guard(config)
     return model
 
 
@@ -126,11 +151,14 @@ def from_pretrained(path, model_class=None, **kwargs):
                                 "(expected a folder written by model.save_pretrained)")
     where = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only", "subfolder",
                                     "trust_remote_code") if k in kwargs}  # how to find the config too
-    config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(path, **where)
+    config = kwargs.pop("config", None)
+    config = copy.deepcopy(config) if config is not None else transformers.AutoConfig.from_pretrained(path, **where)
     rec = conversion_record(config)
     if rec is None:
         raise ValueError(f"from_pretrained: {path} has no '{KEY}' record in its config: it was not saved from a "
                          "model converted by stl_torch.convert() (load it with transformers instead)")
+    if _is_guard(getattr(config, "quantization_config", None)):
+        del config.quantization_config  # transformers refuses it (see the module docstring); put back below
     cls = model_class or _model_class(config)
 
     def __init__(self, config, *args, **kw):
@@ -143,6 +171,7 @@ def from_pretrained(path, model_class=None, **kwargs):
     loaded = skeleton.from_pretrained(path, config=config, **kwargs)
     model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True: (model, info)
     model.__class__ = cls  # the subclass only differed in __init__
+    _guard(model.config)  # saving it again keeps it away from plain transformers (older folders gain it)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, STLinear) and m.causal:  # deterministic: never trust a stale copy

@@ -244,6 +244,29 @@ def test_calibration_groups_follow_execution_order():
     assert all(n.startswith("model.layers.1.") for n in pending)
 
 
+def test_calibration_groups_are_not_fooled_by_reused_memory():
+    """A layer whose input sits where the group's first input was (freed and reallocated, or overwritten in
+    place) is not in that group: it must see the first layer converted."""
+    from stl_torch.calibrate import capture_next_group
+
+    class Chain(nn.Module):
+        def __init__(self, in_place):
+            super().__init__()
+            self.fc1, self.fc2, self.in_place = nn.Linear(1024, 1024), nn.Linear(1024, 1024), in_place
+
+        def forward(self, x):
+            if self.in_place:
+                h = x + 1
+                return self.fc2(h.copy_(self.fc1(h)))
+            return self.fc2(self.fc1(x + 1) + 1)  # fc1's input is freed before fc2's: often the same memory
+
+    x = torch.randn(4, 7, 1024, dtype=torch.float64)
+    for in_place in (True, False):
+        model = Chain(in_place).double()
+        for _ in range(10):
+            assert list(capture_next_group(model, {"fc1": model.fc1, "fc2": model.fc2}, [x], 4, 10_000)) == ["fc1"]
+
+
 def test_distill_calibration_fits_encoders_where_lstsq_cannot():
     """calibration="distill" trains E, D and Wt: better than data-free on held-out tiles, also
     where least squares is off (max_unknowns=0), and the kept error is the best of the three."""
@@ -433,6 +456,28 @@ def test_mapping_inputs_such_as_batch_encoding_are_accepted():
     report = convert(model, STLConfig(tile=4, rank=24), calibration_data=[batch])
     assert report.converted and report.layers[0].err_calibrated is not None
     assert flops(model, batch).total_macs > 0
+
+
+def test_padded_calibration_batches_need_token_shaped_layer_inputs():
+    """With a padded attention_mask, calibration leaves each row's padding out; a layer whose input is not
+    (batch, tokens, features) of the call cannot tell its padding rows apart: a ValueError names it, and
+    the model is left as it was."""
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(128, 256)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.fc(input_ids.reshape(1, -1, input_ids.shape[-1]))
+
+    model = Flat()
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, :3] = 0
+    with pytest.raises(ValueError, match=r"padded attention_mask of shape \(2, 8\), but layer 'fc' gets an input "
+                                         r"of shape \(1, 16, 128\)"):
+        convert(model, STLConfig(tile=4, rank=24),
+                calibration_data=[{"input_ids": torch.randn(2, 8, 128), "attention_mask": mask}])
+    assert type(model.fc) is nn.Linear and not model._forward_pre_hooks
 
 
 def test_classifier_head_is_kept_dense_and_report_agrees_with_flops():

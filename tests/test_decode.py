@@ -88,6 +88,30 @@ def test_left_padded_full_forward_tiles_from_the_first_real_token():
             assert (batched[b, -p.shape[1]:] - alone[0]).abs().max() < 1e-10, b
 
 
+def test_calibration_on_padded_batches_fits_as_their_prompts_alone():
+    """Padding takes no part in calibration: a left- or right-padded batch fits every layer as its prompts,
+    one batch each, do (tiles start at each row's first real token, in the layers converted before too)."""
+    prompts = [prompt(30, 9), prompt(31, 3), prompt(32, 6)]
+    left, lmask = left_pad(prompts)
+    right, rmask = torch.zeros_like(left), torch.zeros_like(lmask)
+    for b, p in enumerate(prompts):
+        right[b, :p.shape[1]], rmask[b, :p.shape[1]] = p[0], 1
+    cfg = STLConfig(tile=4, rank=24, causal=True)
+
+    def calibrated(data):
+        model = tiny_llama(7, convert_it=False)
+        convert(model, cfg, calibration_data=data, only_if_cheaper=False)
+        return model.state_dict()
+
+    alone = calibrated(prompts)
+    for ids, mask in ((left, lmask), (right, rmask)):
+        pos = (mask.cumsum(1) - 1).clamp(min=0)  # RoPE in float32 is not exactly shift-invariant
+        padded = calibrated([{"input_ids": ids, "attention_mask": mask, "position_ids": pos}])
+        assert alone.keys() == padded.keys()
+        for k in alone:
+            assert (padded[k] - alone[k]).norm() <= 1e-9 * alone[k].norm(), k
+
+
 def test_batched_left_padded_generate_gives_each_row_its_own_tokens():
     model = tiny_llama(6)
     prompts = [prompt(20, 7), prompt(21, 2), prompt(22, 5)]
@@ -267,31 +291,36 @@ def test_smollm2_generates_the_same_tokens_with_and_without_cache():
 
 
 @pytest.mark.parametrize("use_reentrant", [False, True])
-def test_gradient_checkpointing_refuses_left_padding_and_matches_without_it(use_reentrant):
-    """A checkpointed block recomputes outside the model call, where the tile start of a left-padded
-    row is unknown: that raises. Right-padded batches train with checkpointing exactly as without."""
+def test_gradient_checkpointing_with_padded_batches_matches_the_prompts_alone(use_reentrant):
+    """A checkpointed block recomputes its forward in the backward pass, outside the model call: it gets
+    the call's tile layout again. Left- and right-padded batches then train with checkpointing as without
+    it, and as their prompts alone (padding takes no part)."""
     model = tiny_llama(5)
     model.train()
     prompts = [prompt(10, 9), prompt(11, 3), prompt(12, 6)]
-    ids, mask = left_pad(prompts)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
-    with pytest.raises(RuntimeError, match="gradient checkpointing with a left-padded batch"), \
-            warnings.catch_warnings():
-        warnings.simplefilter("error", FutureWarning)  # no deprecated transformers property read by our hook
-        warnings.simplefilter("error", DeprecationWarning)
-        model(ids, attention_mask=mask, labels=ids, use_cache=False)
-    right = torch.zeros_like(ids)
-    rmask = torch.zeros_like(mask)
+    left, lmask = left_pad(prompts)
+    right, rmask = torch.zeros_like(left), torch.zeros_like(lmask)
     for b, p in enumerate(prompts):
         right[b, :p.shape[1]], rmask[b, :p.shape[1]] = p[0], 1
 
-    def grads():
+    def grads(ids, mask):
+        """Gradients of the summed next-token losses of the real tokens (positions counted from each row's
+        first real token, as generate() counts them: RoPE in float32 is not exactly shift-invariant)."""
         model.zero_grad()
-        out = model(right, attention_mask=rmask, labels=right, use_cache=False)
-        out.loss.backward()
+        logits = model(ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                       use_cache=False).logits
+        real = mask.bool()
+        nxt = real[:, :-1] & real[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1][nxt], ids[:, 1:][nxt], reduction="sum")
+        loss.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
-    with_ckpt = grads()
+    alone = sum(grads(p, torch.ones_like(p)) for p in prompts)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    for ids, mask in ((left, lmask), (right, rmask)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # no deprecated transformers property read by our hook
+            with_ckpt = grads(ids, mask)
+        assert ((with_ckpt - alone).norm() / alone.norm()).item() < 1e-12
     model.gradient_checkpointing_disable()
-    without = grads()
-    assert ((with_ckpt - without).norm() / without.norm()).item() < 1e-12
+    assert ((grads(left, lmask) - alone).norm() / alone.norm()).item() < 1e-12

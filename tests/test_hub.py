@@ -7,7 +7,7 @@ import torch
 
 import stl_torch
 import stl_torch.init as stl_init
-from stl_torch import STLConfig, STLinear, convert
+from stl_torch import STLConfig, STLinear, convert, hub
 
 from test_decode import GEN, mix_rows, prompt, tiny_llama
 
@@ -47,9 +47,45 @@ def test_save_pretrained_from_pretrained_round_trip(tmp_path, monkeypatch):
         # the tile cache is on: generate with the cache gives the tokens of the no-cache forward
         g = loaded.generate(ids[:1, :5], max_new_tokens=8, **GEN)
         assert torch.equal(g, model.generate(ids[:1, :5], max_new_tokens=8, use_cache=False, **GEN))
-    # and it saves again as it was loaded
+    # and it saves again as it was loaded, still refused by plain transformers
     loaded.save_pretrained(tmp_path / "again")
-    assert json.loads((tmp_path / "again" / "config.json").read_text())["stl_torch"] == saved
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["stl_torch"] == saved and again["quantization_config"] == hub.GUARD
+
+
+def test_plain_transformers_refuses_a_saved_stl_folder(tmp_path):
+    """AutoModelForCausalLM.from_pretrained would build the STL layers as nn.Linear with random weights
+    (their E/Wt/D are no 'weight'): the saved config makes transformers raise instead."""
+    model = trained_like(5)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["quantization_config"] == hub.GUARD
+    for cls in (transformers.AutoModelForCausalLM, transformers.LlamaForCausalLM):
+        with pytest.raises(ValueError, match="quant_method"):
+            cls.from_pretrained(tmp_path)
+    loaded = stl_torch.from_pretrained(tmp_path, config=transformers.AutoConfig.from_pretrained(tmp_path))
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_folder_saved_without_the_guard_still_loads(tmp_path):
+    """Folders saved before the quantization_config guard load as before, and gain it when saved again;
+    a GGUF model converted before its quantizer is dropped keeps the guard."""
+    model = trained_like(6)
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["quantization_config"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    loaded = stl_torch.from_pretrained(tmp_path)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.config.quantization_config == hub.GUARD
+
+    class GgufQuantizer:
+        pass
+
+    model.hf_quantizer, model.config.quantization_config = GgufQuantizer(), {"quant_method": "gguf"}
+    hub.drop_gguf_quantization(model)
+    assert model.hf_quantizer is None and model.config.quantization_config == hub.GUARD
 
 
 def test_from_pretrained_passes_kwargs_and_handles_an_inner_conversion(tmp_path):
