@@ -153,14 +153,7 @@ def parse_args(argv=None):
     g.add_argument("--micro-batch-size", type=int, default=None,
                    help="sequences per forward on each rank (default: batch-size / ranks); "
                         "gradients are accumulated over the rest")
-    g.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
-    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (cosine)")
-    g.add_argument("--warmup-frac", type=float, default=0.05, help="warm-up steps / total steps")
-    g.add_argument("--weight-decay", type=float, default=0.0,
-                   help="AdamW weight decay (weight matrices and STL Wt only)")
-    g.add_argument("--clip-grad", type=float, default=1.0, help="max global grad norm (0: off)")
-    g.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
-                   help="bf16 autocast (auto: on for CUDA)")
+    RT.add_schedule_args(g, lr=1e-4, weight_decay=0.0)
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
     g.add_argument("--eval-tokens", type=float, default=2e5,

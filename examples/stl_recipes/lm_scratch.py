@@ -97,14 +97,7 @@ def parse_args(argv=None):
     g.add_argument("--tokens", type=float, default=3e6, help="training tokens (bytes)")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --tokens)")
     g.add_argument("--batch-size", type=int, default=16, help="sequences per step")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (one for every method)")
-    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (cosine)")
-    g.add_argument("--warmup-frac", type=float, default=0.05, help="warm-up steps / total steps")
-    g.add_argument("--weight-decay", type=float, default=0.1,
-                   help="AdamW weight decay (weight matrices and STL Wt only)")
-    g.add_argument("--clip-grad", type=float, default=1.0, help="max global grad norm (0: off)")
-    g.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
-                   help="bf16 autocast (auto: on for CUDA)")
+    RT.add_schedule_args(g, lr=1e-3, weight_decay=0.1)  # one learning rate for every method
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: 12 per run)")
     g.add_argument("--eval-tokens", type=float, default=65536, help="held-out tokens per evaluation")

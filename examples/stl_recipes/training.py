@@ -45,6 +45,19 @@ def param_groups(model, *, lr, weight_decay, ed_lr_mult=1.0, no_decay_names=(),
     return [g for g in groups if g["params"]]
 
 
+def add_schedule_args(g, *, lr, weight_decay):
+    """The optimizer and schedule options the LLM recipes share (AdamW, warm-up + cosine, clipping,
+    bf16 autocast), added to argparse group ``g`` with the recipe's own defaults."""
+    g.add_argument("--lr", type=float, default=lr, help="peak AdamW learning rate")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (cosine)")
+    g.add_argument("--warmup-frac", type=float, default=0.05, help="warm-up steps / total steps")
+    g.add_argument("--weight-decay", type=float, default=weight_decay,
+                   help="AdamW weight decay (weight matrices and STL Wt only)")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max global grad norm (0: off)")
+    g.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
+                   help="bf16 autocast (auto: on for CUDA)")
+
+
 def make_optimizer(groups, *, betas=(0.9, 0.999), eps=1e-8, device=None):
     kw = {}
     if device is not None and device.type == "cuda":
