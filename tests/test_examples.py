@@ -1,4 +1,5 @@
-"""The recipes (examples/t2t_vit_train.py, examples/llama_finetune.py) on tiny settings, CPU.
+"""The recipes (examples/t2t_vit_train.py, examples/llama_finetune.py, examples/lm_scratch.py) and
+benchmarks/iso_flop_vision.py on tiny settings, CPU.
 
 Checks: loss finite and decreasing on a fixed batch, metrics JSON/CSV/PNG written, a run stopped
 after epoch/step k and resumed ends bit-identical to an unbroken run, STL layers actually present,
