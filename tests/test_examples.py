@@ -1,4 +1,5 @@
-"""The recipes (examples/t2t_vit_train.py, examples/llama_finetune.py) on tiny settings, CPU.
+"""The recipes (examples/t2t_vit_train.py, examples/llama_finetune.py, examples/lm_scratch.py) and
+benchmarks/iso_flop_vision.py on tiny settings, CPU.
 
 Checks: loss finite and decreasing on a fixed batch, metrics JSON/CSV/PNG written, a run stopped
 after epoch/step k and resumed ends bit-identical to an unbroken run, STL layers actually present,
@@ -513,3 +514,39 @@ def test_lm_scratch_bpb_resume_and_summary(text_dir, tmp_path):
     assert narrow["proj_macs_per_token"] == pytest.approx(stl["proj_macs_per_token"], rel=0.1)
     assert (tmp_path / "b" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((tmp_path / "b" / "summary.md").read_text().splitlines()) == 2 + 2
+
+
+def test_iso_flop_vision_cells_macs_and_resume(idx_dir, tmp_path):
+    """benchmarks/iso_flop_vision.py on tiny steps, both models: every (method, seed) cell lands in
+    the JSON, dense-narrow and lowrank cost STL r=24's multiply-adds within 10%, a rerun trains only
+    the missing cells and refuses other settings."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("iso_flop_vision", ROOT / "benchmarks" / "iso_flop_vision.py")
+        iso = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(iso)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    methods = ["dense", "dense-narrow", "lowrank", "stl24", "stl16"]
+    threads = torch.get_num_threads()  # main() sets --threads (1) for the whole process
+    for model in ("patch", "t2t-vit-7"):
+        common = ["--model", model, "--data", str(idx_dir), "--steps", "2", "--batch-size", "4",
+                  "--no-progress", "--out", str(tmp_path)]
+        iso.main([*common, "--seeds", "0"])
+        (path,) = tmp_path.glob(f"iso_flop_vision_{model}_*.json")
+        res = json.loads(path.read_text())
+        assert {(r["method"], r["seed"]) for r in res["runs"]} == {(m, 0) for m in methods}
+        cost = {m: res["methods"][m]["macs_per_image"] for m in methods}
+        for m in ("dense-narrow", "lowrank"):
+            assert cost[m] == pytest.approx(cost["stl24"], rel=0.1), (m, cost)
+        assert cost["dense"] > 1.5 * cost["stl24"] > 1.5 * cost["stl16"]
+        assert res["methods"]["dense-narrow"]["params"] < res["methods"]["dense"]["params"]
+        assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert all(0 <= r["top1"] <= 1 and r["step_ms"] > 0 for r in res["runs"])
+
+    iso.main([*common, "--seeds", "0,1", "--methods", "stl16"])  # t2t-vit-7: one new cell
+    runs = json.loads(path.read_text())["runs"]
+    assert runs[:5] == res["runs"] and [(r["method"], r["seed"]) for r in runs[5:]] == [("stl16", 1)]
+    with pytest.raises(SystemExit, match="different settings"):
+        iso.main([*common, "--steps", "3"])
+    torch.set_num_threads(threads)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import metrics as RM
+
 __all__ = ["PatchTransformer", "accuracy", "train"]
 
 
@@ -46,17 +48,19 @@ def accuracy(model, x, y, bs=1000):
     return hits / len(y)
 
 
-def train(model, xs, ys, steps, bs, seed, param_groups=None, losses=None):
+def train(model, xs, ys, steps, bs, seed, param_groups=None, losses=None, progress=None):
     """AdamW + one-cycle; ``param_groups`` (optional) overrides ``model.parameters()``, e.g. to
     give STL's E and D their own learning rate (benchmarks/init_ablation.py). ``losses`` (a list,
-    optional) receives every step's training loss."""
+    optional) receives every step's training loss. ``progress`` (a description, optional): a tqdm
+    bar instead of the printout every 100 steps."""
     g = torch.Generator().manual_seed(seed)
     groups = list(model.parameters()) if param_groups is None else param_groups
     opt = torch.optim.AdamW(groups, lr=3e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
                                                 total_steps=steps, pct_start=0.1)
+    bar = RM.progress(range(steps), progress is not None, desc=progress, leave=False)
     t0 = time.perf_counter()
-    for step in range(steps):
+    for step in bar:
         idx = torch.randint(len(ys), (bs,), generator=g)
         loss = F.cross_entropy(model(xs[idx]), ys[idx], label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
@@ -65,6 +69,8 @@ def train(model, xs, ys, steps, bs, seed, param_groups=None, losses=None):
         sched.step()
         if losses is not None:
             losses.append(loss.item())
-        if step % 100 == 0 or step == steps - 1:
+        if progress is not None:  # refresh=False: the bar redraws at its own interval, not per step
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        elif step % 100 == 0 or step == steps - 1:
             print(f"  step {step:4d}  loss {loss.item():.3f}", flush=True)
     return time.perf_counter() - t0
