@@ -39,6 +39,9 @@ ISA_FLAGS = {
     # AVX-512 + AVX512-BF16 (vdpbf16ps): the bfloat16 encode/decode (Zen 4, Cooper Lake, Sapphire Rapids)
     "csrc/cpu/isa_avx512bf16.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mfma",
                                   "-mf16c", "-mbmi2"] if X86 else [],
+    # the same + AMX tiles (tdpbf16ps): encode/decode as tile multiplies (Xeon 4th gen and later)
+    "csrc/cpu/isa_amx.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mfma",
+                           "-mf16c", "-mbmi2", "-mamx-tile", "-mamx-bf16"] if X86 else [],
 }
 # the decode-step kernel (csrc/cpu/step_isa.inc) at the same levels, with the same flags
 ISA_FLAGS.update({f"csrc/cpu/step_{lv}.c": ISA_FLAGS[f"csrc/cpu/isa_{lv}.c"] for lv in ("baseline", "avx2", "avx512")})
@@ -195,7 +198,8 @@ ext = Extension(
     "stl_torch._C",
     sources=SOURCES,
     # the headers and the kernel bodies the sources include: an edit of one rebuilds the extension
-    depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/cpu/*.h") + glob.glob("csrc/cpu/*.inc")),
+    # isa_amx.c includes isa_avx512bf16.c
+    depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/cpu/*.h") + glob.glob("csrc/cpu/*.inc")) + ["csrc/cpu/isa_avx512bf16.c"],
     libraries=["stdc++", "dl", "pthread"],
     py_limited_api=True,
     define_macros=[("Py_LIMITED_API", "0x03090000")],

@@ -4,7 +4,8 @@ rerun on the same kind of machine overwrites, so docs/results/ holds the current
   docs/results/<benchmark>_<variant>_<kind>.json (.md, .png)
 
 kind: on the CPU the ISA level stl_torch's kernels run at (``_C.abi_info()["cpu_isa"]``:
-avx512, avx2, baseline), with ``_amx`` when the CPU has AMX tiles; on CUDA ``cuda-<gpu name>``.
+amx, avx512bf16, avx512, avx2, baseline), with ``_amx`` when the CPU has AMX tiles that the level
+does not use; on CUDA ``cuda-<gpu name>``.
 """
 import os
 import re
@@ -26,7 +27,7 @@ def machine_kind(device="cpu"):
     kind = stl_torch._C.abi_info()["cpu_isa"]
     try:
         with open("/proc/cpuinfo") as f:
-            if re.search(r"\bamx_tile\b", f.read()):
+            if kind != "amx" and re.search(r"\bamx_tile\b", f.read()):
                 kind += "_amx"
     except OSError:
         pass

@@ -160,6 +160,9 @@ MUTANTS = [
      KERNEL_TESTS),
     ("fwd-z-copy-short", "csrc/cpu/backend.c", "forward_mkl", "if (native(f->dt) || h) memcpy(dst, src, (size_t)(nb * Pt * ge));",
      "if (native(f->dt) || h) memcpy(dst, src, (size_t)((nb - 1) * Pt * ge));", KERNEL_TESTS),
+    ("z-direct-with-blocks", "csrc/cpu/backend.c", "mkl_layout",
+     "const bool z_direct = f->z && (native(f->dt) || b16(f->dt)) && w->mb >= w->Mt;",
+     "const bool z_direct = f->z && (native(f->dt) || b16(f->dt));", KERNEL_TESTS),
     ("dD-transposed-store", "csrc/cpu/backend.c", "cpu_backward", "store_doubles(dt, w.dD, r * t2, b->dD, 1, r, r, t2);",
      "store_doubles(dt, w.dD, r * t2, b->dD, t2, 1, r, t2);", KERNEL_TESTS),
     # (not a mutant: taking a cached buffer of half the size in the first search, since the size check
@@ -219,9 +222,18 @@ MUTANTS = [
 BF16_TESTS = ["tests/test_bf16.py"]
 BF16_FILE = "csrc/cpu/isa_avx512bf16.c"
 MUTANTS += [
-    ("bf16-level-never-chosen", "csrc/cpu/dispatch.c", None,
-     'return __builtin_cpu_supports("avx512bf16") ? &stl_cpu_isa_avx512bf16 : &stl_cpu_isa_avx512;',
-     "return &stl_cpu_isa_avx512;", BF16_TESTS),
+    ("bf16-level-never-chosen", "csrc/cpu/dispatch.c", None, ": &stl_cpu_isa_avx512bf16;", ": &stl_cpu_isa_avx512;",
+     BF16_TESTS),
+    ("amx-level-never-chosen", "csrc/cpu/dispatch.c", None, ": amx_usable()", ": 0", BF16_TESTS),
+    # the AMX level's own (caught where the CPU has AMX tiles: elsewhere MISSED)
+    ("amx-dec-no-nonfinite-fallback", BF16_FILE, None, "if (zero) bad |= nonfinite(v);", "(void)zero;", BF16_TESTS),
+    ("amx-enc-no-nonfinite-fallback", BF16_FILE, None, "for (int q = 0; q < 8; q++) bad |= nonfinite(xp[q]);", ";",
+     BF16_TESTS),
+    ("amx-dec-second-pair-chunk-lost", BF16_FILE, None, "_tile_dpbf16ps(4, 3, 5);", ";", BF16_TESTS),
+    ("amx-enc-fourth-product-chunk-lost", BF16_FILE, None, "_tile_dpbf16ps(5, 4, 0);", ";", BF16_TESTS),
+    ("amx-dec-pipeline-not-drained", BF16_FILE, None, "  if (mul.I >= 0) dec_write(p, c[s ^ 1], mul);", "", BF16_TESTS),
+    ("amx-enc-pipeline-slot", BF16_FILE, None, "if (wr.I >= 0) enc_write(p, c[s], wr);\n      wr = mul;",
+     "if (wr.I >= 0) enc_write(p, c[s ^ 1], wr);\n      wr = mul;", BF16_TESTS),
     ("bf16-enc-odd-pair-lost", BF16_FILE, None, "xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, odd, hi);",
      "xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, even, hi);", BF16_TESTS),
     # (the load masks of a short chunk only keep reads inside x: lanes past it are never stored, so
@@ -234,8 +246,7 @@ MUTANTS += [
      "ix[2 * i + 1] = (uint16_t)(4 * (i % 4) + i / 4);", BF16_TESTS),
     ("bf16-dec-bias-offset", BF16_FILE, None, "const float *bp = bias + 4 * J0;", "const float *bp = bias;", BF16_TESTS),
     ("bf16-dec-zero-path-never", BF16_FILE, None,
-     "if (pair_words((const float *)p->coef, 16, p->r, 1, 16, pw, keep)) decode_rows(p, i0, i1, pw, keep, 1);",
-     "if (0 && pair_words((const float *)p->coef, 16, p->r, 1, 16, pw, keep)) decode_rows(p, i0, i1, pw, keep, 1);",
+     "  if (zero) decode_rows(p, i0, i1, pw, keep, 1);", "  if (0) decode_rows(p, i0, i1, pw, keep, 1);",
      BF16_TESTS),
     ("bf16-corr-odd-tile-reads-next", BF16_FILE, None, "else w = ar[k * ps + K];", "else memcpy(&w, ar + k * ps + K, 4);",
      BF16_TESTS),

@@ -1,5 +1,6 @@
 """The bfloat16 kernels of the avx512bf16 level (csrc/cpu/isa_avx512bf16.c): encode, decode and
-the backward's correlations of 4x4 tiles on vdpbf16ps, where a bfloat16 call's GEMMs run in
+the backward's correlations of 4x4 tiles on vdpbf16ps (encode and decode on AMX tiles at the amx
+level, csrc/cpu/isa_amx.c; on an AMX CPU this file runs again at the avx512bf16 level), where a bfloat16 call's GEMMs run in
 bfloat16. Against float64 rounded where the op rounds (test_kernels.composition), on shapes that
 cut every chunk of the kernels short: M not a multiple of 4, N/t and P/t neither a multiple of the
 16-tile (encode, decode) nor of the 8-tile (correlate) chunks, N/t odd (the correlation's last tile
@@ -9,6 +10,7 @@ float32 sums more than once. test_kernels.py's own bfloat16 tests run them too; 
 file adds the shapes and the zero-coefficient cases that the pairs of vdpbf16ps make special:
 a zero coefficient in either half of a pair, or both."""
 import os
+import sys
 
 import pytest
 import torch
@@ -20,16 +22,24 @@ from test_kernels import composition, ulp_diff
 fwd = torch.ops.stl_torch.stl_forward.default
 bwd = torch.ops.stl_torch.stl_backward.default
 INFO = stl_torch._C.abi_info()
-ACTIVE = pytest.mark.skipif(INFO["cpu_isa"] != "avx512bf16" or not INFO["cpu_bf16_gemm"],
-                            reason="the bfloat16 kernels run at the avx512bf16 level with bfloat16 GEMMs")
+ACTIVE = pytest.mark.skipif(INFO["cpu_isa"] not in ("avx512bf16", "amx") or not INFO["cpu_bf16_gemm"],
+                            reason="the bfloat16 kernels run at the avx512bf16 and amx levels with bfloat16 GEMMs")
+
+
+def _cpu_flags():
+    try:
+        return open("/proc/cpuinfo").read()
+    except OSError:
+        return ""
 
 
 def _cpu_has_avx512_bf16():
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+    flags = _cpu_flags()
     return " avx512_bf16" in flags and " avx512bw" in flags and " avx512vl" in flags
+
+
+# AMX-BF16 tiles (Intel Xeon 4th gen and later): the amx level, on Linux that grants their state
+AMX = " amx_bf16" in _cpu_flags() and " amx_tile" in _cpu_flags() and sys.platform.startswith("linux")
 BF = torch.bfloat16
 
 SHAPES = {  # (M, N, P, r)
@@ -44,13 +54,13 @@ SHAPES = {  # (M, N, P, r)
 
 @pytest.mark.skipif(not _cpu_has_avx512_bf16(), reason="the CPU has no AVX512-BF16")
 def test_the_level_is_chosen_and_can_be_forced_off():
-    """Chosen by default where /proc/cpuinfo reports avx512_bf16; STL_TORCH_CPU_ISA=avx512 forces
-    the plain AVX-512 level (today's kernels)."""
+    """Chosen by default where /proc/cpuinfo reports avx512_bf16 (amx above it where it also
+    reports AMX-BF16 tiles); STL_TORCH_CPU_ISA=avx512 forces the plain AVX-512 level."""
     import subprocess
-    import sys
-    assert INFO["cpu_isa_supported"] == "avx512bf16"
+    best = "amx" if AMX else "avx512bf16"
+    assert INFO["cpu_isa_supported"] == best
     if os.environ.get("STL_TORCH_CPU_ISA") is None:
-        assert INFO["cpu_isa"] == "avx512bf16"
+        assert INFO["cpu_isa"] == best
     r = subprocess.run([sys.executable, "-c", "import stl_torch; print(stl_torch._C.abi_info()['cpu_isa'])"],
                        env=dict(os.environ, STL_TORCH_CPU_ISA="avx512"), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and r.stdout.split()[-1] == "avx512", r.stderr[-500:]
@@ -153,3 +163,51 @@ def test_causal_gradients_stay_finite():
     _, z = fwd(x, E, Wt, D, b, t, True)
     dx = bwd(g, torch.empty(0, dtype=BF), x, E, Wt, D, z, True, t)[0]
     assert torch.isfinite(dx[2:]).all() and not torch.isfinite(dx[:2]).all()
+
+
+@ACTIVE
+@pytest.mark.parametrize("seed", [0, 1])
+def test_non_finite_chunks_among_finite_ones(seed):
+    """The amx level multiplies a chunk of 16 tiles on the tile unit only when its inputs are all
+    finite (0 * inf must be skipped, not NaN), else on vdpbf16ps, in a pipeline two chunks deep:
+    with infs in a few scattered chunks of a many-chunk layer whose D and E have zeros, every
+    output equals the float64 composition in which zero coefficients skip their terms (finite
+    values within bfloat16 rounding, the same non-finite pattern). N/t and P/t are even: torch's
+    bfloat16 GEMM (oneDNN, as dense F.linear) carries an inf of one row into the row before it
+    when its inner dimension is odd, on AMX CPUs at least."""
+    M, N, P, t, r = 4 * 23 + 2, 4 * 36, 4 * 44, 4, 24
+    x, E, Wt, D, b = operands(M, N, P, t, r, dtype=BF, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    E = torch.where(torch.rand(E.shape, generator=g) < 0.2, torch.zeros((), dtype=BF), E)
+    D = torch.where(torch.rand(D.shape, generator=g) < 0.2, torch.zeros((), dtype=BF), D)
+    rows = torch.randint(M, (3,), generator=g)
+    cols = torch.randint(N, (3,), generator=g)
+    x[rows, cols] = float("inf")  # encode: inf in three chunks of x
+    Wt[torch.randint(r, (2,), generator=g), :, torch.randint(P // t, (2,), generator=g)] = float("inf")
+    y, z = fwd(x, E, Wt, D, b, t, True)
+    # float64 reference with zero coefficients' terms skipped: encode per product, then decode
+    xd, Ed, Wd, Dd = x.double(), E.double(), Wt.double(), D.double()
+    Mt = (M + t - 1) // t
+    xp = torch.zeros(Mt * t, N, dtype=torch.float64)
+    xp[:M] = xd
+    tiles = xp.reshape(Mt, t, N // t, t).permute(0, 2, 1, 3).reshape(Mt, N // t, t * t)
+    def skip_zero(coef, vals):  # sum_k coef[k] * vals[..., k] with coef == 0 terms skipped
+        return torch.where(coef == 0, torch.zeros(()), coef * vals).sum(-1)
+    xe = torch.stack([skip_zero(Ed[l], tiles) for l in range(r)])  # r, Mt, Nt
+    xe = xe.to(BF).double()  # the kernel rounds Xe to bfloat16 for the bfloat16 GEMMs
+    zr = torch.bmm(xe, Wd).to(BF).double()  # r, Mt, Pt
+    assert torch.equal(torch.isfinite(z.double()), torch.isfinite(zr))
+    zt = zr.permute(1, 2, 0)  # Mt, Pt, r
+    yt = torch.stack([skip_zero(Dd[j], zt) for j in range(t * t)], -1)  # Mt, Pt, t*t
+    yr = yt.reshape(Mt, P // t, t, t).permute(0, 2, 1, 3).reshape(Mt * t, P)[:M] + b.double()
+    fin = torch.isfinite(yr)
+    assert not fin.all() and fin.any()
+    assert torch.equal(torch.isfinite(y.double()), fin)
+    assert rel_err(y.double()[fin], yr[fin]) < 2e-2
+
+
+@pytest.mark.skipif(INFO["cpu_isa"] != "amx" or os.environ.get("STL_TORCH_CPU_ISA") is not None,
+                    reason="runs the avx512bf16 level's kernels where the amx level is the default")
+def test_the_avx512bf16_level_too():
+    from test_kernels import rerun_in_subprocess
+    rerun_in_subprocess(["test_bf16.py"], {"STL_TORCH_CPU_ISA": "avx512bf16"})

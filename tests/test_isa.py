@@ -10,7 +10,7 @@ import pytest
 
 import stl_torch
 
-LEVELS = ["baseline", "avx2", "avx512", "avx512bf16"]
+LEVELS = ["baseline", "avx2", "avx512", "avx512bf16", "amx"]
 INFO = stl_torch._C.abi_info()
 # the AVX levels are built on x86-64 only: elsewhere the build has the baseline alone
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -27,7 +27,7 @@ def import_with(**env):
 
 def test_abi_info_reports_the_level():
     assert INFO["cpu_isa"] in LEVELS and INFO["cpu_isa_supported"] in LEVELS
-    assert INFO["cpu_vector_bytes"] == {"baseline": 16, "avx2": 32, "avx512": 64, "avx512bf16": 64}[INFO["cpu_isa"]]
+    assert INFO["cpu_vector_bytes"] == {"baseline": 16, "avx2": 32, "avx512": 64, "avx512bf16": 64, "amx": 64}[INFO["cpu_isa"]]
     if os.environ.get("STL_TORCH_CPU_ISA") is None:
         assert INFO["cpu_isa"] == INFO["cpu_isa_supported"]  # the best one by default
 

@@ -204,7 +204,7 @@ def test_bf16_gemms_on_any_cpu():
     runs = [{"STL_TORCH_CPU_BF16_GEMM": "0" if BF16_GEMM else "1"},
             {"STL_TORCH_CPU_BF16_GEMM": "1", "STL_TORCH_CPU_BLOCK_BYTES": str(32 << 10)}]
     for env in runs:
-        tail = rerun_in_subprocess(["test_kernels.py", "test_causal.py"], env, k="16bit or bf16 or non_finite")
+        tail = rerun_in_subprocess(["test_kernels.py", "test_causal.py"], env, k="(16bit or bf16 or non_finite) and not every_isa")
         # 4 x 16bit_rounds (2 skipped with bfloat16 GEMMs), 16bit_conversions, 4 x bf16_gemms_round
         # (skipped without), 10 x test_causal's non-finite tests
         want = "17 passed" if env["STL_TORCH_CPU_BF16_GEMM"] == "1" else "15 passed"
@@ -263,7 +263,7 @@ def test_16bit_conversions_match_torch():
             assert same.all(), (dtype, w, x[~same][:5], y[~same][:5], want[~same][:5])
 
 
-LEVELS = ["baseline", "avx2", "avx512", "avx512bf16"]
+LEVELS = ["baseline", "avx2", "avx512", "avx512bf16", "amx"]
 
 
 def _levels_below():
@@ -275,7 +275,7 @@ def _levels_below():
 # fused in one block); the best level also with 256 KiB blocks (t4 and t2 through MKL, the backward
 # in blocks) and with 32 KiB blocks (the float32 t3 shape fused in 4 row blocks, the last one
 # partial; the MKL forward and the backward in several blocks)
-CONFIGS = [("baseline", None), ("avx2", None), ("avx512", None), ("avx512bf16", None), ("best", 256 << 10),
+CONFIGS = [("baseline", None), ("avx2", None), ("avx512", None), ("avx512bf16", None), ("amx", None), ("best", 256 << 10),
            ("best", 32 << 10)]
 
 

@@ -1,11 +1,15 @@
 /* Which ISA level's primitives run: the best this CPU (and OS) supports, chosen once at import,
- * the way PyTorch's own CPU-capability dispatch works. STL_TORCH_CPU_ISA=baseline|avx2|avx512|avx512bf16
+ * the way PyTorch's own CPU-capability dispatch works. STL_TORCH_CPU_ISA=baseline|avx2|avx512|avx512bf16|amx
  * forces a lower level (a level the CPU lacks is refused at import with a clear message). Also
  * chosen here: the block size and whether bfloat16 calls multiply in bfloat16. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+#include <cpuid.h>
+#include <sys/syscall.h>
+#endif
 
 #include "primitives.h"
 
@@ -16,13 +20,33 @@ static const StlCpuIsa *best = &stl_cpu_isa_baseline;
 const StlCpuIsa *stl_cpu_isa(void) { return chosen; }
 const char *stl_cpu_isa_best(void) { return best->name; }
 
+/* AMX-BF16 usable: the CPU has the tiles (CPUID 7.0 EDX bits 22 and 24), the OS saves their state
+ * (XCR0 bits 17 and 18), and Linux grants this process the tile data state (arch_prctl
+ * ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 18: without it the first tile load faults, as oneDNN's
+ * documentation explains). The grant is for the whole process, its threads included. */
+static int amx_usable(void) {
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24))) return 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0; /* OSXSAVE: xgetbv allowed */
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return 0;
+  return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+  return 0;
+#endif
+}
+
 static const StlCpuIsa *best_supported(void) {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   /* __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0) */
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
-    return __builtin_cpu_supports("avx512bf16") ? &stl_cpu_isa_avx512bf16 : &stl_cpu_isa_avx512;
+    return !__builtin_cpu_supports("avx512bf16") ? &stl_cpu_isa_avx512
+           : amx_usable()                        ? &stl_cpu_isa_amx
+                                                 : &stl_cpu_isa_avx512bf16;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
       __builtin_cpu_supports("bmi2"))
     return &stl_cpu_isa_avx2;
@@ -97,6 +121,7 @@ const char *stl_cpu_isa_init(void) {
       &stl_cpu_isa_avx2,
       &stl_cpu_isa_avx512,
       &stl_cpu_isa_avx512bf16,
+      &stl_cpu_isa_amx,
 #endif
   };
   const int n = (int)(sizeof levels / sizeof levels[0]);
@@ -115,7 +140,7 @@ const char *stl_cpu_isa_init(void) {
   }
   snprintf(msg, sizeof msg,
            "stl_torch: STL_TORCH_CPU_ISA=%s is not a level of this build; expected one of baseline%s (or unset)",
-           want, n > 1 ? ", avx2, avx512, avx512bf16" : "");
+           want, n > 1 ? ", avx2, avx512, avx512bf16, amx" : "");
   return msg;
 }
 

@@ -21,7 +21,11 @@
  * nearest even (vcvtne2ps2bf16), as the float32 primitives round them. */
 #if defined(__x86_64__) || defined(_M_X64)
 #define STL_VBYTES 64
+#ifdef STL_AMX /* isa_amx.c: this file again, with the AMX tile kernels at the end switched on */
+#define STL_ISA amx
+#else
 #define STL_ISA avx512bf16
+#endif
 #define STL_ISA_OWN_TABLE /* the table is below: some primitives go through the bfloat16 kernels */
 #include "isa_level.inc"
 
@@ -81,66 +85,204 @@ static inline __attribute__((always_inline)) void enc_products(__m512 acc[LB], c
     }
 }
 
-/* Encode, t = 4, bfloat16 x -> bfloat16 Xe planes (+ the bfloat16 extra planes, added in float32
- * before the one rounding). Tile-rows [i0, i1). */
-static inline __attribute__((always_inline)) void encode_rows(const StlEncodeArgs *p, int64_t i0, int64_t i1,
-                                                              const uint32_t *pw, const uint32_t *keep, const int ZERO) {
-  const int r = p->r;
-  const int64_t Nt = p->N / 4;
-  /* p->stream is ignored: non-temporal stores of 32 bytes into r planes at once (half a line each,
-   * more streams than write-combining buffers) measured 2x slower than plain stores here (Zen 4,
-   * 8192 x 1536, one thread: 10.6 vs 5.2 ms) */
-  const uint16_t *x = (const uint16_t *)p->in, *extra = (const uint16_t *)p->extra;
-  uint16_t *out = (uint16_t *)p->out;
+/* The 8 x-pair vectors of tile-row I, tiles K0 .. K0 + nt - 1 (zero past nt and past row M):
+ * xp[2a + h] = the pair (2h, 2h+1) of row a of the 16 tiles, lane k = tile K0 + k. */
+static inline __attribute__((always_inline)) void enc_xpairs(const StlEncodeArgs *p, int64_t I, int64_t K0, int64_t nt,
+                                                             __m512i xp[8]) {
   /* 32-bit lane k of a tile row's 16 tiles: pair (k & 1) of tile k / 2; even lanes -> tiles' pair 0 */
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const uint16_t *x = (const uint16_t *)p->in;
+  const __mmask16 mlo = nt >= 8 ? 0xffff : (__mmask16)((1u << (2 * nt)) - 1);
+  const __mmask16 mhi = nt <= 8 ? 0 : nt >= 16 ? 0xffff : (__mmask16)((1u << (2 * (nt - 8))) - 1);
+#pragma GCC unroll 4
+  for (int a = 0; a < 4; a++) {
+    const int64_t row = 4 * I + a;
+    if (row >= p->M) {
+      xp[2 * a] = xp[2 * a + 1] = _mm512_setzero_si512();
+      continue;
+    }
+    const uint16_t *s = x + row * p->N + 4 * K0;
+    /* the next tile-row's bytes of this row: the loads stalled on memory without it */
+    _mm_prefetch((const char *)(s + 4 * p->N), _MM_HINT_T0);
+    _mm_prefetch((const char *)(s + 4 * p->N + 32), _MM_HINT_T0);
+    const __m512i lo = _mm512_maskz_loadu_epi32(mlo, s), hi = _mm512_maskz_loadu_epi32(mhi, s + 32);
+    xp[2 * a] = _mm512_permutex2var_epi32(lo, even, hi);
+    xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, odd, hi);
+  }
+}
+
+/* Xe planes of the 16 tiles at off (the first nt) from their x pairs, on vdpbf16ps */
+static inline __attribute__((always_inline)) void enc_tiles(const StlEncodeArgs *p, const __m512i xp[8], int64_t off,
+                                                            int64_t nt, const uint32_t *pw, const uint32_t *keep,
+                                                            const int ZERO) {
+  const int r = p->r;
+  const uint16_t *extra = (const uint16_t *)p->extra;
+  uint16_t *out = (uint16_t *)p->out;
+  const __mmask16 mo = nt >= 16 ? 0xffff : (__mmask16)((1u << nt) - 1);
+  for (int l0 = 0; l0 < r; l0 += LB) {
+    const int lb = r - l0 < LB ? r - l0 : LB;
+    __m512 acc[LB];
+#pragma GCC unroll 8
+    for (int k = 0; k < LB; k++)
+      acc[k] = k < lb && extra ? load_bf16(extra + (l0 + k) * p->extra_ps + off, nt) : _mm512_setzero_ps();
+    if (lb == LB) enc_products(acc, xp, pw + l0 * 8, keep + l0 * 8, LB, ZERO);
+    else enc_products(acc, xp, pw + l0 * 8, keep + l0 * 8, lb, ZERO);
+#pragma GCC unroll 8
+    for (int k = 0; k < LB; k++) /* constant indices: the accumulators stay in registers */
+      if (k < lb) {
+        uint16_t *o = out + (l0 + k) * p->out_ps + off;
+        const __m256i v = (__m256i)_mm512_cvtneps_pbh(acc[k]);
+        _mm256_mask_storeu_epi16(o, mo, v);
+      }
+  }
+}
+
+/* Encode, t = 4, bfloat16 x -> bfloat16 Xe planes (+ the bfloat16 extra planes, added in float32
+ * before the one rounding). Tile-rows [i0, i1). p->stream is ignored: non-temporal stores of 32
+ * bytes into r planes at once (half a line each, more streams than write-combining buffers)
+ * measured 2x slower than plain stores here (Zen 4, 8192 x 1536, one thread: 10.6 vs 5.2 ms). */
+static inline __attribute__((always_inline)) void encode_rows(const StlEncodeArgs *p, int64_t i0, int64_t i1,
+                                                              const uint32_t *pw, const uint32_t *keep, const int ZERO) {
+  const int64_t Nt = p->N / 4;
   for (int64_t I = i0; I < i1; I++)
     for (int64_t K0 = 0; K0 < Nt; K0 += 16) {
       const int64_t nt = Nt - K0 < 16 ? Nt - K0 : 16;
-      const __mmask16 mlo = nt >= 8 ? 0xffff : (__mmask16)((1u << (2 * nt)) - 1);
-      const __mmask16 mhi = nt <= 8 ? 0 : nt >= 16 ? 0xffff : (__mmask16)((1u << (2 * (nt - 8))) - 1);
-      __m512i xp[8]; /* xp[2a + h]: the pair (2h, 2h+1) of row a of the 16 tiles */
-#pragma GCC unroll 4
-      for (int a = 0; a < 4; a++) {
-        const int64_t row = 4 * I + a;
-        if (row >= p->M) {
-          xp[2 * a] = xp[2 * a + 1] = _mm512_setzero_si512();
-          continue;
-        }
-        const uint16_t *s = x + row * p->N + 4 * K0;
-        /* the next tile-row's bytes of this row: the loads stalled on memory without it */
-        _mm_prefetch((const char *)(s + 4 * p->N), _MM_HINT_T0);
-        _mm_prefetch((const char *)(s + 4 * p->N + 32), _MM_HINT_T0);
-        const __m512i lo = _mm512_maskz_loadu_epi32(mlo, s), hi = _mm512_maskz_loadu_epi32(mhi, s + 32);
-        xp[2 * a] = _mm512_permutex2var_epi32(lo, even, hi);
-        xp[2 * a + 1] = _mm512_permutex2var_epi32(lo, odd, hi);
-      }
-      const int64_t off = I * Nt + K0;
-      const __mmask16 mo = nt >= 16 ? 0xffff : (__mmask16)((1u << nt) - 1);
-      for (int l0 = 0; l0 < r; l0 += LB) {
-        const int lb = r - l0 < LB ? r - l0 : LB;
-        __m512 acc[LB];
-#pragma GCC unroll 8
-        for (int k = 0; k < LB; k++)
-          acc[k] = k < lb && extra ? load_bf16(extra + (l0 + k) * p->extra_ps + off, nt) : _mm512_setzero_ps();
-        if (lb == LB) enc_products(acc, xp, pw + l0 * 8, keep + l0 * 8, LB, ZERO);
-        else enc_products(acc, xp, pw + l0 * 8, keep + l0 * 8, lb, ZERO);
-#pragma GCC unroll 8
-        for (int k = 0; k < LB; k++) /* constant indices: the accumulators stay in registers */
-          if (k < lb) {
-            uint16_t *o = out + (l0 + k) * p->out_ps + off;
-            const __m256i v = (__m256i)_mm512_cvtneps_pbh(acc[k]);
-            _mm256_mask_storeu_epi16(o, mo, v);
-          }
-      }
+      __m512i xp[8];
+      enc_xpairs(p, I, K0, nt, xp);
+      enc_tiles(p, xp, I * Nt + K0, nt, pw, keep, ZERO);
     }
 }
 
+#ifdef STL_AMX
+/* AMX (Intel Xeon 4th gen and later). Encode and decode are GEMMs with inner dimension t^2 = 16
+ * and r: one tile multiply (tdpbf16ps, 16 x 16 float32 outputs over up to 32 bfloat16 pairs) does
+ * 16 tiles' worth where vdpbf16ps needs 16 x r/2 instructions. The pair vectors the AVX-512
+ * kernels build are already the B tile's layout: they are stored to a buffer of 64-byte rows and
+ * loaded as B; the coefficients are the A tile(s), loaded once per call. A tile load cannot take
+ * its bytes from stores still in flight, so each chunk of 16 tiles goes through a three-stage
+ * pipeline: iteration n builds chunk n's B, multiplies chunk n-1 (built one iteration earlier)
+ * and writes out chunk n-2 (multiplied one iteration earlier), two buffers of each.
+ * A zero coefficient cannot skip its term on the tile unit, but 0 times a finite value adds +-0,
+ * which changes no sum: a chunk whose inputs are all finite runs on tiles, one with an inf or a
+ * NaN (behind a causal mask's zero) runs the AVX-512 kernel, which skips zero coefficients' terms.
+ * dispatch.c picks this level only once Linux has granted the tile data state. */
+typedef struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} TileConfig;
+
+/* tiles 0..7: rows x colsb bytes. Every kernel configures its tiles and releases them on return
+ * (the configuration is per thread; oneDNN configures its own before each of its kernels). */
+static void tiles_configure(const uint8_t rows[8], const uint16_t colsb[8]) {
+  TileConfig c;
+  memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int i = 0; i < 8; i++) c.rows[i] = rows[i], c.colsb[i] = colsb[i];
+  _tile_loadconfig(&c);
+}
+
+/* 16-bit lanes that hold an inf or a NaN */
+static inline __mmask32 nonfinite(__m512i v) {
+  const __m512i e = _mm512_set1_epi16(0x7f80);
+  return _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, e), e);
+}
+
+typedef struct {
+  int64_t I, J, nt; /* tile-row, first tile, tiles (<= 16) of a chunk in the pipeline */
+} Chunk;
+
+/* C (tile 5, 6, 7, 5 for product chunks 0..3) = A (tiles 1..4) x B (tile 0, from b) -> c, r x 16 floats */
+static inline void enc_multiply(const uint32_t *b, float *c, int nc) {
+  _tile_loadd(0, b, 64);
+  _tile_zero(5);
+  _tile_dpbf16ps(5, 1, 0);
+  _tile_stored(5, c, 64);
+  if (nc > 1) {
+    _tile_zero(6);
+    _tile_dpbf16ps(6, 2, 0);
+    _tile_stored(6, c + 256, 64);
+  }
+  if (nc > 2) {
+    _tile_zero(7);
+    _tile_dpbf16ps(7, 3, 0);
+    _tile_stored(7, c + 512, 64);
+  }
+  if (nc > 3) {
+    _tile_zero(5);
+    _tile_dpbf16ps(5, 4, 0);
+    _tile_stored(5, c + 768, 64);
+  }
+}
+
+static inline void enc_write(const StlEncodeArgs *p, const float *c, Chunk k) {
+  const uint16_t *extra = (const uint16_t *)p->extra;
+  uint16_t *out = (uint16_t *)p->out;
+  const int64_t off = k.I * (p->N / 4) + k.J;
+  const __mmask16 mo = k.nt >= 16 ? 0xffff : (__mmask16)((1u << k.nt) - 1);
+  for (int l = 0; l < p->r; l++) {
+    __m512 v = _mm512_load_ps(c + 16 * l);
+    if (extra) v = _mm512_add_ps(v, load_bf16(extra + l * p->extra_ps + off, k.nt));
+    _mm256_mask_storeu_epi16(out + l * p->out_ps + off, mo, (__m256i)_mm512_cvtneps_pbh(v));
+  }
+}
+
+/* encode_rows on tiles; pw: E's pair words, rows of 8, zero past r up to 16 * ceil(r / 16) */
+static void encode_amx(const StlEncodeArgs *p, int64_t i0, int64_t i1, const uint32_t *pw, const uint32_t *keep,
+                       int zero) {
+  const int nc = (p->r + 15) / 16; /* chunks of 16 products: r <= 64 */
+  const int64_t Nt = p->N / 4;
+  _Alignas(64) uint32_t b[2][8 * 16];
+  _Alignas(64) float c[2][64 * 16];
+  /* tile 0: B, 8 pair rows x 16 tiles; 1..4: A, 16 products x 8 pairs; 5..7: C, 16 products x 16 tiles */
+  const uint8_t rows[8] = {8, 16, 16, 16, 16, 16, 16, 16};
+  const uint16_t colsb[8] = {64, 32, 32, 32, 32, 64, 64, 64};
+  tiles_configure(rows, colsb);
+  _tile_loadd(1, pw, 32);
+  if (nc > 1) _tile_loadd(2, pw + 16 * 8, 32);
+  if (nc > 2) _tile_loadd(3, pw + 32 * 8, 32);
+  if (nc > 3) _tile_loadd(4, pw + 48 * 8, 32);
+  Chunk mul = {-1, 0, 0}, wr = {-1, 0, 0}; /* awaiting the multiply (buffer s ^ 1), the write (buffer s) */
+  int s = 0;
+  for (int64_t I = i0; I < i1; I++)
+    for (int64_t K0 = 0; K0 < Nt; K0 += 16) {
+      const int64_t nt = Nt - K0 < 16 ? Nt - K0 : 16;
+      __m512i xp[8];
+      enc_xpairs(p, I, K0, nt, xp);
+      if (zero) {
+        __mmask32 bad = 0;
+        for (int q = 0; q < 8; q++) bad |= nonfinite(xp[q]);
+        if (bad) {
+          enc_tiles(p, xp, I * Nt + K0, nt, pw, keep, 1);
+          continue;
+        }
+      }
+      for (int q = 0; q < 8; q++) _mm512_store_si512(b[s] + 16 * q, xp[q]);
+      if (mul.I >= 0) enc_multiply(b[s ^ 1], c[s ^ 1], nc);
+      if (wr.I >= 0) enc_write(p, c[s], wr);
+      wr = mul;
+      mul = (Chunk){I, K0, nt};
+      s ^= 1;
+    }
+  if (mul.I >= 0) enc_multiply(b[s ^ 1], c[s ^ 1], nc);
+  if (wr.I >= 0) enc_write(p, c[s], wr);
+  if (mul.I >= 0) enc_write(p, c[s ^ 1], mul);
+  _tile_release();
+}
+#endif
+
 static void encode_bf16(const StlEncodeArgs *p, int64_t i0, int64_t i1) {
-  uint32_t pw[64 * 8], keep[64 * 8];
-  if (pair_words((const float *)p->coef, p->r, 16, 8, 1, pw, keep)) encode_rows(p, i0, i1, pw, keep, 1);
+  _Alignas(64) uint32_t pw[64 * 8]; /* rows l of 8 pair words (the AMX level's A tiles: zero past r) */
+  uint32_t keep[64 * 8];
+  memset(pw, 0, sizeof pw);
+  const int zero = pair_words((const float *)p->coef, p->r, 16, 8, 1, pw, keep);
+#ifdef STL_AMX
+  encode_amx(p, i0, i1, pw, keep, zero);
+#else
+  if (zero) encode_rows(p, i0, i1, pw, keep, 1);
   else encode_rows(p, i0, i1, pw, keep, 0);
+#endif
 }
 
 /* Z elements fetched ahead per plane: the r planes are more streams than the hardware prefetcher
@@ -150,16 +292,23 @@ static void encode_bf16(const StlEncodeArgs *p, int64_t i0, int64_t i1) {
 /* acc[j] += sum_l D[j, l] * Z[l] over the 16 tiles at zp (the first nt: mask mt), pairs of
  * products at once. ZERO (a literal) selects the path that masks zero coefficients' halves. The
  * 16 accumulators stay in registers (each pair vector built once serves all 16). */
+/* The pair vector q of the 16 tiles at zp (the first nt: mask mt): 16-bit lane 2i = plane 2q,
+ * lane 2i + 1 = plane 2q + 1 (zero past r), of tile 4(i%4) + i/4 (idx) */
+static inline __attribute__((always_inline)) __m512i dec_pair(const uint16_t *zp, int64_t ps, int r, int q, __mmask16 mt,
+                                                             __m512i idx) {
+  const __m256i z0 = _mm256_maskz_loadu_epi16(mt, zp + (int64_t)(2 * q) * ps);
+  const __m256i z1 = 2 * q + 1 < r ? _mm256_maskz_loadu_epi16(mt, zp + (int64_t)(2 * q + 1) * ps) : _mm256_setzero_si256();
+  _mm_prefetch((const char *)(zp + (int64_t)(2 * q) * ps + ZPF), _MM_HINT_T0);
+  if (2 * q + 1 < r) _mm_prefetch((const char *)(zp + (int64_t)(2 * q + 1) * ps + ZPF), _MM_HINT_T0);
+  return _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(z0), z1, 1));
+}
+
 static inline __attribute__((always_inline)) void dec_products(__m512 acc[16], const uint16_t *zp, int64_t ps, int r,
                                                                __mmask16 mt, __m512i idx, const uint32_t *pw,
                                                                const uint32_t *keep, const int ZERO) {
   const int np = (r + 1) / 2;
   for (int q = 0; q < np; q++) {
-    const __m256i z0 = _mm256_maskz_loadu_epi16(mt, zp + (int64_t)(2 * q) * ps);
-    const __m256i z1 = 2 * q + 1 < r ? _mm256_maskz_loadu_epi16(mt, zp + (int64_t)(2 * q + 1) * ps) : _mm256_setzero_si256();
-    const __m512i v = _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(z0), z1, 1));
-    _mm_prefetch((const char *)(zp + (int64_t)(2 * q) * ps + ZPF), _MM_HINT_T0);
-    if (2 * q + 1 < r) _mm_prefetch((const char *)(zp + (int64_t)(2 * q + 1) * ps + ZPF), _MM_HINT_T0);
+    const __m512i v = dec_pair(zp, ps, r, q, mt, idx);
     const uint32_t *w = pw + 16 * q, *kq = keep + 16 * q; /* words [q][j] */
 #pragma GCC unroll 16
     for (int j = 0; j < 16; j++) {
@@ -172,21 +321,60 @@ static inline __attribute__((always_inline)) void dec_products(__m512 acc[16], c
   }
 }
 
-/* Decode, t = 4, bfloat16 Z planes -> bfloat16 rows of y (+ the float32 bias), tile-rows [i0, i1).
+/* Output rows 4I .. 4I+3 (< M), tiles J0 .. J0 + nt - 1, from acc (+ the float32 bias).
  * Accumulator j (= a*4 + b) lane 4L + q holds tile 4q + L of the chunk: the 4x4 transposes of the
  * output (in-lane unpacks) then leave the tiles of each row in order. */
-static inline __attribute__((always_inline)) void decode_rows(const StlDecodeArgs *p, int64_t i0, int64_t i1,
-                                                              const uint32_t *pw, const uint32_t *keep, const int ZERO) {
-  const int r = p->r;
-  const int64_t Pt = p->P / 4;
-  const uint16_t *z = (const uint16_t *)p->in;
+static inline __attribute__((always_inline)) void dec_out(const StlDecodeArgs *p, const __m512 acc[16], int64_t I,
+                                                          int64_t J0, int64_t nt) {
   const float *bias = (const float *)p->bias;
   uint16_t *y = (uint16_t *)p->out;
-  /* 16-bit lane 2i <- plane l, lane 2i+1 <- plane l+1 (at +16), of tile 4(i%4) + i/4 */
+  const int64_t ne = 4 * nt; /* output elements of a row in this chunk */
+  const __mmask32 m0 = ne >= 32 ? 0xffffffffu : (__mmask32)((1u << ne) - 1);
+  const __mmask32 m1 = ne <= 32 ? 0 : ne >= 64 ? 0xffffffffu : (__mmask32)((1u << (ne - 32)) - 1);
+  /* fully unrolled, constant indices: the accumulators never go through memory */
+#pragma GCC unroll 4
+  for (int a = 0; a < 4; a++) {
+    const int64_t row = 4 * I + a;
+    if (row >= p->M) continue;
+    const __m512 t0 = _mm512_unpacklo_ps(acc[4 * a], acc[4 * a + 1]), t1 = _mm512_unpackhi_ps(acc[4 * a], acc[4 * a + 1]);
+    const __m512 t2 = _mm512_unpacklo_ps(acc[4 * a + 2], acc[4 * a + 3]);
+    const __m512 t3 = _mm512_unpackhi_ps(acc[4 * a + 2], acc[4 * a + 3]);
+    __m512 o[4];
+    o[0] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+    o[1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+    o[2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+    o[3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+    if (bias) {
+      const float *bp = bias + 4 * J0;
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; k++) {
+        const int64_t n = ne - 16 * k;
+        if (n <= 0) continue;
+        const __mmask16 mb = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+        o[k] = _mm512_add_ps(o[k], _mm512_maskz_loadu_ps(mb, bp + 16 * k));
+      }
+    }
+    uint16_t *yp = y + row * p->out_ld + 4 * J0;
+    _mm512_mask_storeu_epi16(yp, m0, (__m512i)_mm512_cvtne2ps_pbh(o[1], o[0]));
+    if (m1) _mm512_mask_storeu_epi16(yp + 32, m1, (__m512i)_mm512_cvtne2ps_pbh(o[3], o[2]));
+  }
+}
+
+/* the permutation of dec_pair: 16-bit lane 2i <- plane l, lane 2i+1 <- plane l+1 (at +16), of tile 4(i%4) + i/4 */
+static inline __m512i dec_index(void) {
   uint16_t ix[32];
   for (int i = 0; i < 16; i++) ix[2 * i] = (uint16_t)(4 * (i % 4) + i / 4), ix[2 * i + 1] = (uint16_t)(16 + 4 * (i % 4) + i / 4);
   __m512i idx;
   memcpy(&idx, ix, sizeof idx);
+  return idx;
+}
+
+/* Decode, t = 4, bfloat16 Z planes -> bfloat16 rows of y (+ the float32 bias), tile-rows [i0, i1). */
+static inline __attribute__((always_inline)) void decode_rows(const StlDecodeArgs *p, int64_t i0, int64_t i1,
+                                                              const uint32_t *pw, const uint32_t *keep, const int ZERO) {
+  const int64_t Pt = p->P / 4;
+  const uint16_t *z = (const uint16_t *)p->in;
+  const __m512i idx = dec_index();
   for (int64_t I = i0; I < i1; I++)
     for (int64_t J0 = 0; J0 < Pt; J0 += 16) {
       const int64_t nt = Pt - J0 < 16 ? Pt - J0 : 16;
@@ -194,45 +382,105 @@ static inline __attribute__((always_inline)) void decode_rows(const StlDecodeArg
       __m512 acc[16];
 #pragma GCC unroll 16
       for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
-      const uint16_t *zp = z + I * p->in_ld + J0;
-      dec_products(acc, zp, p->in_ps, r, mt, idx, pw, keep, ZERO);
-      const int64_t ne = 4 * nt; /* output elements of a row in this chunk */
-      const __mmask32 m0 = ne >= 32 ? 0xffffffffu : (__mmask32)((1u << ne) - 1);
-      const __mmask32 m1 = ne <= 32 ? 0 : ne >= 64 ? 0xffffffffu : (__mmask32)((1u << (ne - 32)) - 1);
-      /* fully unrolled, constant indices: the accumulators never go through memory */
-#pragma GCC unroll 4
-      for (int a = 0; a < 4; a++) {
-        const int64_t row = 4 * I + a;
-        if (row >= p->M) continue;
-        const __m512 t0 = _mm512_unpacklo_ps(acc[4 * a], acc[4 * a + 1]), t1 = _mm512_unpackhi_ps(acc[4 * a], acc[4 * a + 1]);
-        const __m512 t2 = _mm512_unpacklo_ps(acc[4 * a + 2], acc[4 * a + 3]);
-        const __m512 t3 = _mm512_unpackhi_ps(acc[4 * a + 2], acc[4 * a + 3]);
-        __m512 o[4];
-        o[0] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
-        o[1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
-        o[2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
-        o[3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
-        if (bias) {
-          const float *bp = bias + 4 * J0;
-#pragma GCC unroll 4
-          for (int k = 0; k < 4; k++) {
-            const int64_t n = ne - 16 * k;
-            if (n <= 0) continue;
-            const __mmask16 mb = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
-            o[k] = _mm512_add_ps(o[k], _mm512_maskz_loadu_ps(mb, bp + 16 * k));
-          }
-        }
-        uint16_t *yp = y + row * p->out_ld + 4 * J0;
-        _mm512_mask_storeu_epi16(yp, m0, (__m512i)_mm512_cvtne2ps_pbh(o[1], o[0]));
-        if (m1) _mm512_mask_storeu_epi16(yp + 32, m1, (__m512i)_mm512_cvtne2ps_pbh(o[3], o[2]));
-      }
+      dec_products(acc, z + I * p->in_ld + J0, p->in_ps, p->r, mt, idx, pw, keep, ZERO);
+      dec_out(p, acc, I, J0, nt);
     }
 }
 
+#ifdef STL_AMX
+/* C (tile 0 or 4 for buffer 0 or 1) = A (tiles 2, 3: D's pairs 0..15, 16..31) x B (tile 1 or 5, from b) -> c */
+static inline void dec_multiply(const uint32_t *b, float *c, int np, int s) {
+  if (!s) {
+    _tile_zero(0);
+    _tile_loadd(1, b, 64);
+    _tile_dpbf16ps(0, 2, 1);
+    if (np > 16) {
+      _tile_loadd(1, b + 16 * 16, 64);
+      _tile_dpbf16ps(0, 3, 1);
+    }
+    _tile_stored(0, c, 64);
+  } else {
+    _tile_zero(4);
+    _tile_loadd(5, b, 64);
+    _tile_dpbf16ps(4, 2, 5);
+    if (np > 16) {
+      _tile_loadd(5, b + 16 * 16, 64);
+      _tile_dpbf16ps(4, 3, 5);
+    }
+    _tile_stored(4, c, 64);
+  }
+}
+
+static inline void dec_write(const StlDecodeArgs *p, const float *c, Chunk k) {
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; j++) acc[j] = _mm512_load_ps(c + 16 * j);
+  dec_out(p, acc, k.I, k.J, k.nt);
+}
+
+/* decode_rows on tiles (the pipeline of encode_amx); pw: D's pair words [pair][j] */
+static void decode_amx(const StlDecodeArgs *p, int64_t i0, int64_t i1, const uint32_t *pw, const uint32_t *keep,
+                       int zero) {
+  const int r = p->r, np = (r + 1) / 2, kp = np > 16 ? 16 : np; /* pairs per multiply: r <= 64 */
+  const int64_t Pt = p->P / 4;
+  const uint16_t *z = (const uint16_t *)p->in;
+  const __m512i idx = dec_index();
+  /* A: pair chunk h (pairs 16h ..), rows j = output element: a[h][j][k] = pw[(16h + k) * 16 + j] */
+  _Alignas(64) uint32_t a[2 * 16 * 16], b[2][32 * 16];
+  _Alignas(64) float c[2][16 * 16];
+  memset(a, 0, sizeof a);
+  memset(b, 0, sizeof b); /* rows np .. 31 stay zero */
+  for (int h = 0; h < 2; h++)
+    for (int j = 0; j < 16; j++)
+      for (int k = 0; k < kp && 16 * h + k < np; k++) a[(h * 16 + j) * kp + k] = pw[(16 * h + k) * 16 + j];
+  const uint8_t rows[8] = {16, (uint8_t)kp, 16, 16, 16, (uint8_t)kp, 0, 0};
+  const uint16_t colsb[8] = {64, 64, (uint16_t)(4 * kp), (uint16_t)(4 * kp), 64, 64, 0, 0};
+  tiles_configure(rows, colsb);
+  _tile_loadd(2, a, 4 * kp);
+  if (np > 16) _tile_loadd(3, a + 16 * kp, 4 * kp);
+  Chunk mul = {-1, 0, 0}, wr = {-1, 0, 0};
+  int s = 0;
+  for (int64_t I = i0; I < i1; I++)
+    for (int64_t J0 = 0; J0 < Pt; J0 += 16) {
+      const int64_t nt = Pt - J0 < 16 ? Pt - J0 : 16;
+      const __mmask16 mt = nt >= 16 ? 0xffff : (__mmask16)((1u << nt) - 1);
+      const uint16_t *zp = z + I * p->in_ld + J0;
+      __mmask32 bad = 0;
+      for (int q = 0; q < np; q++) {
+        const __m512i v = dec_pair(zp, p->in_ps, r, q, mt, idx);
+        if (zero) bad |= nonfinite(v);
+        _mm512_store_si512(b[s] + 16 * q, v);
+      }
+      if (bad) {
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+        dec_products(acc, zp, p->in_ps, r, mt, idx, pw, keep, 1);
+        dec_out(p, acc, I, J0, nt);
+        continue;
+      }
+      if (mul.I >= 0) dec_multiply(b[s ^ 1], c[s ^ 1], np, s ^ 1);
+      if (wr.I >= 0) dec_write(p, c[s], wr);
+      wr = mul;
+      mul = (Chunk){I, J0, nt};
+      s ^= 1;
+    }
+  if (mul.I >= 0) dec_multiply(b[s ^ 1], c[s ^ 1], np, s ^ 1);
+  if (wr.I >= 0) dec_write(p, c[s], wr);
+  if (mul.I >= 0) dec_write(p, c[s ^ 1], mul);
+  _tile_release();
+}
+#endif
+
 static void decode_bf16(const StlDecodeArgs *p, int64_t i0, int64_t i1) {
   uint32_t pw[16 * 32], keep[16 * 32];
-  if (pair_words((const float *)p->coef, 16, p->r, 1, 16, pw, keep)) decode_rows(p, i0, i1, pw, keep, 1);
+  const int zero = pair_words((const float *)p->coef, 16, p->r, 1, 16, pw, keep);
+#ifdef STL_AMX
+  decode_amx(p, i0, i1, pw, keep, zero);
+#else
+  if (zero) decode_rows(p, i0, i1, pw, keep, 1);
   else decode_rows(p, i0, i1, pw, keep, 0);
+#endif
 }
 
 /* a-plane elements fetched ahead in the correlation (and x's next tile-row), as ZPF for the
@@ -356,29 +604,29 @@ static void colsum_bf16(const StlColsumArgs *p, int64_t c0, int64_t c1) {
  * planes, t = 4, r <= 64), the generic primitives otherwise. */
 static void encode_f(const StlEncodeArgs *p, int64_t i0, int64_t i1, void *scratch) {
   if (p->dt == STL_BF16 && p->out_bf16 && p->t == 4 && p->r <= 64) encode_bf16(p, i0, i1);
-  else encode_f_avx512bf16(p, i0, i1, scratch);
+  else ISA_FN(encode_, f)(p, i0, i1, scratch);
 }
 static void decode_f(const StlDecodeArgs *p, int64_t i0, int64_t i1, void *scratch) {
   if (p->dt == STL_BF16 && p->in_bf16 && p->t == 4 && p->r <= 64) decode_bf16(p, i0, i1);
-  else decode_f_avx512bf16(p, i0, i1, scratch);
+  else ISA_FN(decode_, f)(p, i0, i1, scratch);
 }
 
 static void correlate_f(const StlCorrelateArgs *p, int64_t q0, int64_t q1, void *scratch) {
   if (p->dt == STL_BF16 && p->a_bf16 && p->t == 4) correlate_bf16(p, q0, q1);
-  else correlate_f_avx512bf16(p, q0, q1, scratch);
+  else ISA_FN(correlate_, f)(p, q0, q1, scratch);
 }
 
 static void colsum_f(const StlColsumArgs *p, int64_t c0, int64_t c1, void *scratch) {
   if (p->dt == STL_BF16) colsum_bf16(p, c0, c1);
-  else colsum_f_avx512bf16(p, c0, c1, scratch);
+  else ISA_FN(colsum_, f)(p, c0, c1, scratch);
 }
 
-const StlCpuIsa stl_cpu_isa_avx512bf16 = {"avx512bf16",
-                                          STL_VBYTES,
-                                          {encode_f, encode_d_avx512bf16},
-                                          {decode_f, decode_d_avx512bf16},
-                                          {correlate_f, correlate_d_avx512bf16},
-                                          {colsum_f, colsum_d_avx512bf16},
-                                          ISA_PAIR(gemm_),
-                                          ISA_PAIR(pack_)};
+const StlCpuIsa CAT(stl_cpu_isa_, STL_ISA) = {ISA_STR(STL_ISA),
+                                             STL_VBYTES,
+                                             {encode_f, ISA_FN(encode_, d)},
+                                             {decode_f, ISA_FN(decode_, d)},
+                                             {correlate_f, ISA_FN(correlate_, d)},
+                                             {colsum_f, ISA_FN(colsum_, d)},
+                                             ISA_PAIR(gemm_),
+                                             ISA_PAIR(pack_)};
 #endif

@@ -134,6 +134,7 @@ extern const StlCpuIsa stl_cpu_isa_baseline;
 extern const StlCpuIsa stl_cpu_isa_avx2;
 extern const StlCpuIsa stl_cpu_isa_avx512;
 extern const StlCpuIsa stl_cpu_isa_avx512bf16; /* avx512 + the bfloat16 encode/decode (isa_avx512bf16.c) */
+extern const StlCpuIsa stl_cpu_isa_amx;        /* avx512bf16 + AMX tiles for the bfloat16 encode/decode (isa_amx.c) */
 #endif
 
 /* The level in use (chosen once at import: the best the CPU supports, or STL_TORCH_CPU_ISA if it
