@@ -495,11 +495,33 @@ static void decode_bf16(const StlDecodeArgs *p, int64_t i0, int64_t i1) {
  * operand), x's pair is built from 4 rows of 8 tiles by a 4x4 transpose of 128-bit lanes and an
  * in-lane byte shuffle. No coefficient here: a zero of a multiplies like any value (as the
  * float32 correlation does). */
+/* The 4 x-pair vectors of tile-row I, tiles K0 .. K0 + nt - 1 (nt <= 8; zero past nt and row M):
+ * xp[i] = tiles K0 + 2i, K0 + 2i + 1, lane j = (x_K[j], x_K+1[j]), from 4 rows of 8 tiles by a 4x4
+ * transpose of 128-bit lanes and an in-lane byte shuffle */
+static inline __attribute__((always_inline)) void corr_xpairs(const StlCorrelateArgs *p, int64_t I, int64_t K0, int64_t nt,
+                                                              __m512i xp[4]) {
+  const uint16_t *x = (const uint16_t *)p->x;
+  const __m512i pat = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+  const __mmask32 m = nt >= 8 ? 0xffffffffu : (__mmask32)((1u << (4 * nt)) - 1);
+  __m512i rw[4];
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; q++) {
+    const int64_t row = 4 * I + q;
+    rw[q] = row < p->M ? _mm512_maskz_loadu_epi16(m, x + row * p->N + 4 * K0) : _mm512_setzero_si512();
+    _mm_prefetch((const char *)(x + (row + 4) * p->N + 4 * K0), _MM_HINT_T0);
+  }
+  const __m512i t0 = _mm512_shuffle_i64x2(rw[0], rw[1], 0x44), t1 = _mm512_shuffle_i64x2(rw[2], rw[3], 0x44);
+  const __m512i t2 = _mm512_shuffle_i64x2(rw[0], rw[1], 0xee), t3 = _mm512_shuffle_i64x2(rw[2], rw[3], 0xee);
+  xp[0] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t0, t1, 0x88), pat);
+  xp[1] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t0, t1, 0xdd), pat);
+  xp[2] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0x88), pat);
+  xp[3] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0xdd), pat);
+}
+
 static inline __attribute__((always_inline)) void corr_rows(const StlCorrelateArgs *p, int64_t I0, int64_t I1, int l0,
                                                             const int lb, double *out) {
   const int64_t Nt = p->N / 4, ps = p->a_ps;
-  const uint16_t *x = (const uint16_t *)p->x, *a = (const uint16_t *)p->a + (int64_t)l0 * ps;
-  const __m512i pat = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+  const uint16_t *a = (const uint16_t *)p->a + (int64_t)l0 * ps;
   __m512 acc[LC];
 #pragma GCC unroll 12
   for (int k = 0; k < LC; k++) acc[k] = _mm512_setzero_ps();
@@ -508,23 +530,10 @@ static inline __attribute__((always_inline)) void corr_rows(const StlCorrelateAr
     const uint16_t *ar = a + I * Nt;
     for (int64_t K0 = 0; K0 < Nt; K0 += 8) {
       const int64_t nt = Nt - K0 < 8 ? Nt - K0 : 8;
-      const __mmask32 m = nt >= 8 ? 0xffffffffu : (__mmask32)((1u << (4 * nt)) - 1);
-      __m512i rw[4];
       if (!(K0 & 31)) /* once per 64-byte line of each plane */
         for (int k = 0; k < lb; k++) _mm_prefetch((const char *)(ar + k * ps + K0 + CPF), _MM_HINT_T0);
-#pragma GCC unroll 4
-      for (int q = 0; q < 4; q++) {
-        const int64_t row = 4 * I + q;
-        rw[q] = row < p->M ? _mm512_maskz_loadu_epi16(m, x + row * p->N + 4 * K0) : _mm512_setzero_si512();
-        _mm_prefetch((const char *)(x + (row + 4) * p->N + 4 * K0), _MM_HINT_T0);
-      }
-      const __m512i t0 = _mm512_shuffle_i64x2(rw[0], rw[1], 0x44), t1 = _mm512_shuffle_i64x2(rw[2], rw[3], 0x44);
-      const __m512i t2 = _mm512_shuffle_i64x2(rw[0], rw[1], 0xee), t3 = _mm512_shuffle_i64x2(rw[2], rw[3], 0xee);
       __m512i xp[4]; /* xp[i]: tiles K0 + 2i, K0 + 2i + 1, lane j = (x_K[j], x_K+1[j]) */
-      xp[0] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t0, t1, 0x88), pat);
-      xp[1] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t0, t1, 0xdd), pat);
-      xp[2] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0x88), pat);
-      xp[3] = _mm512_shuffle_epi8(_mm512_shuffle_i64x2(t2, t3, 0xdd), pat);
+      corr_xpairs(p, I, K0, nt, xp);
 #pragma GCC unroll 4
       for (int i = 0; i < 4; i++) {
         const int64_t K = K0 + 2 * i;
@@ -554,6 +563,110 @@ static inline __attribute__((always_inline)) void corr_rows(const StlCorrelateAr
     }
   }
 }
+
+#ifdef STL_AMX
+/* Correlate on tiles: C[l][j] += sum over tile pairs A[l][pair] . B[pair][j], with A = 32 tiles
+ * of r planes (64 contiguous bytes of each plane: loaded straight from a, or from a zero-padded
+ * copy for a row's last, short block) and B = the 16 x-pair vectors of the same 32 tiles (stored
+ * to a buffer; built one block ahead of its multiply, as in encode_amx). C: one tile per 16
+ * products (tiles 0..3), float32, flushed into the double sums every 8 blocks (256 tiles, as the
+ * vdpbf16ps kernel). Tiles 4 / 5: A of 16 products / of the last chunk's r - 16(nc - 1);
+ * 6: B. No coefficient here, nothing to skip: as the vdpbf16ps kernel. */
+typedef struct {
+  int64_t I, K0, nt; /* tile-row, first tile, tiles (<= 32) of a block */
+} CorrBlock;
+
+static inline void corr_a_tile(int c, int nc, int full_last, const uint16_t *ap, int64_t stride) {
+  if (c < nc - 1 || full_last) _tile_loadd(4, ap, stride);
+  else _tile_loadd(5, ap, stride);
+}
+
+static void corr_multiply(const StlCorrelateArgs *p, CorrBlock k, const uint32_t *b, uint16_t *abuf) {
+  const int r = p->r, nc = (r + 15) / 16, full_last = r % 16 == 0;
+  const int64_t Nt = p->N / 4, ps = p->a_ps;
+  const uint16_t *a = (const uint16_t *)p->a + k.I * Nt + k.K0;
+  int64_t stride = ps * 2;
+  if (k.nt < 32) { /* a short block: its 32-tile rows would read past the plane's row */
+    const __mmask32 m = (__mmask32)((1ull << k.nt) - 1);
+    for (int l = 0; l < r; l++) _mm512_store_si512(abuf + 32 * l, _mm512_maskz_loadu_epi16(m, a + l * ps));
+    a = abuf, stride = 64;
+  }
+  _tile_loadd(6, b, 64);
+  for (int c = 0; c < nc; c++) {
+    corr_a_tile(c, nc, full_last, a + (int64_t)16 * c * (k.nt < 32 ? 32 : ps), stride);
+    const int last = !(c < nc - 1 || full_last);
+    switch (c) { /* tile numbers are immediates */
+    case 0:
+      if (last) _tile_dpbf16ps(0, 5, 6); else _tile_dpbf16ps(0, 4, 6);
+      break;
+    case 1:
+      if (last) _tile_dpbf16ps(1, 5, 6); else _tile_dpbf16ps(1, 4, 6);
+      break;
+    case 2:
+      if (last) _tile_dpbf16ps(2, 5, 6); else _tile_dpbf16ps(2, 4, 6);
+      break;
+    default:
+      if (last) _tile_dpbf16ps(3, 5, 6); else _tile_dpbf16ps(3, 4, 6);
+      break;
+    }
+  }
+}
+
+/* C tiles -> out (double) += , and C = 0 */
+static void corr_flush(int r, double *out) {
+  _Alignas(64) float c[64 * 16];
+  const int nc = (r + 15) / 16;
+  _tile_stored(0, c, 64);
+  _tile_zero(0);
+  if (nc > 1) { _tile_stored(1, c + 256, 64); _tile_zero(1); }
+  if (nc > 2) { _tile_stored(2, c + 512, 64); _tile_zero(2); }
+  if (nc > 3) { _tile_stored(3, c + 768, 64); _tile_zero(3); }
+  for (int i = 0; i < r * 16; i++) out[i] += (double)c[i];
+}
+
+static void correlate_amx(const StlCorrelateArgs *p, int64_t q0, int64_t q1) {
+  const int r = p->r, nc = (r + 15) / 16, rl = r - 16 * (nc - 1);
+  const int64_t Mt = (p->M + 3) / 4, Nt = p->N / 4;
+  _Alignas(64) uint32_t b[2][16 * 16];
+  _Alignas(64) uint16_t abuf[64 * 32];
+  uint8_t rows[8] = {16, 16, 16, 16, 16, (uint8_t)rl, 16, 0};
+  const uint16_t colsb[8] = {64, 64, 64, 64, 64, 64, 64, 0};
+  rows[nc - 1] = (uint8_t)rl;
+  tiles_configure(rows, colsb);
+  for (int64_t q = q0; q < q1; q++) {
+    double *accq = p->partials + q * (int64_t)r * 16;
+    memset(accq, 0, sizeof(double) * (size_t)r * 16);
+    const int64_t I0 = q * Mt / p->nparts, I1 = (q + 1) * Mt / p->nparts;
+    if (I0 >= I1) continue;
+    _tile_zero(0);
+    if (nc > 1) _tile_zero(1);
+    if (nc > 2) _tile_zero(2);
+    if (nc > 3) _tile_zero(3);
+    CorrBlock mul = {-1, 0, 0};
+    int s = 0, blocks = 0;
+    for (int64_t I = I0; I < I1; I++)
+      for (int64_t K0 = 0; K0 < Nt; K0 += 32) {
+        const int64_t nt = Nt - K0 < 32 ? Nt - K0 : 32;
+        for (int g = 0; g < 4; g++) { /* 4 groups of 8 tiles -> pair rows 4g .. 4g + 3 */
+          const int64_t k0 = K0 + 8 * g, n8 = nt - 8 * g;
+          __m512i xp[4];
+          if (n8 > 0) corr_xpairs(p, I, k0, n8 > 8 ? 8 : n8, xp);
+          else xp[0] = xp[1] = xp[2] = xp[3] = _mm512_setzero_si512();
+          for (int i = 0; i < 4; i++) _mm512_store_si512(b[s] + 16 * (4 * g + i), xp[i]);
+        }
+        if (mul.I >= 0) {
+          corr_multiply(p, mul, b[s ^ 1], abuf);
+          if (++blocks % 8 == 0) corr_flush(r, accq);
+        }
+        mul = (CorrBlock){I, K0, nt};
+        s ^= 1;
+      }
+    if (mul.I >= 0) corr_multiply(p, mul, b[s ^ 1], abuf);
+    corr_flush(r, accq);
+  }
+  _tile_release();
+}
+#endif
 
 /* Correlate, t = 4, bfloat16 planes a and bfloat16 x: part q sums its fixed range of tile-rows
  * into its own double slot (same split as the float32 primitive: results do not depend on threads). */
@@ -612,6 +725,10 @@ static void decode_f(const StlDecodeArgs *p, int64_t i0, int64_t i1, void *scrat
 }
 
 static void correlate_f(const StlCorrelateArgs *p, int64_t q0, int64_t q1, void *scratch) {
+#ifdef STL_AMX
+  if (p->dt == STL_BF16 && p->a_bf16 && p->t == 4 && p->r <= 64) correlate_amx(p, q0, q1);
+  else
+#endif
   if (p->dt == STL_BF16 && p->a_bf16 && p->t == 4) correlate_bf16(p, q0, q1);
   else ISA_FN(correlate_, f)(p, q0, q1, scratch);
 }
