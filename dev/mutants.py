@@ -160,9 +160,8 @@ MUTANTS = [
      KERNEL_TESTS),
     ("fwd-z-copy-short", "csrc/cpu/backend.c", "forward_mkl", "if (native(f->dt) || h) memcpy(dst, src, (size_t)(nb * Pt * ge));",
      "if (native(f->dt) || h) memcpy(dst, src, (size_t)((nb - 1) * Pt * ge));", KERNEL_TESTS),
-    ("z-direct-with-blocks", "csrc/cpu/backend.c", "mkl_layout",
-     "const bool z_direct = f->z && (native(f->dt) || b16(f->dt)) && w->mb >= w->Mt;",
-     "const bool z_direct = f->z && (native(f->dt) || b16(f->dt));", KERNEL_TESTS),
+    ("z-direct-block-plane-stride", "csrc/cpu/backend.c", "forward_mkl", "const int64_t zps = w.z ? nb * Pt : Mt * Pt;",
+     "const int64_t zps = nb * Pt;", KERNEL_TESTS),
     ("dD-transposed-store", "csrc/cpu/backend.c", "cpu_backward", "store_doubles(dt, w.dD, r * t2, b->dD, 1, r, r, t2);",
      "store_doubles(dt, w.dD, r * t2, b->dD, t2, 1, r, t2);", KERNEL_TESTS),
     # (not a mutant: taking a cached buffer of half the size in the first search, since the size check

@@ -366,8 +366,8 @@ static size_t mkl_layout(const StlForward *f, MklWs *w, char *base) {
   w->bias = f->bias ? carve(&c, (size_t)f->P * e) : NULL;
   w->wt = native(f->dt) || b16(f->dt) ? NULL : carve(&c, wt_bytes);
   w->xe = carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Nt * ge));
-  /* one block whose Z is kept in its own type: the GEMMs write the kept Z, no copy of it */
-  const bool z_direct = f->z && (native(f->dt) || b16(f->dt)) && w->mb >= w->Mt;
+  /* Z kept in its own type: the GEMMs write the kept Z (plane stride Mt * Pt), no copy of it */
+  const bool z_direct = f->z && (native(f->dt) || b16(f->dt));
   w->z = z_direct ? NULL : carve(&c, mul3((size_t)r, (size_t)w->mb, (size_t)w->Pt * ge));
   w->scratch = carve(&c, mul3(SLOTS, w->slot, 1));
   return c.used;
@@ -398,9 +398,11 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes, const St
     StlEncodeArgs ea = {f->dt, AT(f->x, f->dt, row0 * f->N), Mb, f->N, t, r, w.E, NULL, 0, w.xe, nb * Nt, h,
                         stream_bytes((size_t)r * nb * Nt * ge)};
     run(host, JOB_ENCODE, &ea, f->dt, nb, (double)r * t * f->N, false, (char *)w.scratch, w.slot);
-    void *zb = w.z ? w.z : f->z; /* NULL w.z: one block, written where it is kept */
+    /* NULL w.z: written where it is kept, block I0's rows of each plane */
+    void *zb = w.z ? w.z : ATW(f->z, f->dt, I0 * Pt);
+    const int64_t zps = w.z ? nb * Pt : Mt * Pt;
     host->batched_gemm(host, ct, r, nb, Pt, Nt, (StlMat){w.xe, nb * Nt, Nt, 1}, (StlMat){wt, Nt * Pt, Pt, 1},
-                       (StlMat){zb, nb * Pt, Pt, 1}, false);
+                       (StlMat){zb, zps, Pt, 1}, false);
     if (f->z && w.z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */
       for (int l = 0; l < r; l++) {
         const char *src = (const char *)w.z + (size_t)l * nb * Pt * ge;
@@ -408,7 +410,7 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes, const St
         if (native(f->dt) || h) memcpy(dst, src, (size_t)(nb * Pt * ge));
         else stl_store_f(f->dt, dst, 0, nb * Pt, (const float *)src);
       }
-    StlDecodeArgs da = {f->dt, zb, nb * Pt, Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P), f->P, h};
+    StlDecodeArgs da = {f->dt, zb, zps, Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P), f->P, h};
     run(host, JOB_DECODE, &da, f->dt, nb, (double)r * t * f->P, false, (char *)w.scratch, w.slot);
   }
 }
