@@ -180,6 +180,9 @@ static void tiles_configure(const uint8_t rows[8], const uint16_t colsb[8]) {
   memset(&c, 0, sizeof c);
   c.palette = 1;
   for (int i = 0; i < 8; i++) c.rows[i] = rows[i], c.colsb[i] = colsb[i];
+  /* gcc 12 does not model the builtin's read of c: without this barrier it dropped the stores
+   * once the function was inlined (ldtilecfg of garbage: SIGSEGV) */
+  __asm__ volatile("" : : "r"(&c) : "memory");
   _tile_loadconfig(&c);
 }
 
