@@ -48,6 +48,8 @@ void stl_step_run_f_avx2(const StlStepArgs *p, void *planes);
 void stl_step_run_d_avx2(const StlStepArgs *p, void *planes);
 void stl_step_run_f_avx512(const StlStepArgs *p, void *planes);
 void stl_step_run_d_avx512(const StlStepArgs *p, void *planes);
+void stl_step_run_f_avx512bf16(const StlStepArgs *p, void *planes);
+void stl_step_run_d_avx512bf16(const StlStepArgs *p, void *planes);
 #endif
 
 /* One decode step (csrc/cpu/decode_step.c): y (B, P) from x (B, N), rows (B, t-1, N), E, Wt, D,
@@ -58,7 +60,8 @@ void stl_step_run_d_avx512(const StlStepArgs *p, void *planes);
 const char *stl_step(StlDtype dt, const void *x, const void *rows, void *rows_out, const void *E, const void *Wt,
                      const void *D, const void *bias, void *zcache, const int64_t *pos, int64_t B, int64_t N,
                      int64_t P, int t, int64_t r, void *y);
-/* The ISA level the step runs at ("baseline", "avx2", "avx512"). */
+/* The ISA level the step runs at: the operator's (stl_cpu_isa), "baseline", "avx2", "avx512" or
+ * "avx512bf16". */
 const char *stl_step_isa(void);
 
 /* Registers torch.ops.stl_torch.stl_decode_step (a fragment of the stl_torch library); module.c

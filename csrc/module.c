@@ -34,10 +34,11 @@ static PyObject *abi_info(PyObject *self, PyObject *unused) {
 #endif
   PyObject *fused = fused_forward_info();
   if (!fused) return NULL;
-  return Py_BuildValue("{s:O,s:O,s:O,s:N,s:s,s:s,s:i,s:n,s:O,s:{s:i,s:i}}", "torch_parallel_for",
+  return Py_BuildValue("{s:O,s:O,s:O,s:N,s:s,s:s,s:s,s:i,s:n,s:O,s:{s:i,s:i}}", "torch_parallel_for",
                        stl_abi.parallel_for ? Py_True : Py_False, "cuda_stream",
                        stl_abi.get_current_cuda_stream ? Py_True : Py_False, "cuda_kernels", cuda, "fused_forward",
                        fused, "cpu_isa", stl_cpu_isa()->name, "cpu_isa_supported", stl_cpu_isa_best(),
+                       "cpu_step_isa", stl_step_isa(),
                        "cpu_vector_bytes", stl_cpu_isa()->vector_bytes, "cpu_block_bytes",
                        (Py_ssize_t)stl_cpu_block_bytes(), "cpu_bf16_gemm", stl_cpu_bf16_gemm() ? Py_True : Py_False,
                        "limits", "max_tile", STL_MAX_TILE, "max_rank", STL_MAX_RANK);
@@ -59,7 +60,8 @@ static PyMethodDef methods[] = {
     {"abi_info", abi_info, METH_NOARGS,
      "What this build and process offer: the optional parts of torch's C ABI it resolved, whether CUDA kernels "
      "are built, which backends run the forward as one fused kernel, and the CPU kernels' ISA level in use "
-     "(cpu_isa: the best this CPU supports unless STL_TORCH_CPU_ISA asks for a lower one), and whether bfloat16 "
+     "(cpu_isa: the best this CPU supports unless STL_TORCH_CPU_ISA asks for a lower one; cpu_step_isa: the level "
+     "of the decode-step kernel, the same), and whether bfloat16 "
      "calls run their GEMMs in bfloat16 (cpu_bf16_gemm: where the CPU has AVX512-BF16, unless "
      "STL_TORCH_CPU_BF16_GEMM says otherwise); limits: the largest tile and rank the ops accept (csrc/stl.h)."},
     {"empty_cache", empty_cache, METH_NOARGS,

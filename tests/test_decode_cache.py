@@ -302,7 +302,7 @@ def test_step_kernel_against_float64_with_nan_where_it_must_not_read(t, r, N, P,
 
 
 @pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_ISA") is not None, reason="already a per-level run")
-@pytest.mark.parametrize("level", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize("level", ["baseline", "avx2", "avx512", "avx512bf16"])
 def test_step_kernel_at_every_isa_level(level):
     """The step kernel is compiled per ISA level (step_<level>.c) and chosen at import: the kernel
     tests again in a subprocess at every level this CPU has (STL_TORCH_CPU_ISA)."""
@@ -312,3 +312,9 @@ def test_step_kernel_at_every_isa_level(level):
     if level == stl_torch._C.abi_info()["cpu_isa"]:
         pytest.skip("that is this process")
     rerun_in_subprocess(["test_decode_cache.py"], {"STL_TORCH_CPU_ISA": level}, k="step_kernel or step_op")
+
+
+def test_step_kernel_runs_at_the_operators_level():
+    """Every ISA level has its own step kernel: a level without one would run the baseline's."""
+    info = stl_torch._C.abi_info()
+    assert info["cpu_step_isa"] == info["cpu_isa"]
