@@ -44,7 +44,7 @@ ISA_FLAGS = {
                            "-mf16c", "-mbmi2", "-mamx-tile", "-mamx-bf16"] if X86 else [],
 }
 # the decode-step kernel (csrc/cpu/step_isa.inc) at the same levels, with the same flags
-ISA_FLAGS.update({f"csrc/cpu/step_{lv}.c": ISA_FLAGS[f"csrc/cpu/isa_{lv}.c"] for lv in ("baseline", "avx2", "avx512", "avx512bf16")})
+ISA_FLAGS.update({f"csrc/cpu/step_{lv}.c": ISA_FLAGS[f"csrc/cpu/isa_{lv}.c"] for lv in ("baseline", "avx2", "avx512", "avx512bf16", "amx")})
 
 SOURCES = [
     "csrc/module.c",

@@ -50,6 +50,8 @@ void stl_step_run_f_avx512(const StlStepArgs *p, void *planes);
 void stl_step_run_d_avx512(const StlStepArgs *p, void *planes);
 void stl_step_run_f_avx512bf16(const StlStepArgs *p, void *planes);
 void stl_step_run_d_avx512bf16(const StlStepArgs *p, void *planes);
+void stl_step_run_f_amx(const StlStepArgs *p, void *planes);
+void stl_step_run_d_amx(const StlStepArgs *p, void *planes);
 #endif
 
 /* One decode step (csrc/cpu/decode_step.c): y (B, P) from x (B, N), rows (B, t-1, N), E, Wt, D,
@@ -61,7 +63,7 @@ const char *stl_step(StlDtype dt, const void *x, const void *rows, void *rows_ou
                      const void *D, const void *bias, void *zcache, const int64_t *pos, int64_t B, int64_t N,
                      int64_t P, int t, int64_t r, void *y);
 /* The ISA level the step runs at: the operator's (stl_cpu_isa), "baseline", "avx2", "avx512" or
- * "avx512bf16". */
+ * "avx512bf16" or "amx". */
 const char *stl_step_isa(void);
 
 /* Registers torch.ops.stl_torch.stl_decode_step (a fragment of the stl_torch library); module.c

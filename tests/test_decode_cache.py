@@ -262,9 +262,10 @@ def test_tile_context_is_the_one_interface():
 
 # shapes that reach every path of the kernel (csrc/cpu/step_isa.inc) at every vector width: P/t with
 # whole 4-vector column blocks, single vectors and a scalar tail, more than one decode chunk (64
-# columns), 9 sequences (groups of 4 and a remainder) at every row of their tiles
+# columns), 9 sequences (groups of 4 and a remainder) at every row of their tiles; 40 sequences
+# (10 per row of the tile: the bfloat16 dot-product gemv's passes of 8 and a remainder, odd N/t)
 KERNEL_SHAPES = [(4, 24, 4 * 37, 4 * 150, 9), (4, 10, 4 * 8, 4 * 67, 6), (2, 7, 2 * 21, 2 * 19, 9),
-                 (3, 2, 3 * 5, 3 * 33, 3), (8, 24, 8 * 4, 8 * 70, 9)]
+                 (3, 2, 3 * 5, 3 * 33, 3), (8, 24, 8 * 4, 8 * 70, 9), (4, 24, 4 * 21, 4 * 80, 40)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
@@ -302,7 +303,7 @@ def test_step_kernel_against_float64_with_nan_where_it_must_not_read(t, r, N, P,
 
 
 @pytest.mark.skipif(os.environ.get("STL_TORCH_CPU_ISA") is not None, reason="already a per-level run")
-@pytest.mark.parametrize("level", ["baseline", "avx2", "avx512", "avx512bf16"])
+@pytest.mark.parametrize("level", ["baseline", "avx2", "avx512", "avx512bf16", "amx"])
 def test_step_kernel_at_every_isa_level(level):
     """The step kernel is compiled per ISA level (step_<level>.c) and chosen at import: the kernel
     tests again in a subprocess at every level this CPU has (STL_TORCH_CPU_ISA)."""

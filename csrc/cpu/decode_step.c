@@ -7,7 +7,7 @@
  *   - their GEMM row against their r/t blocks of Wt, written into the per-sequence Z cache in place,
  *   - output row j = sum over products of level <= j of D[j*t+b, l] * Z[l].
  * The kernel (step_isa.inc) is compiled once per ISA level (step_baseline.c, step_avx2.c,
- * step_avx512.c, step_avx512bf16.c) and the level chosen at import (dispatch.c, STL_TORCH_CPU_ISA) runs. This file
+ * step_avx512.c, step_avx512bf16.c, step_amx.c) and the level chosen at import (dispatch.c, STL_TORCH_CPU_ISA) runs. This file
  * prepares what the kernel reads: E and D restricted to their causal support in the compute type
  * (so a NaN outside it is never read), the sequences grouped by level, the scratch (a per-thread
  * buffer kept between calls: a step allocates nothing once warm). Compute type: double for
@@ -33,6 +33,7 @@ static StepFn step_fn(int f64, const char **name) {
   const char *isa = stl_cpu_isa()->name;
   *name = isa;
 #if defined(__x86_64__) || defined(_M_X64)
+  if (!strcmp(isa, "amx")) return f64 ? stl_step_run_d_amx : stl_step_run_f_amx;
   if (!strcmp(isa, "avx512bf16"))
     return f64 ? stl_step_run_d_avx512bf16 : stl_step_run_f_avx512bf16;
   if (!strcmp(isa, "avx512")) return f64 ? stl_step_run_d_avx512 : stl_step_run_f_avx512;
