@@ -219,6 +219,7 @@ MUTANTS = [
 # Kept as one block after the list so that the list above can be re-anchored independently. They
 # run where the CPU has AVX512-BF16 (elsewhere tests/test_bf16.py skips them: MISSED there).
 BF16_TESTS = ["tests/test_bf16.py"]
+STEP_TESTS = ["tests/test_decode_cache.py", "-k", "kernel or step_op"]
 BF16_FILE = "csrc/cpu/isa_avx512bf16.c"
 MUTANTS += [
     ("bf16-level-never-chosen", "csrc/cpu/dispatch.c", None, ": &stl_cpu_isa_avx512bf16;", ": &stl_cpu_isa_avx512;",
@@ -231,6 +232,14 @@ MUTANTS += [
     ("amx-dec-second-pair-chunk-lost", BF16_FILE, None, "_tile_dpbf16ps(4, 3, 5);", ";", BF16_TESTS),
     ("amx-enc-fourth-product-chunk-lost", BF16_FILE, None, "_tile_dpbf16ps(5, 4, 0);", ";", BF16_TESTS),
     ("amx-dec-pipeline-not-drained", BF16_FILE, None, "  if (mul.I >= 0) dec_write(p, c[s ^ 1], mul);", "", BF16_TESTS),
+    ("step-dp-column-order", "csrc/cpu/step_isa.inc", None,
+     "const __m512i i1 = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);",
+     "const __m512i i1 = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 9);", STEP_TESTS),
+    ("step-dp-odd-row-reads-past", "csrc/cpu/step_isa.inc", None,
+     "const float f0 = (float)xe[s * xs + K], f1 = two ? (float)xe[s * xs + K + 1] : 0.0f;",
+     "const float f0 = (float)xe[s * xs + K], f1 = two ? (float)xe[s * xs + K + 1] : 1.0f;", STEP_TESTS),
+    ("step-dp-block-offset", "csrc/cpu/step_isa.inc", None, "for (int s = 0; s < sb; s++) d[s] = dst[s] + J;",
+     "for (int s = 0; s < sb; s++) d[s] = dst[s];", STEP_TESTS),
     ("amx-corr-final-flush-lost", BF16_FILE, None, "    if (mul.I >= 0) corr_multiply(p, mul, b[s ^ 1], abuf);\n    corr_flush(r, accq);",
      "    if (mul.I >= 0) corr_multiply(p, mul, b[s ^ 1], abuf);", BF16_TESTS),
     ("amx-corr-pair-rows", BF16_FILE, None, "_mm512_store_si512(b[s] + 16 * (4 * g + i), xp[i]);",
