@@ -229,7 +229,7 @@ MUTANTS += [
     ("amx-dec-no-nonfinite-fallback", BF16_FILE, None, "if (zero) bad |= nonfinite(v);", "(void)zero;", BF16_TESTS),
     ("amx-enc-no-nonfinite-fallback", BF16_FILE, None, "for (int q = 0; q < 8; q++) bad |= nonfinite(xp[q]);", ";",
      BF16_TESTS),
-    ("amx-dec-second-pair-chunk-lost", BF16_FILE, None, "_tile_dpbf16ps(4, 3, 5);", ";", BF16_TESTS),
+    ("amx-dec-second-pair-chunk-lost", BF16_FILE, None, "_tile_dpbf16ps(C, 3, B);", ";", BF16_TESTS),
     ("amx-enc-fourth-product-chunk-lost", BF16_FILE, None, "_tile_dpbf16ps(5, 4, 0);", ";", BF16_TESTS),
     ("amx-dec-pipeline-not-drained", BF16_FILE, None, "  if (mul.I >= 0) dec_write(p, c[s ^ 1], mul);", "", BF16_TESTS),
     ("step-dp-column-order", "csrc/cpu/step_isa.inc", None,

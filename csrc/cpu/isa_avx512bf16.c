@@ -392,27 +392,23 @@ static inline __attribute__((always_inline)) void decode_rows(const StlDecodeArg
 
 #ifdef STL_AMX
 /* C (tile 0 or 4 for buffer 0 or 1) = A (tiles 2, 3: D's pairs 0..15, 16..31) x B (tile 1 or 5, from b) -> c */
+/* (tile numbers are immediates: one expansion per buffer) */
+#define DEC_MULTIPLY(C, B)                                                                                \
+  do {                                                                                                    \
+    _tile_zero(C);                                                                                        \
+    _tile_loadd(B, b, 64);                                                                                \
+    _tile_dpbf16ps(C, 2, B);                                                                              \
+    if (np > 16) {                                                                                        \
+      _tile_loadd(B, b + 16 * 16, 64);                                                                    \
+      _tile_dpbf16ps(C, 3, B);                                                                            \
+    }                                                                                                     \
+    _tile_stored(C, c, 64);                                                                               \
+  } while (0)
 static inline void dec_multiply(const uint32_t *b, float *c, int np, int s) {
-  if (!s) {
-    _tile_zero(0);
-    _tile_loadd(1, b, 64);
-    _tile_dpbf16ps(0, 2, 1);
-    if (np > 16) {
-      _tile_loadd(1, b + 16 * 16, 64);
-      _tile_dpbf16ps(0, 3, 1);
-    }
-    _tile_stored(0, c, 64);
-  } else {
-    _tile_zero(4);
-    _tile_loadd(5, b, 64);
-    _tile_dpbf16ps(4, 2, 5);
-    if (np > 16) {
-      _tile_loadd(5, b + 16 * 16, 64);
-      _tile_dpbf16ps(4, 3, 5);
-    }
-    _tile_stored(4, c, 64);
-  }
+  if (!s) DEC_MULTIPLY(0, 1);
+  else DEC_MULTIPLY(4, 5);
 }
+#undef DEC_MULTIPLY
 
 static inline void dec_write(const StlDecodeArgs *p, const float *c, Chunk k) {
   __m512 acc[16];
