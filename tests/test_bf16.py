@@ -211,3 +211,28 @@ def test_non_finite_chunks_among_finite_ones(seed):
 def test_the_avx512bf16_level_too():
     from test_kernels import rerun_in_subprocess
     rerun_in_subprocess(["test_bf16.py"], {"STL_TORCH_CPU_ISA": "avx512bf16"})
+
+
+@pytest.mark.skipif(not INFO["cpu_bf16_gemm"], reason="the r GEMMs run in float32 here")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_inner_dimension_off_32_keeps_rows_apart(seed):
+    """torch's CPU bfloat16 GEMM carries an inf of one row of A into the previous row of C when its
+    inner dimension is above 32 and not a multiple of 32 (oneDNN on an AMX Xeon; dense F.linear
+    alike): STL's forward (inner N/t) and dX (inner P/t) GEMMs pad it, so an inf in one token
+    reaches only its own tile's outputs and, backwards, only its own tile's input gradients.
+    N/t = P/t = 37; 40 tile-rows (oneDNN leaked with 20 rows of A or more, not with 12 or 16)."""
+    M, N, P, t, r = 4 * 40, 4 * 37, 4 * 37, 4, 24
+    x, E, Wt, D, b = operands(M, N, P, t, r, dtype=BF, seed=seed)
+    row = 4 * 9 + 1  # a row of tile-row 9
+    x[row, 90] = float("inf")
+    y, z = fwd(x, E, Wt, D, b, t, True)
+    bad = ~torch.isfinite(y.double()).all(1)
+    assert bad[4 * 9:4 * 10].any() and not bad[:4 * 9].any() and not bad[4 * 10:].any(), bad.nonzero().flatten()
+    x[row, 90] = 1.0
+    y, z = fwd(x, E, Wt, D, b, t, True)
+    for col in (0, 3, 90):  # the leaked element was the next row's first in some layouts
+        g = torch.randn(M, P, dtype=torch.float64).to(BF)
+        g[row, col] = float("inf")
+        dx = bwd(g, torch.empty(0, dtype=BF), x, E, Wt, D, z, True, t)[0]
+        bad = ~torch.isfinite(dx.double()).all(1)
+        assert bad[4 * 9:4 * 10].any() and not bad[:4 * 9].any() and not bad[4 * 10:].any(), (col, bad.nonzero().flatten())
