@@ -103,6 +103,12 @@ class ConversionReport:
                        f"({self.params_after / max(self.params_before, 1):.2f}x)")
         out.append(f"linear multiply-adds per token: {self.macs_before:,.0f} -> {self.macs_after:,.0f} "
                    f"({ratio:.2f}x fewer)")
+        if self.applied and self.converted and c.causal and not calibrated:
+            # a causal decomposition with rank < t^3 cannot equal the dense layer (operator.md, section 8)
+            out.append("note: causal layers converted without calibration_data start far from the dense "
+                       "layers (a causal STL of rank < tile^3 cannot be exact): a pretrained language model "
+                       "generates nonsense until it is calibrated (convert(..., calibration_data=...)) and "
+                       "fine-tuned")
         return "\n".join(out)
 
 

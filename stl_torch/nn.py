@@ -262,6 +262,12 @@ class STLinear(nn.Module):
                              "decomposition is exact")
         return W.t().to(self.Wt.dtype).contiguous()
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first; without it, it fails deep inside with "Expected a single
+        # top-level function". The op is a custom op with Python autograd: compile and export work.
+        raise RuntimeError("STLinear does not support torch.jit.script; use torch.compile or torch.export "
+                           "(torch.jit.trace works for a fixed input shape)")
+
     def extra_repr(self):
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items() if k != "seed")
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {cfg}"

@@ -197,6 +197,24 @@ def test_calibration_beats_data_free():
     assert rel_err(cal(held_out), ref) < rel_err(free(held_out), ref)
 
 
+def test_data_free_causal_conversion_says_to_calibrate():
+    """Right after a data-free causal convert a pretrained LLM generates nonsense: the report says
+    to calibrate and fine-tune; a calibrated or non-causal conversion does not."""
+    def data():
+        g = torch.Generator().manual_seed(0)
+        return [torch.randn(2, 8, 32, generator=g, dtype=torch.float64) for _ in range(2)]
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 16)).double()
+
+    causal = STLConfig(tile=4, rank=24, causal=True)
+    assert "until it is calibrated" in str(convert(model(), causal, only_if_cheaper=False))
+    assert "until it is calibrated" not in str(convert(model(), causal, calibration_data=data(),
+                                                        only_if_cheaper=False))
+    assert "until it is calibrated" not in str(convert(model(), STLConfig(tile=4, rank=24), only_if_cheaper=False))
+
+
 def test_calibration_keeps_an_exact_conversion_exact():
     model = vit()
     x = torch.randn(2, 6, 12, dtype=torch.float64)

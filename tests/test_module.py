@@ -260,3 +260,11 @@ def test_ed_norm_rescales_encoders_not_the_operator(init):
 def test_ed_norm_is_checked(bad):
     with pytest.raises(ValueError, match="'ed_norm' must be None or a positive number"):
         STLinear(16, 12, ed_norm=bad)
+
+
+def test_jit_script_is_refused_clearly():
+    """torch.jit.script failed deep inside ("Expected a single top-level function"): now a clear
+    RuntimeError naming what works instead, for the layer and for a model that holds one."""
+    for m in (STLinear(16, 16, rank=8), nn.Sequential(nn.Linear(16, 16), STLinear(16, 16, rank=8))):
+        with pytest.raises(RuntimeError, match="does not support torch.jit.script; use torch.compile or torch.export"):
+            torch.jit.script(m)
