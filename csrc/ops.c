@@ -95,6 +95,33 @@ static AtenTensorHandle blob(const Call *c, StlDtype dt, StlMat m, int64_t s0, i
   return h;
 }
 
+typedef struct {
+  StlMat a, b;          /* the operands as given */
+  uint16_t *pa, *pb;    /* their padded copies: r*m rows of k2, then r*k2 rows of n */
+  int64_t m, n, k0, k2, na; /* na = r*m: the rows of the copy of A */
+} PadJob;
+
+/* rows [i0, i1) of the padded copies: A's rows first, then B's */
+static void pad_rows(int64_t i0, int64_t i1, void *ctx) {
+  const PadJob *p = (const PadJob *)ctx;
+  const uint16_t *sa = (const uint16_t *)p->a.p, *sb = (const uint16_t *)p->b.p;
+  for (int64_t i = i0; i < i1; i++) {
+    if (i < p->na) {
+      const int64_t q = i / p->m, row = i % p->m;
+      uint16_t *d = p->pa + i * p->k2;
+      memcpy(d, sa + q * p->a.s0 + row * p->a.s1, (size_t)p->k0 * sizeof(uint16_t));
+      memset(d + p->k0, 0, (size_t)(p->k2 - p->k0) * sizeof(uint16_t));
+    } else {
+      const int64_t ib = i - p->na, q = ib / p->k2, kk = ib % p->k2;
+      uint16_t *d = p->pb + ib * p->n;
+      if (kk >= p->k0) memset(d, 0, (size_t)p->n * sizeof(uint16_t));
+      else if (p->b.s2 == 1) memcpy(d, sb + q * p->b.s0 + kk * p->b.s1, (size_t)p->n * sizeof(uint16_t));
+      else
+        for (int64_t j = 0; j < p->n; j++) d[j] = sb[q * p->b.s0 + kk * p->b.s1 + j * p->b.s2];
+    }
+  }
+}
+
 /* torch's CPU bfloat16 GEMM (oneDNN, on an AMX Xeon at least) carries an inf or NaN of one row of A
  * into the previous row of C when its inner dimension k is above 32 and not a multiple of 32
  * (measured: every k in 33..41 and 65..73 at some column, k = 68, 76, 80, 88, ... at column 0;
@@ -105,34 +132,6 @@ static AtenTensorHandle blob(const Call *c, StlDtype dt, StlMat m, int64_t s0, i
  * of B, in copies. dWt's A (Xe transposed, rows = features, summed over all tokens anyway) is left
  * as it is. Returns the copies' memory (to free after the GEMM), NULL when no padding is needed;
  * a, b and k are updated. */
-typedef struct {
-  const uint16_t *sa, *sb;
-  StlMat a, b;
-  uint16_t *pa, *pb;
-  int64_t m, n, k0, k2;
-} PadJob;
-
-/* rows [i0, i1) of the padded copies: A rows first (r*m of them), then B rows (r*k2) */
-static void pad_rows(int64_t i0, int64_t i1, void *ctx) {
-  const PadJob *p = (const PadJob *)ctx;
-  for (int64_t i = i0; i < i1; i++) {
-    const int64_t ra = (p->pb - p->pa) / p->k2; /* r * m */
-    if (i < ra) {
-      const int64_t q = i / p->m, row = i % p->m;
-      uint16_t *d = p->pa + i * p->k2;
-      memcpy(d, p->sa + q * p->a.s0 + row * p->a.s1, (size_t)p->k0 * sizeof(uint16_t));
-      memset(d + p->k0, 0, (size_t)(p->k2 - p->k0) * sizeof(uint16_t));
-    } else {
-      const int64_t ib = i - ra, q = ib / p->k2, kk = ib % p->k2;
-      uint16_t *d = p->pb + ib * p->n;
-      if (kk >= p->k0) memset(d, 0, (size_t)p->n * sizeof(uint16_t));
-      else if (p->b.s2 == 1) memcpy(d, p->sb + q * p->b.s0 + kk * p->b.s1, (size_t)p->n * sizeof(uint16_t));
-      else
-        for (int64_t j = 0; j < p->n; j++) d[j] = p->sb[q * p->b.s0 + kk * p->b.s1 + j * p->b.s2];
-    }
-  }
-}
-
 static void *pad_k(const StlHost *h, StlDtype dt, int64_t r, int64_t m, int64_t n, int64_t *k, StlMat *a,
                    StlMat *b) {
   const Call *cl = (const Call *)h->call;
@@ -143,7 +142,7 @@ static void *pad_k(const StlHost *h, StlDtype dt, int64_t r, int64_t m, int64_t 
   if (elems > (double)(INT64_MAX / 4)) host_error(h, "stl_torch: the operands are too large for the padded GEMM");
   uint16_t *pa = (uint16_t *)malloc((size_t)(r * k2 * (m + n)) * sizeof(uint16_t));
   if (!pa) host_error(h, "stl_torch: out of memory (the padded bfloat16 GEMM's operands)");
-  PadJob job = {(const uint16_t *)a->p, (const uint16_t *)b->p, *a, *b, pa, pa + r * m * k2, m, n, k0, k2};
+  PadJob job = {*a, *b, pa, pa + r * m * k2, m, n, k0, k2, r * m};
   const int64_t rows = r * m + r * k2, per = k2 > n ? k2 : n;
   h->parallel_for(rows, per >= 4096 ? 1 : 4096 / per + 1, pad_rows, &job);
   *a = (StlMat){pa, m * k2, k2, 1};

@@ -403,13 +403,10 @@ static void forward_mkl(const StlForward *f, void *ws, size_t ws_bytes, const St
     const int64_t zps = w.z ? nb * Pt : Mt * Pt;
     host->batched_gemm(host, ct, r, nb, Pt, Nt, (StlMat){w.xe, nb * Nt, Nt, 1}, (StlMat){wt, Nt * Pt, Pt, 1},
                        (StlMat){zb, zps, Pt, 1}, false);
-    if (f->z && w.z) /* the products, kept for the backward: plane l of the block -> z[l, I0:I0+nb, :] */
-      for (int l = 0; l < r; l++) {
-        const char *src = (const char *)w.z + (size_t)l * nb * Pt * ge;
-        void *dst = ATW(f->z, f->dt, (int64_t)l * Mt * Pt + I0 * Pt);
-        if (native(f->dt) || h) memcpy(dst, src, (size_t)(nb * Pt * ge));
-        else stl_store_f(f->dt, dst, 0, nb * Pt, (const float *)src);
-      }
+    if (f->z && w.z) /* kept Z in another type (float16): plane l of the block -> z[l, I0:I0+nb, :] */
+      for (int l = 0; l < r; l++)
+        stl_store_f(f->dt, ATW(f->z, f->dt, (int64_t)l * Mt * Pt + I0 * Pt), 0, nb * Pt,
+                    (const float *)((const char *)w.z + (size_t)l * nb * Pt * ge));
     StlDecodeArgs da = {f->dt, zb, zps, Pt, Mb, f->P, t, r, w.D, w.bias, ATW(f->y, f->dt, row0 * f->P), f->P, h};
     run(host, JOB_DECODE, &da, f->dt, nb, (double)r * t * f->P, false, (char *)w.scratch, w.slot);
   }
