@@ -18,6 +18,7 @@ are asserted equal to STL's generate(use_cache=False) in float32; in bfloat16 a 
 
   python benchmarks/decode_speed.py --threads 1 --out docs/results/decode_speed_cpu_1thread.json
   python benchmarks/decode_speed.py --threads 1 --wide --dtypes float32 bfloat16 --profile
+  python benchmarks/decode_speed.py --threads 1 --compile   # also both compiled (model.forward, fullgraph)
 """
 import argparse
 import copy
@@ -118,6 +119,18 @@ def flips(model, ids, cached, no_cache):
     return out
 
 
+def compiled(model):
+    """A copy of ``model`` (sharing its weights) whose forward is compiled as transformers' docs do it;
+    stl_torch's hooks run around the compiled forward, which holds no graph break. Every model of a
+    transformers class shares one code object (its forward's wrapper), so dynamo's recompile limit
+    (8 graphs per code object: prefill, first step, growing cache, per batch size) is raised for the
+    models this script compiles side by side."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    m = copy.copy(model)
+    m.forward = torch.compile(model.forward, fullgraph=True)
+    return m
+
+
 @torch.no_grad()
 def time_generate(model, ids, new_tokens, repeats):
     """(prefill seconds, median decode-step seconds) of greedy generate() making ``new_tokens`` tokens:
@@ -147,12 +160,15 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     add_stl_args(ap)
     ap.add_argument("--out", default=None,
-                    help="JSON file (default: docs/results/decode_speed_<dtypes or tiny>_<kind>.json)")
+                    help="JSON file (default: docs/results/decode_speed_<dtypes or tiny>[_compile]_<kind>.json)")
     ap.add_argument("--wide", action="store_true", help="also the random wide Llama (1024 / 2816, 4 blocks)")
     ap.add_argument("--only-wide", action="store_true", help="only the random wide Llama")
     ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     ap.add_argument("--rounds", type=int, default=3, help="interleaved dense/STL rounds (median step over all)")
     ap.add_argument("--profile", action="store_true", help="per-step profile of STL at batch 1")
+    ap.add_argument("--compile", action="store_true",
+                    help="also both models with model.forward = torch.compile(model.forward, fullgraph=True) "
+                         "(rows 'dense+compile', 'stl+compile'; STL's compiled tokens asserted equal to eager's)")
     a = ap.parse_args()
 
     if a.threads:
@@ -184,15 +200,23 @@ def main():
                     print(f"{src} {dname} batch {b}: STL cached tokens differ from use_cache=False at " + "; ".join(
                         f"sequence {f['sequence']} token {f['new_token']} (no-cache logit margin {f['margin']:.4f})"
                         for f in fl), flush=True)
-                res = {"dense": ([], float("inf")), "stl": ([], float("inf"))}
-                for name, model in (("dense", dense), ("stl", stl)):
-                    time_generate(model, ids, 3, 1)  # warm-up
-                for _ in range(a.rounds):  # interleaved: both models see the same spells of a busy machine
-                    for name, model in (("dense", dense), ("stl", stl)):
+                runs = [("dense", dense), ("stl", stl)]
+                if a.compile:
+                    runs += [("dense+compile", compiled(dense)), ("stl+compile", compiled(stl))]
+                res = {name: ([], float("inf")) for name, _ in runs}
+                for name, model in runs:
+                    time_generate(model, ids, a.new_tokens, 1)  # warm-up (and every compile of a compiled run)
+                if a.compile:
+                    eager_tokens = generate(stl, ids, a.new_tokens)
+                    same_compiled = torch.equal(generate(runs[3][1], ids, a.new_tokens), eager_tokens)
+                    if not same_compiled:
+                        mismatches.append({"model": src, "dtype": dname, "batch": b, "compiled_differs_from_eager": True})
+                for _ in range(a.rounds):  # interleaved: every run sees the same spells of a busy machine
+                    for name, model in runs:
                         prefill, step = time_generate(model, ids, a.new_tokens, a.repeats)
                         steps, best = res[name]
                         res[name] = (steps + [step], min(best, prefill))
-                for name in ("dense", "stl"):
+                for name, _ in runs:
                     steps, prefill = res[name]
                     step = sorted(steps)[len(steps) // 2]
                     row = {"model": src, "dtype": dname, "kind": name, "batch": b, "prompt_tokens": ids.shape[1],
@@ -207,15 +231,17 @@ def main():
                     profiles.append(prof)
                     print("profile", json.dumps(prof), flush=True)
     by = {(r["model"], r["dtype"], r["kind"], r["batch"]): r for r in rows}
-    lines = ["| model | dtype | batch | dense tokens/s | STL tokens/s | STL / dense | dense prefill s | STL prefill s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | dtype | batch | mode | dense tokens/s | STL tokens/s | STL / dense | dense prefill s | STL prefill s |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for src, _, _ in models:
         for dname in a.dtypes:
             for b in a.batches:
-                d, s_ = by[(src, dname, "dense", b)], by[(src, dname, "stl", b)]
-                lines.append(f"| {src} | {dname} | {b} | {d['decode_tokens_per_s']:.1f} | {s_['decode_tokens_per_s']:.1f} | "
-                             f"{s_['decode_tokens_per_s'] / d['decode_tokens_per_s']:.2f}x | {d['prefill_s']:.3f} | "
-                             f"{s_['prefill_s']:.3f} |")
+                for mode in ("", "+compile") if a.compile else ("",):
+                    d, s_ = by[(src, dname, "dense" + mode, b)], by[(src, dname, "stl" + mode, b)]
+                    lines.append(f"| {src} | {dname} | {b} | {'compiled' if mode else 'eager'} | "
+                                 f"{d['decode_tokens_per_s']:.1f} | {s_['decode_tokens_per_s']:.1f} | "
+                                 f"{s_['decode_tokens_per_s'] / d['decode_tokens_per_s']:.2f}x | {d['prefill_s']:.3f} | "
+                                 f"{s_['prefill_s']:.3f} |")
     table = "\n".join(lines)
     print(table)
     result = {"benchmark": "decode_speed", "models": [m[0] for m in models], "converted_layers": converted,
@@ -226,8 +252,9 @@ def main():
               "torch": torch.__version__, "stl_torch": stl_torch.__version__,
               "stl_torch_build": stl_torch._C.abi_info(), "rows": rows, "profiles": profiles, "table": table,
               "stl_cached_tokens_differ_from_no_cache": mismatches}
-    bad = [m for m in mismatches if m["dtype"] == "float32"]
-    a.out = a.out or result_stem("decode_speed", "tiny" if a.tiny else "_".join(a.dtypes)) + ".json"
+    bad = [m for m in mismatches if m["dtype"] == "float32" or m.get("compiled_differs_from_eager")]
+    variant = ("tiny" if a.tiny else "_".join(a.dtypes)) + ("_compile" if a.compile else "")
+    a.out = a.out or result_stem("decode_speed", variant) + ".json"
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
@@ -235,7 +262,7 @@ def main():
     # float32: the cached tokens must equal use_cache=False's. bfloat16: a step sums its GEMM row in another
     # order than the full forward's GEMM (one row against a whole tile), so logits differ by a bfloat16
     # rounding step or two and a near-tie can flip (docs/llm.md, "Decode speed"): reported, not asserted
-    assert not bad, f"STL with the cache generated other tokens than use_cache=False in float32: {bad}"
+    assert not bad, f"STL generated other tokens with the cache than without (float32) or compiled than eager: {bad}"
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ typedef struct {
   void *xe;
   int round_xe; /* bfloat16 storage whose full forward multiplies in bfloat16: xe rounded to bfloat16 */
   int parallel;
+  uint32_t *xp; /* round_xe: xe as bfloat16 pairs, word K/2 = (xe[K], xe[K+1]) (the high half 0 past Nt), (Nt+1)/2
+                 * words per row: the dot-product unit's broadcast operand, packed once per step, not per column block */
 } StlStepArgs;
 
 /* planes: scratch of 2*N compute-type elements. */

@@ -180,8 +180,41 @@ class _Context(TileContext):
         self.tiles, self.cache, self.B, self.S, self.first = tiles, cache, B, S, first
         self.start, self.record, self.names = tiles.length, record, names
         self.calls, self.new_rows, self.new_z, self._shift, self._pos = {}, {}, {}, {}, {}
-        self.old_rows, self._empty, self.stepped = {}, {}, {}  # rows a step replaced (the next spares); empty tensors by dtype
+        self.old_rows, self.stepped = {}, {}  # rows a step replaced (the next spares)
         self.no_grad = not torch.is_grad_enabled()
+        self.continuing = self.start > 0
+        self.ready = {}  # id(layer) -> product_cache_ready(), asked once per call by prepare()
+        self.layers = []  # the STL layers whose _stl_ctx the call set (names: id(layer) -> fqn)
+
+    @torch.compiler.disable  # host values by design: eager even where a compiled module call traces the hook
+    def prepare(self, layers):
+        """Everything a layer's run needs that reads host values (shifts, positions, mask checks) or
+        allocates the step's buffers, done here in the pre-hook, once per call: a compiled forward
+        (``model.forward = torch.compile(model.forward)``) then traces only tensor ops and the step op,
+        with no graph break (``Tensor.item``, ``data_ptr``) and no guard on a value that changes from
+        step to step (the cache's length, each row's position in its tile)."""
+        for t in {m.tile for _, m in layers}:
+            self.shift(t)
+            if self.continuing:
+                self.pos(t)
+        if not (self.record and self.no_grad):
+            return
+        for _, m in layers:
+            self.ready[id(m)] = m.product_cache_ready()
+        if not (self.continuing and self.S == 1):
+            return
+        tiles = self.tiles
+        for key, z in tiles.z.items():
+            hist = tiles.rows.get(key)
+            if hist is None:
+                continue
+            if not z.is_contiguous():
+                tiles.z[key] = z.contiguous()
+            if not hist.is_contiguous():
+                tiles.rows[key] = hist = hist.contiguous()
+            out = tiles.spare.get(key)
+            if out is None or out.shape != hist.shape or out.dtype != hist.dtype:
+                tiles.spare[key] = torch.empty_like(hist)
 
     def replay(self):
         """A context to run this call's layers again later, as activation checkpointing's recompute does:
@@ -200,29 +233,21 @@ class _Context(TileContext):
 
     def _step(self, layer, x, key, hist):
         """One token per sequence, product cache filled: only the token's level's products
-        (csrc/decode_step.c), the next tile rows written into the spare buffer. None when this call
-        cannot take that path."""
+        (csrc/decode_step.c), the next tile rows written into the spare buffer (:meth:`prepare` made
+        z, hist and the spare contiguous and matching). None when this call cannot take that path."""
         z = self.tiles.z.get(key)
-        if z is None or hist is None or self.S != 1 or not self.no_grad or x.device.type != "cpu":
+        if z is None or hist is None or self.S != 1 or not self.ready.get(id(layer)) or x.device.type != "cpu":
             return None
         p = layer._parameters  # not through Module.__getattr__: this runs for every layer of every step
         Wt = p["Wt"]
-        if x.dtype != Wt.dtype or not layer.product_cache_ready():
+        if x.dtype != Wt.dtype:
             return None
-        if not z.is_contiguous():
-            z = z.contiguous()
         b = p.get("bias")
         if b is None:
-            b = self._empty.get(x.dtype)
-            if b is None:
-                b = self._empty[x.dtype] = x.new_empty((0,))
-        if not hist.is_contiguous():
-            hist = hist.contiguous()
-        out = self.tiles.spare.get(key)
-        if out is None or out.shape != hist.shape or out.dtype != hist.dtype or out is hist:
-            out = torch.empty_like(hist)
+            b = x.new_empty((0,))
+        out = self.tiles.spare[key]
         t = layer.tile
-        y = decode_step(x.reshape(self.B, -1).contiguous(), hist, p["E"], Wt, p["D"], b, z, self.pos(t), t, out)
+        y = decode_step(x.reshape(self.B, -1).contiguous(), hist, p["E"], Wt, p["D"], b, z, self._pos[t], t, out)
         self.new_z[key] = z  # written in place: the level's rows only, so a failed call can simply rerun
         self.new_rows[key], self.old_rows[key] = out, hist
         return y.reshape(self.B, 1, -1)
@@ -231,7 +256,7 @@ class _Context(TileContext):
         """The full-tile operator on laid-out ``rows``; with a product cache (and no autograd), also
         keep each sequence's Z rows of the tile its last token is in (``last_tile``: (B,) global
         tile index, or a callable giving it)."""
-        if not (self.record and self.no_grad and layer.product_cache_ready() and rows.dtype == layer.Wt.dtype):
+        if not (self.record and self.no_grad and self.ready.get(id(layer)) and rows.dtype == layer.Wt.dtype):
             return layer.rows_forward(rows)
         y, z = layer.rows_forward_with_z(rows)
         self.new_z[key] = z[:, last_tile].transpose(0, 1).contiguous()  # (B, r, P/t)
@@ -251,30 +276,30 @@ class _Context(TileContext):
         return x.dim() == 3 and x.shape[0] == self.B and x.shape[1] == self.S
 
     def run(self, layer, x):
-        n = self.calls.get(layer, 0)
-        self.calls[layer] = n + 1
-        name = self.names.get(layer, "?")
+        n = self.calls.get(id(layer), 0)  # dicts keyed by id(layer), not by the module: what a compiled
+        self.calls[id(layer)] = n + 1     # forward reads from them must not lead dynamo to other modules' state
+        name = self.names.get(id(layer), "?")
         key = name if n == 0 else f"{name}#{n}"  # a layer called twice per forward keeps two states
         t = layer.tile
         if t == 1:  # tiles of one row: nothing to share, nothing to keep
             return tiling.from_tiles(layer.rows_forward(tiling.to_tiles(x, t)), x.shape, t)
-        shift, aligned = self.shift(t)
         if not self._fits(x):
-            if self.start == 0 and aligned:  # nothing to shift or continue: the plain rule is exact
+            if not self.continuing and self.shift(t)[1]:  # nothing to shift or continue: the plain rule is exact
                 return tiling.from_tiles(layer.rows_forward(tiling.to_tiles(x, t)), x.shape, t)
             raise RuntimeError(
                 f"stl_torch: STLinear '{name}' got an input of shape {tuple(x.shape)}, but the model call is a batch "
                 f"of {self.B} sequences of {self.S} tokens: the tile cache and left padding need (batch, tokens, "
                 "features) inputs")
         hist = self.tiles.rows.get(key)
-        if self.start > 0 and hist is None:
+        if self.continuing and hist is None:
             raise RuntimeError(f"stl_torch: STLinear '{key}' has no tile state from the earlier calls of this cache "
                                "(it did not run on their tokens), so it cannot continue their tiles")
-        y = self._step(layer, x, key, hist) if self.start > 0 else None
-        self.stepped[layer] = y is not None
+        y = self._step(layer, x, key, hist) if self.continuing else None
+        self.stepped[id(layer)] = y is not None
         if y is not None:
             return y
         S, dev = self.S, x.device
+        shift, aligned = self.shift(t)  # read only off the step path: its value changes from step to step
         if aligned:  # every sequence starts a new tile here
             nt = -(-S // t)
             last = torch.arange(self.B, device=dev) * nt + (S - 1) // t
@@ -295,7 +320,7 @@ class _Context(TileContext):
         return y
 
     def step_macs(self, layer, shape):
-        if not self.stepped.get(layer):
+        if not self.stepped.get(id(layer)):
             return None
         from .flops import stl_step_macs
         return stl_step_macs(self.pos(layer.tile).tolist(), layer.in_features, layer.out_features, layer.tile,
@@ -367,6 +392,10 @@ _LAYERS_OF_CACHE = weakref.WeakKeyDictionary()  # hooked module -> (its last Til
 
 
 def _pre_hook(module, args, kwargs):
+    first_layer = module.__dict__.get("_stl_first")  # set by enable()
+    if first_layer is not None and first_layer._stl_ctx is not None:
+        return None  # an enclosing model's call set the context (checked first: no global state is read, so a
+        #              compiled forward that calls this inner model traces nothing else of the hook)
     a = _call_args(module, args, kwargs)
     cache = a.get("cache")
     if cache is None:
@@ -446,22 +475,43 @@ def _pre_hook(module, args, kwargs):
         _wrap_checkpointing(module, lambda: start > 0 or bool((first > 0).any()))
 
     _LAYERS_OF_CACHE[module] = (weakref.ref(tiles), layers)
-    ctx = _Context(tiles, cache, B, S, first, record, {m: fqn for fqn, m in layers})
+    ctx = _Context(tiles, cache, B, S, first, record, {id(m): fqn for fqn, m in layers})
+    ctx.layers = [m for _, m in layers]
+    ctx.prepare(layers)
     for _, m in layers:
         m.__dict__["_stl_ctx"] = ctx  # STLinear.set_tile_context without its check: every layer, every step
     module.__dict__["_stl_ctx_owned"] = ctx
     return None
 
 
+@torch.compiler.disable  # storage identities: host logic
+def _own_storage(state):
+    """Give every kept tensor of ``state`` a storage of its own. Eager calls already copy (``clone``), but a
+    compiled forward may hand back views of one buffer (inductor drops a clone it deems redundant, and q, k
+    and v of a block keep the same rows): a later compiled step would then see aliased inputs that the
+    next step does not have, and a view keeps the whole activation alive."""
+    seen = set()
+    for key, v in state.items():
+        if v is None:
+            continue
+        st = v.untyped_storage()
+        if st.data_ptr() in seen or st.nbytes() != v.numel() * v.element_size() or not v.is_contiguous():
+            v = state[key] = v.clone(memory_format=torch.contiguous_format)
+        seen.add(v.untyped_storage().data_ptr())
+
+
 def _post_hook(module, args, output):
     ctx = module.__dict__.pop("_stl_ctx_owned", None)
     if ctx is None:
         return None
-    for m in ctx.names:
+    for m in ctx.layers:
         m.__dict__["_stl_ctx"] = None
     if output is None or not ctx.record:  # the call raised, or keeps no state
         return None
     tiles = ctx.tiles
+    if ctx.S > 1 or not ctx.continuing:
+        _own_storage(ctx.new_rows)
+        _own_storage(ctx.new_z)
     tiles.rows.update(ctx.new_rows)
     tiles.spare.update(ctx.old_rows)  # the rows a step replaced: the buffer its next step writes into
     for key, z in ctx.new_z.items():
@@ -508,6 +558,7 @@ def enable(model: nn.Module) -> nn.Module:
         raise ValueError(f"enable: argument 'model' must be an nn.Module, got {type(model).__name__}")
     _remove_hooks(model, (_refuse_pre_hook,))
     for m in _hooked_modules(model):
+        m.__dict__["_stl_first"] = next((s for s in m.modules() if isinstance(s, STLinear)), None)
         if not any(h is _pre_hook for h in m._forward_pre_hooks.values()):
             m.register_forward_pre_hook(_pre_hook, with_kwargs=True)
             m.register_forward_hook(_post_hook, always_call=True)

@@ -24,6 +24,7 @@ used by the initialisations and the calibration (never a hot path of training).
 """
 import torch
 import torch.nn.functional as Fn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 __all__ = ["padded_rows", "to_tiles", "from_tiles", "to_shifted_tiles", "from_shifted_tiles", "pad_rows",
            "encode_activations", "encode_weight", "decode", "stl_reference", "tensor_error", "matmul_tensor"]
@@ -53,8 +54,9 @@ def to_tiles(x, t):
     its end to a multiple of ``t`` tokens (a row of a <= 2-D input to one tile)."""
     if x.dim() < 3:
         x = x.reshape(-1, 1, x.shape[-1])  # (B, N) -> B sequences of one token
-    if x.shape[-2] % t:
-        x = Fn.pad(x, (0, 0, 0, (-x.shape[-2]) % t))
+    S = x.shape[-2]
+    if not statically_known_true(S % t == 0):  # a symbolic S (export, dynamic compile) pads by a formula: no guard
+        x = Fn.pad(x, (0, 0, 0, (S + t - 1) // t * t - S))
     return x.reshape(-1, x.shape[-1])
 
 
@@ -62,9 +64,14 @@ def from_tiles(y, shape, t):
     """Inverse of :func:`to_tiles` for the output: (rows, P) -> (*shape[:-1], P), padded rows
     dropped. Always contiguous, as ``nn.Linear``'s output is."""
     seqs, s = _seq_dims(shape)
-    if s % t:
-        y = y.reshape(seqs, -(-s // t) * t, y.shape[-1])[:, :s]
-    return y.reshape(*tuple(shape)[:-1], y.shape[-1]).contiguous()
+    if statically_known_true(s % t == 0):
+        return y.reshape(*tuple(shape)[:-1], y.shape[-1]).contiguous()
+    y = y.reshape(seqs, (s + t - 1) // t * t, y.shape[-1])
+    if statically_known_true(s % t != 0):  # a concrete length off the tile
+        y = y[:, :s].contiguous()
+    else:  # a symbolic length (export, dynamic compile): a gather, free of guards on s % t
+        y = y.index_select(1, torch.arange(s, device=y.device))
+    return y.reshape(*tuple(shape)[:-1], y.shape[-1])
 
 
 def to_shifted_tiles(x, t, shift, history=None):

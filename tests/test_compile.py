@@ -155,3 +155,31 @@ def test_compile_rejects_a_malformed_call_at_trace_time():
         f(x, E, Wt, D, b)
     with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=r"'bias' has shape \(7\)"):
         f(x, E, torch.randn(6, 2, 3), D, torch.randn(7))
+
+
+# ------------------------------------------------------------------ dynamic token counts
+def test_export_with_a_dynamic_token_dim_runs_every_length():
+    """torch.export with the batch and token dims dynamic: no guard on tokens % tile (the tiling pads
+    by a formula, not a branch), and the exported program equals eager at lengths on and off the tile."""
+    from torch.export import Dim, export
+    model = Block()
+    B, T = Dim("B", min=1, max=64), Dim("T", min=1, max=4096)
+    ep = export(model, (torch.randn(2, 7, 16, dtype=torch.float64),), dynamic_shapes=({0: B, 1: T},))
+    for b, s in ((1, 1), (2, 5), (3, 8), (2, 13), (1, 64)):
+        x = torch.randn(b, s, 16, dtype=torch.float64)
+        out = ep.module()(x)
+        assert out.shape == (b, s, 16) and out.is_contiguous()
+        torch.testing.assert_close(out, model(x), rtol=1e-12, atol=1e-12)
+
+
+def test_dynamic_compile_serves_every_token_count_with_one_graph():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = Block()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        for s in (7, 8, 9, 3, 12):
+            x = torch.randn(2, s, 16, dtype=torch.float64)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-10, atol=1e-10)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert frames == 1, f"{frames} graphs for five token counts: a guard on tokens % tile is back"

@@ -265,7 +265,8 @@ def test_tile_context_is_the_one_interface():
 # columns), 9 sequences (groups of 4 and a remainder) at every row of their tiles; 40 sequences
 # (10 per row of the tile: the bfloat16 dot-product gemv's passes of 8 and a remainder, odd N/t)
 KERNEL_SHAPES = [(4, 24, 4 * 37, 4 * 150, 9), (4, 10, 4 * 8, 4 * 67, 6), (2, 7, 2 * 21, 2 * 19, 9),
-                 (3, 2, 3 * 5, 3 * 33, 3), (8, 24, 8 * 4, 8 * 70, 9), (4, 24, 4 * 21, 4 * 80, 40)]
+                 (3, 2, 3 * 5, 3 * 33, 3), (8, 24, 8 * 4, 8 * 70, 9), (4, 24, 4 * 21, 4 * 80, 40),
+                 (4, 24, 4 * 19, 4 * 100, 24)]  # 100 columns: 64-column strips of two passes, then 32
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
@@ -319,3 +320,60 @@ def test_step_kernel_runs_at_the_operators_level():
     """Every ISA level has its own step kernel: a level without one would run the baseline's."""
     info = stl_torch._C.abi_info()
     assert info["cpu_step_isa"] == info["cpu_isa"]
+
+
+# ------------------------------------------------------------------ compiled decoding (issue 31, item 4)
+@pytest.mark.parametrize("layout", ["left-padded", "one-sequence"])
+def test_compiled_forward_decodes_in_one_graph_per_shape_with_the_tokens_of_eager(layout):
+    """model.forward compiled with fullgraph=True (any graph break raises): the hooks run around it,
+    the decode steps' graphs hold the step op, and 11 steps (every row of a tile; a left-padded batch
+    whose rows sit at different levels, or one sequence whose 35-token prompt ends inside a tile)
+    add no graph beyond transformers' own (prefill, first step, dynamic cache length): no guard on
+    the cache length or on a row's position in its tile. The second case also checks that the rows
+    a compiled prefill keeps (the same for q, k and v) do not alias: inductor may hand back views of
+    one buffer, and the next step's graph would be built for aliased inputs (a size assertion later).
+    Both cases in one process: a second model compiled after the first."""
+    from torch._dynamo.backends.registry import lookup_backend
+    graphs = []
+
+    def recording(gm, example_inputs):  # inductor, with a look at each graph on the way
+        graphs.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return lookup_backend("inductor")(gm, example_inputs)
+
+    model = tiny_llama(7)
+    if layout == "left-padded":
+        ids, mask = left_pad([prompt(1, 5), prompt(2, 7)])
+    else:
+        ids = prompt(1, 35)
+        mask = torch.ones_like(ids)
+    with torch.no_grad():
+        eager = model.generate(ids, attention_mask=mask, max_new_tokens=12, **GEN)
+        torch._dynamo.reset()
+        model.forward = torch.compile(model.forward, fullgraph=True, backend=recording)
+        try:
+            compiled = model.generate(ids, attention_mask=mask, max_new_tokens=12, **GEN)
+        finally:
+            del model.forward
+            torch._dynamo.reset()
+    assert torch.equal(compiled, eager)
+    assert len(graphs) <= 3, f"{len(graphs)} graphs for one prefill and 11 decode steps: something recompiles per step"
+    steps = [g for g in graphs if "stl_torch.stl_decode_step.default" in g]
+    assert len(steps) == len(graphs) - 1, "every graph after the prefill's must run the product cache's step op"
+
+
+def test_compiled_model_call_decodes_with_the_tokens_of_eager():
+    """torch.compile(model) (the hooks run eagerly, torch.compiler.disable) in a plain decode loop."""
+    from transformers import DynamicCache
+    model = tiny_llama(8)
+
+    def loop(m):
+        cache, toks, out = DynamicCache(config=model.config), prompt(3, 6, batch=2), []
+        for _ in range(9):
+            toks = m(toks, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            out.append(toks)
+        return torch.cat(out, 1)
+
+    with torch.no_grad():
+        eager = loop(model)
+        torch._dynamo.reset()
+        assert torch.equal(loop(torch.compile(model)), eager)

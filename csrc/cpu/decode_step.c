@@ -78,10 +78,11 @@ const char *stl_step(StlDtype dt, const void *x, const void *rows, void *rows_ou
   for (int64_t b = 0; b < B; b++) cnt[pos[b]]++;
   const size_t n_e = ALIGN64(es * (size_t)(r * t2)), n_b = ALIGN64(es * (size_t)P),
                n_seq = ALIGN64(sizeof(int64_t) * (size_t)B), n_xe = ALIGN64(es * (size_t)(rkmax * B * Nt)),
-               n_pl = ALIGN64(es * (size_t)(2 * N));
-  char *ws = get_scratch(2 * n_e + n_b + n_seq + n_xe + n_pl);
+               n_pl = ALIGN64(es * (size_t)(2 * N)), n_xp = ALIGN64(4 * (size_t)(rkmax * B * ((Nt + 1) / 2)));
+  char *ws = get_scratch(2 * n_e + n_b + n_seq + n_xe + n_pl + n_xp);
   if (!ws) return "out of memory";
   void *e = ws, *d = ws + n_e, *bc = ws + 2 * n_e, *xe = ws + 2 * n_e + n_b + n_seq, *planes = (char *)xe + n_xe;
+  uint32_t *xp = (uint32_t *)((char *)planes + n_pl);
   int64_t *seq = (int64_t *)(ws + 2 * n_e + n_b);
   /* E, D in the compute type, zero outside the causal support (a <= k_l for E, a >= k_l for D) */
   for (int64_t l = 0; l < r; l++) {
@@ -124,7 +125,7 @@ const char *stl_step(StlDtype dt, const void *x, const void *rows, void *rows_ou
     xoff += g->rk * g->ns * Nt;
   }
   const StlStepArgs a = {dt, x, rows, Wt, zcache, y, e, d, bias ? bc : NULL, B, N, P, r, t, pos, lb, groups, ng, xe,
-                         dt == STL_BF16 && stl_cpu_bf16_gemm(), 1};
+                         dt == STL_BF16 && stl_cpu_bf16_gemm(), 1, xp};
   const char *name;
   step_fn(f64, &name)(&a, planes);
   if (rows_out && t > 1) { /* the last t-1 inputs after this token: shift by one, append x */
