@@ -176,30 +176,30 @@ def _call_args(module, args, kwargs):
 class _Context(TileContext):
     """One model call: where each row's current tile opened, and the tile state to read and update."""
 
-    def __init__(self, tiles, cache, B, S, first, record, names):
+    def __init__(self, tiles, cache, B, S, first, record, layers):
         self.tiles, self.cache, self.B, self.S, self.first = tiles, cache, B, S, first
-        self.start, self.record, self.names = tiles.length, record, names
+        self.start, self.record, self.layers = tiles.length, record, layers  # layers: [(fqn, STLinear)]
+        self.names = {id(m): fqn for fqn, m in layers}
         self.calls, self.new_rows, self.new_z, self._shift, self._pos = {}, {}, {}, {}, {}
         self.old_rows, self.stepped = {}, {}  # rows a step replaced (the next spares)
         self.no_grad = not torch.is_grad_enabled()
         self.continuing = self.start > 0
         self.ready = {}  # id(layer) -> product_cache_ready(), asked once per call by prepare()
-        self.layers = []  # the STL layers whose _stl_ctx the call set (names: id(layer) -> fqn)
 
     @torch.compiler.disable  # host values by design: eager even where a compiled module call traces the hook
-    def prepare(self, layers):
+    def prepare(self):
         """Everything a layer's run needs that reads host values (shifts, positions, mask checks) or
         allocates the step's buffers, done here in the pre-hook, once per call: a compiled forward
         (``model.forward = torch.compile(model.forward)``) then traces only tensor ops and the step op,
         with no graph break (``Tensor.item``, ``data_ptr``) and no guard on a value that changes from
         step to step (the cache's length, each row's position in its tile)."""
-        for t in {m.tile for _, m in layers}:
+        for t in {m.tile for _, m in self.layers}:
             self.shift(t)
             if self.continuing:
                 self.pos(t)
         if not (self.record and self.no_grad):
             return
-        for _, m in layers:
+        for _, m in self.layers:
             self.ready[id(m)] = m.product_cache_ready()
         if not (self.continuing and self.S == 1):
             return
@@ -221,7 +221,7 @@ class _Context(TileContext):
         the same layout, the tile rows from before this call, nothing recorded."""
         before = TileCache()
         before.length, before.rows = self.start, dict(self.tiles.rows)
-        return _Context(before, None, self.B, self.S, self.first, False, self.names)
+        return _Context(before, None, self.B, self.S, self.first, False, self.layers)
 
     def pos(self, t):
         """(B,) int64: each sequence's row in its current tile at this call's first token."""
@@ -475,9 +475,8 @@ def _pre_hook(module, args, kwargs):
         _wrap_checkpointing(module, lambda: start > 0 or bool((first > 0).any()))
 
     _LAYERS_OF_CACHE[module] = (weakref.ref(tiles), layers)
-    ctx = _Context(tiles, cache, B, S, first, record, {id(m): fqn for fqn, m in layers})
-    ctx.layers = [m for _, m in layers]
-    ctx.prepare(layers)
+    ctx = _Context(tiles, cache, B, S, first, record, layers)
+    ctx.prepare()
     for _, m in layers:
         m.__dict__["_stl_ctx"] = ctx  # STLinear.set_tile_context without its check: every layer, every step
     module.__dict__["_stl_ctx_owned"] = ctx
@@ -504,7 +503,7 @@ def _post_hook(module, args, output):
     ctx = module.__dict__.pop("_stl_ctx_owned", None)
     if ctx is None:
         return None
-    for m in ctx.layers:
+    for _, m in ctx.layers:
         m.__dict__["_stl_ctx"] = None
     if output is None or not ctx.record:  # the call raised, or keeps no state
         return None
